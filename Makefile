@@ -1,0 +1,39 @@
+# The two commands of the README. Both are idempotent: they create .venv with the machine's
+# python3 on first use, (re)install veil when pyproject.toml changes, and run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO_OUT ?= reports/demo
+
+.PHONY: demo test lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[reports]'
+	@touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $@ $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/veil demo --out $(DEMO_OUT)
+
+# The ledger's contract tests run against a real PostgreSQL server that the test session starts;
+# scripts/ensure-postgres.sh installs Debian's server first if this machine lacks it.
+test: $(VENV)/.test-installed
+	scripts/ensure-postgres.sh
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	VEIL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/samplers.py
+	$(BIN)/python benchmarks/ledger_throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache reports
