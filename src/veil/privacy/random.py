@@ -25,6 +25,9 @@ __all__ = ["InsecureSeededRandom", "RandomSource", "SecureRandom", "default_rand
 
 # Requests below this size are read straight from the kernel (a cipher set-up costs more).
 _SMALL_REQUEST_BYTES = 4096
+# The keystream is produced by encrypting zeros, a chunk at a time from one shared read-only buffer.
+_CHUNK_BYTES = 1 << 20
+_ZEROS = memoryview(bytes(_CHUNK_BYTES))
 
 
 @runtime_checkable
@@ -51,15 +54,18 @@ class SecureRandom:
         return True
 
     def words(self, n: int) -> npt.NDArray[np.uint64]:
-        nbytes = 8 * int(n)
+        n = int(n)
+        nbytes = 8 * n
         if nbytes <= _SMALL_REQUEST_BYTES:
-            return np.frombuffer(os.urandom(nbytes), dtype=np.uint64).copy()
+            return np.frombuffer(bytearray(os.urandom(nbytes)), dtype=np.uint64)
         # A fresh key per request; the all-zero IV is safe because a key is never reused.
         encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
-        out = bytearray(nbytes + 15)  # update_into wants room for a block of slack
-        written = encryptor.update_into(bytes(nbytes), out)
-        assert written == nbytes
-        return np.frombuffer(out, dtype=np.uint64, count=n).copy()
+        out = np.empty(n + 2, dtype=np.uint64)  # update_into wants a block of slack at the end
+        buffer = out.data.cast("B")
+        for start in range(0, nbytes, _CHUNK_BYTES):
+            length = min(_CHUNK_BYTES, nbytes - start)
+            encryptor.update_into(_ZEROS[:length], buffer[start:])
+        return out[:n]
 
     def __repr__(self) -> str:
         return "SecureRandom()"

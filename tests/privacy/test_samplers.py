@@ -1,0 +1,557 @@
+"""Tests for the exact discrete samplers in :mod:`veil.privacy.samplers`.
+
+Statistical tests draw from :class:`InsecureSeededRandom` with fixed seeds, so every run is
+deterministic; the false-alarm rate stated for each test is the probability that it would fail
+on a correct sampler for a seed chosen at random. Goodness-of-fit tests are checked from both
+sides: the same test must reject a sampler whose scale is 5% too large or too small.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from veil.errors import ConfigurationError
+from veil.privacy import samplers
+from veil.privacy.random import InsecureSeededRandom, SecureRandom
+from veil.privacy.samplers import (
+    bernoulli_exp,
+    bernoulli_rational,
+    discrete_gaussian,
+    discrete_laplace,
+    rational_upper_bound,
+    uniform_below,
+)
+
+# False-alarm rate of each goodness-of-fit and binomial test.
+ALPHA = 1e-4
+# Moment checks allow this many standard errors: false-alarm rate about 6e-7 each.
+MOMENT_SIGMAS = 5.0
+SAMPLES = 200_000
+
+
+def seed_for(*parts: object) -> int:
+    """A fixed seed per test case, so cases do not share random streams."""
+    return zlib.crc32(repr(parts).encode())
+
+
+class ScriptedRandom:
+    """A RandomSource that hands out the given words in order, to steer the samplers."""
+
+    def __init__(self, words: list[int]) -> None:
+        self._words: Iterator[int] = iter(words)
+        self.remaining = len(words)
+
+    @property
+    def is_secure(self) -> bool:
+        return False
+
+    def words(self, n: int) -> npt.NDArray[np.uint64]:
+        self.remaining -= n
+        if self.remaining < 0:
+            raise AssertionError("the sampler drew more words than the script holds")
+        return np.array([next(self._words) for _ in range(n)], dtype=np.uint64)
+
+
+def half_word(low: int, high: int = 0) -> int:
+    """A 64-bit word whose first 32-bit draw (its low half, little-endian) is ``low``."""
+    return low | (high << 32)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact reference distributions
+# --------------------------------------------------------------------------------------------
+
+mpmath.mp.dps = 40
+
+
+def laplace_pmf(scale: float | Fraction) -> tuple[int, npt.NDArray[np.float64]]:
+    """(offset, p) with p[i] = P(X = i - offset) for the discrete Laplace; tails below 1e-25."""
+    s = mpmath.mpf(Fraction(scale).numerator) / Fraction(scale).denominator
+    radius = int(60 * float(s)) + 30
+    q = mpmath.exp(-1 / s)
+    norm = (1 - q) / (1 + q)
+    probs = [norm * q ** abs(x) for x in range(-radius, radius + 1)]
+    return radius, np.array([float(p) for p in probs])
+
+
+def gaussian_pmf(sigma: float) -> tuple[int, npt.NDArray[np.float64]]:
+    """(offset, p) with p[i] = P(X = i - offset) for the discrete Gaussian; tails below 1e-25."""
+    s2 = mpmath.mpf(sigma) ** 2
+    radius = int(12 * sigma) + 12
+    weights = [mpmath.exp(-mpmath.mpf(x * x) / (2 * s2)) for x in range(-radius, radius + 1)]
+    total = mpmath.fsum(weights)
+    return radius, np.array([float(w / total) for w in weights])
+
+
+def chi_square_pvalue(
+    samples: npt.NDArray[np.int64], reference: tuple[int, npt.NDArray[np.float64]]
+) -> float:
+    """Pearson's chi-square p-value of ``samples`` against ``reference``.
+
+    Bins are the single values whose expected count is at least 5, plus one pooled bin for each
+    tail (merged into its neighbour if its own expected count is below 5).
+    """
+    offset, probs = reference
+    n = samples.shape[0]
+    expected_all = probs * n
+    central = np.flatnonzero(expected_all >= 5)
+    lo, hi = int(central[0]), int(central[-1])
+    assert np.all(expected_all[lo : hi + 1] >= 5), "reference must be unimodal"
+    counts = np.bincount(np.clip(samples + offset, 0, len(probs) - 1), minlength=len(probs))
+    observed = counts[lo : hi + 1].astype(np.float64)
+    expected = expected_all[lo : hi + 1].copy()
+    low_obs, low_exp = float(counts[:lo].sum()), float(expected_all[:lo].sum())
+    high_obs, high_exp = float(counts[hi + 1 :].sum()), float(expected_all[hi + 1 :].sum())
+    if low_exp >= 5:
+        observed, expected = np.append(low_obs, observed), np.append(low_exp, expected)
+    else:
+        observed[0] += low_obs
+        expected[0] += low_exp
+    if high_exp >= 5:
+        observed, expected = np.append(observed, high_obs), np.append(expected, high_exp)
+    else:
+        observed[-1] += high_obs
+        expected[-1] += high_exp
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return float(stats.chi2.sf(statistic, df=len(observed) - 1))
+
+
+def moments(reference: tuple[int, npt.NDArray[np.float64]]) -> tuple[float, float, float]:
+    """Mean, variance and fourth central moment of a reference pmf."""
+    offset, probs = reference
+    x = np.arange(len(probs), dtype=np.float64) - offset
+    mean = float(np.sum(x * probs))
+    var = float(np.sum((x - mean) ** 2 * probs))
+    mu4 = float(np.sum((x - mean) ** 4 * probs))
+    return mean, var, mu4
+
+
+# Drawn scale = nominal scale x factor; only factor 1 may pass the test against the nominal pmf.
+FACTORS = [Fraction(1), Fraction(21, 20), Fraction(19, 20)]
+
+
+def check_fit(
+    sampled: npt.NDArray[np.int64], reference: tuple[int, npt.NDArray[np.float64]], factor: Fraction
+) -> None:
+    p_value = chi_square_pvalue(sampled, reference)
+    if factor == 1:
+        assert p_value > ALPHA, f"a correct sampler failed the fit (p = {p_value:.3g})"
+    else:
+        assert p_value < ALPHA, (
+            f"the test did not notice a scale off by {factor} (p = {p_value:.3g})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Discrete Laplace
+# --------------------------------------------------------------------------------------------
+
+LAPLACE_SCALES: list[float | Fraction] = [0.5, 1.0, 3.7, 100.0, Fraction(7, 3)]
+
+
+@pytest.mark.parametrize("factor", FACTORS, ids=["exact", "5%-wider", "5%-narrower"])
+@pytest.mark.parametrize("scale", LAPLACE_SCALES, ids=str)
+def test_discrete_laplace_fits_its_pmf(scale: float | Fraction, factor: Fraction) -> None:
+    """Chi-square fit at false-alarm rate 1e-4; a 5% error in the scale must be rejected."""
+    rng = InsecureSeededRandom(seed_for("laplace-fit", scale, factor))
+    drawn = discrete_laplace(rng, SAMPLES, scale=scale * factor)
+    check_fit(drawn, laplace_pmf(scale), factor)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.7, 100.0])
+def test_discrete_laplace_mean_and_variance(scale: float) -> None:
+    """Mean 0 and variance 2e^{-1/s}/(1 - e^{-1/s})², each within 5 standard errors."""
+    rng = InsecureSeededRandom(seed_for("laplace-moments", scale))
+    drawn = discrete_laplace(rng, SAMPLES, scale=scale).astype(np.float64)
+    q = math.exp(-1.0 / scale)
+    variance = 2 * q / (1 - q) ** 2
+    _, exact_variance, mu4 = moments(laplace_pmf(scale))
+    assert variance == pytest.approx(exact_variance, rel=1e-9)
+    assert abs(drawn.mean()) < MOMENT_SIGMAS * math.sqrt(variance / SAMPLES)
+    standard_error = math.sqrt((mu4 - variance**2) / SAMPLES)
+    assert abs(drawn.var() - variance) < MOMENT_SIGMAS * standard_error
+
+
+# --------------------------------------------------------------------------------------------
+# Discrete Gaussian
+# --------------------------------------------------------------------------------------------
+
+GAUSSIAN_SIGMAS = [0.3, 0.6, 1.0, 2.5, 40.0]
+
+
+@pytest.mark.parametrize("factor", FACTORS, ids=["exact", "5%-wider", "5%-narrower"])
+@pytest.mark.parametrize("sigma", GAUSSIAN_SIGMAS, ids=str)
+def test_discrete_gaussian_fits_its_pmf(sigma: float, factor: Fraction) -> None:
+    """Chi-square fit at false-alarm rate 1e-4; a 5% error in sigma must be rejected."""
+    rng = InsecureSeededRandom(seed_for("gaussian-fit", sigma, factor))
+    drawn = discrete_gaussian(rng, SAMPLES, sigma=float(sigma * factor))
+    check_fit(drawn, gaussian_pmf(sigma), factor)
+
+
+@pytest.mark.parametrize("sigma", [0.6, 2.5, 40.0])
+def test_discrete_gaussian_mean_and_variance(sigma: float) -> None:
+    """Mean 0 and the exact variance (from the pmf), each within 5 standard errors."""
+    rng = InsecureSeededRandom(seed_for("gaussian-moments", sigma))
+    drawn = discrete_gaussian(rng, SAMPLES, sigma=sigma).astype(np.float64)
+    _, variance, mu4 = moments(gaussian_pmf(sigma))
+    if sigma >= 2:  # the discrete Gaussian's variance is within 1e-30 of σ² here
+        assert variance == pytest.approx(sigma**2, rel=1e-12)
+    assert abs(drawn.mean()) < MOMENT_SIGMAS * math.sqrt(variance / SAMPLES)
+    standard_error = math.sqrt((mu4 - variance**2) / SAMPLES)
+    assert abs(drawn.var() - variance) < MOMENT_SIGMAS * standard_error
+
+
+def test_discrete_gaussian_with_tiny_sigma_is_zero() -> None:
+    """At σ = 0.01, P(X != 0) is about 2e^{-5000}."""
+    drawn = discrete_gaussian(InsecureSeededRandom(5), 10_000, sigma=0.01)
+    assert not drawn.any()
+
+
+def test_far_gaussian_proposals_are_rejected_without_overflow() -> None:
+    """Proposals whose γ does not fit int64 go through the exact lower-bound path."""
+    n, d = rational_upper_bound(Fraction(3.0) ** 2)
+    plan = samplers._gaussian_plan(n, d)
+    far = np.array([2**62, -(2**62), 10**9, -(10**9), 3, 0], dtype=np.int64)
+    kept = samplers._gaussian_accept(InsecureSeededRandom(11), far, plan)
+    assert not kept[:4].any()  # each kept with probability below e^{-1000}
+
+
+def test_far_proposal_survivors_finish_with_python_integers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Force the (probability e^-1000) survivors of the lower bound onto the exact path."""
+    n, d = rational_upper_bound(Fraction(3.0) ** 2)
+    plan = samplers._gaussian_plan(n, d)
+    monkeypatch.setattr(
+        samplers, "_survive_exp_minus_one", lambda rng, counts: np.ones(len(counts), dtype=bool)
+    )
+    far = np.array([2**62, -(10**9)], dtype=np.int64)
+    assert not samplers._gaussian_accept(InsecureSeededRandom(12), far, plan).any()
+
+
+def test_laplace_values_beyond_int64_intermediates_are_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """U + num V would overflow int64 only for V > 2**11 (probability e^-2048); force it."""
+    monkeypatch.setattr(
+        samplers, "_geometric_exp_minus_one", lambda rng, n: np.full(n, 2**40, dtype=np.int64)
+    )
+    num, den = 2**51 + 1, 2**51
+    drawn = samplers._laplace_candidates(InsecureSeededRandom(13), 64, num, den)
+    assert drawn.size > 0
+    # Every |Y| is (U + num 2**40) // den for some U < num: between 2**40 and 2**40 + 2.
+    assert np.all((np.abs(drawn) >= 2**40) & (np.abs(drawn) <= 2**40 + 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Bernoulli(a / b)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(1, 3), (2, 3), (1, 2), (999, 1000), (1, 7), (2**61, 3 * 2**60 + 1), (5, 2**40)],
+)
+def test_bernoulli_rational_frequency(a: int, b: int) -> None:
+    """Two-sided exact binomial test at false-alarm rate 1e-4."""
+    rng = InsecureSeededRandom(seed_for("bernoulli-rational", a, b))
+    drawn = bernoulli_rational(rng, np.full(SAMPLES, a), b)
+    assert drawn.dtype == np.bool_
+    assert drawn.shape == (SAMPLES,)
+    p_value = stats.binomtest(int(drawn.sum()), SAMPLES, a / b).pvalue
+    assert p_value > ALPHA
+
+
+def test_bernoulli_rational_certain_outcomes_draw_nothing() -> None:
+    drawn = bernoulli_rational(ScriptedRandom([]), [0, 5, 0, 2**61], [1, 5, 9, 2**61])
+    assert drawn.tolist() == [False, True, False, True]
+
+
+def test_bernoulli_rational_broadcasts() -> None:
+    drawn = bernoulli_rational(InsecureSeededRandom(1), np.zeros((3, 1), dtype=np.int64), [1, 2])
+    assert drawn.shape == (3, 2)
+    assert not drawn.any()
+    mixed = bernoulli_rational(InsecureSeededRandom(2), np.array([[0], [4]]), np.array([4, 4]))
+    assert mixed.tolist() == [[False, False], [True, True]]
+
+
+# floor(2**32 / 3) and floor(2**64 / 3): a word at one of these ties with the threshold of 1/3.
+T32_THIRD = (1 << 32) // 3
+T64_THIRD = (1 << 64) // 3
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        # The first 32-bit draw decides when it is not the threshold, even inside the margin.
+        ([half_word(T32_THIRD - 1)], True),
+        ([half_word(T32_THIRD + 1)], False),
+        ([half_word(0)], True),
+        ([half_word(2**32 - 1)], False),
+        # A tie continues with Bernoulli(((1 << 32) mod 3) / 3) = Bernoulli(1/3) on 64-bit words;
+        # float64 alone would say True here (the draw is 1/3 below the threshold).
+        ([half_word(T32_THIRD), 2**64 - 1], False),
+        ([half_word(T32_THIRD), 0], True),
+        ([half_word(T32_THIRD), T64_THIRD - 1], True),
+        ([half_word(T32_THIRD), T64_THIRD + 1], False),
+        # A second tie continues again.
+        ([half_word(T32_THIRD), T64_THIRD, T64_THIRD, 2**64 - 1], False),
+        ([half_word(T32_THIRD), T64_THIRD, 5], True),
+    ],
+)
+def test_bernoulli_rational_undecided_entries_are_settled_exactly(
+    script: list[int], expected: bool
+) -> None:
+    rng = ScriptedRandom(script)
+    assert bernoulli_rational(rng, [1], [3]).tolist() == [expected]
+    assert rng.remaining == 0
+
+
+def reference_bernoulli(a: int, b: int, bits: list[int], widths: list[int]) -> bool | None:
+    """U < a/b for U read from ``bits`` (of the given widths); None if they do not decide it."""
+    position = 0
+    value = 0
+    for word, width in zip(bits, widths, strict=True):
+        value = (value << width) | word
+        position += width
+        # U lies in [value, value + 1) / 2**position
+        if (value + 1) * b <= a << position:
+            return True
+        if value * b >= a << position:
+            return False
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    b=st.integers(min_value=2, max_value=2**62 - 1),
+    fraction=st.floats(min_value=0.0, max_value=1.0),
+    offset=st.integers(min_value=-3, max_value=3),
+    follow_up=st.lists(st.integers(min_value=0, max_value=2**64 - 1), min_size=3, max_size=3),
+)
+def test_bernoulli_rational_agrees_with_exact_reference_near_the_threshold(
+    b: int, fraction: float, offset: int, follow_up: list[int]
+) -> None:
+    """Draws placed right at floor(a 2**32 / b) + offset, the float path's blind spot."""
+    a = min(b - 1, max(1, int(fraction * b)))
+    first = min(2**32 - 1, max(0, (a << 32) // b + offset))
+    expected = reference_bernoulli(a, b, [first, *follow_up], [32, 64, 64, 64])
+    if expected is None:  # needs more than 224 bits: probability 2**-192
+        return
+    rng = ScriptedRandom([half_word(first), *follow_up])
+    assert bernoulli_rational(rng, [a], [b]).tolist() == [expected]
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [([84], True), ([86], False), ([85, 0], True), ([85, 255], False), ([85, 85, 84], True)],
+)
+def test_bernoulli_constant_ties_continue_exactly(script: list[int], expected: bool) -> None:
+    """A fixed ratio uses 8-bit draws (the low byte of each word here); a byte at
+    floor(256/3) = 85 continues with Bernoulli((256 mod 3) / 3) = Bernoulli(1/3)."""
+    rng = ScriptedRandom(script)
+    assert samplers._bernoulli_constant(rng, 1, 1, 3).tolist() == [expected]
+    assert rng.remaining == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Bernoulli(exp(-γ))
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("a", "b"), [(3, 10), (1, 1), (5, 2), (7, 1), (1, 3 * 2**58 + 7)])
+def test_bernoulli_exp_frequency(a: int, b: int) -> None:
+    """Two-sided exact binomial test against exp(-a/b) at false-alarm rate 1e-4."""
+    rng = InsecureSeededRandom(seed_for("bernoulli-exp", a, b))
+    drawn = bernoulli_exp(rng, np.full(SAMPLES, a), b)
+    p_value = stats.binomtest(int(drawn.sum()), SAMPLES, math.exp(-a / b)).pvalue
+    assert p_value > ALPHA
+
+
+def test_bernoulli_exp_of_zero_is_certain() -> None:
+    assert bernoulli_exp(InsecureSeededRandom(3), np.zeros(1000, dtype=np.int64), 7).all()
+
+
+def test_bernoulli_exp_mixed_entries() -> None:
+    """Different γ per entry, each frequency within a binomial test at false-alarm rate 1e-4."""
+    gammas = [(0, 1), (3, 10), (1, 1), (5, 2), (7, 1)]
+    a = np.tile([g[0] for g in gammas], 40_000)
+    b = np.tile([g[1] for g in gammas], 40_000)
+    drawn = bernoulli_exp(InsecureSeededRandom(4), a, b).reshape(40_000, len(gammas))
+    for column, (num, den) in enumerate(gammas):
+        hits = int(drawn[:, column].sum())
+        assert stats.binomtest(hits, 40_000, math.exp(-num / den)).pvalue > ALPHA
+
+
+def test_bernoulli_exp_of_a_huge_exponent_is_false() -> None:
+    drawn = bernoulli_exp(InsecureSeededRandom(6), np.full(1000, 2**63 - 1), 1)
+    assert not drawn.any()
+
+
+@pytest.mark.parametrize(("a", "b"), [(3, 10), (5, 2)])
+def test_exact_python_integer_path_frequency(a: int, b: int) -> None:
+    """The per-entry Python path used for overflowing entries; binomial test at 1e-4."""
+    rng = InsecureSeededRandom(seed_for("exact-path", a, b))
+    hits = sum(samplers._bernoulli_exp_exact(rng, a, b) for _ in range(20_000))
+    assert stats.binomtest(hits, 20_000, math.exp(-a / b)).pvalue > ALPHA
+
+
+# --------------------------------------------------------------------------------------------
+# Uniform integers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bound", [3, 7, 1000])
+def test_uniform_below_small_bounds(bound: int) -> None:
+    """Chi-square uniformity at false-alarm rate 1e-4."""
+    drawn = uniform_below(InsecureSeededRandom(seed_for("uniform", bound)), SAMPLES, bound)
+    assert drawn.dtype == np.int64
+    assert drawn.min() >= 0
+    assert drawn.max() < bound
+    counts = np.bincount(drawn, minlength=bound)
+    assert stats.chisquare(counts).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("bound", [2**62, 2**62 - 1, 3 * 2**60 + 1])
+def test_uniform_below_large_bounds(bound: int) -> None:
+    """64 equal-width buckets (widths differ by at most 1 in 2**56), chi-square at 1e-4."""
+    drawn = uniform_below(InsecureSeededRandom(seed_for("uniform", bound)), SAMPLES, bound)
+    assert drawn.min() >= 0
+    assert int(drawn.max()) < bound
+    buckets = [int(x) * 64 // bound for x in drawn.tolist()]
+    assert stats.chisquare(np.bincount(buckets, minlength=64)).pvalue > ALPHA
+
+
+def test_uniform_below_rejects_the_top_partial_block() -> None:
+    bound = 3 * 2**60 + 1  # 2**64 mod bound = 2**60 - 5: words at or above 2**64 - that retry
+    limit = 2**64 - (2**64 % bound)
+    rng = ScriptedRandom([limit, 2**64 - 1, limit - 1])
+    assert uniform_below(rng, 1, bound).tolist() == [(limit - 1) % bound]
+    assert rng.remaining == 0
+
+
+def test_uniform_below_bound_one_and_empty() -> None:
+    assert uniform_below(ScriptedRandom([]), 5, 1).tolist() == [0] * 5
+    assert uniform_below(ScriptedRandom([]), 0, 10).shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# Rational scales
+# --------------------------------------------------------------------------------------------
+
+
+def test_rational_upper_bound_is_exact_for_dyadic_values() -> None:
+    assert rational_upper_bound(0.5) == (1, 2)
+    assert rational_upper_bound(10.0) == (10, 1)
+    assert rational_upper_bound(Fraction(3, 4)) == (3, 4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=1e-3, max_value=1e9))
+def test_rational_upper_bound_rounds_up_by_less_than_1e_9(x: float) -> None:
+    num, den = rational_upper_bound(x)
+    assert num < 2**52
+    assert den & (den - 1) == 0
+    excess = Fraction(num, den) - Fraction(x)
+    assert 0 <= excess < Fraction(x) * Fraction(1, 2**51)
+
+
+def test_rational_upper_bound_of_a_fraction_rounds_up() -> None:
+    num, den = rational_upper_bound(Fraction(1, 3))
+    assert Fraction(num, den) >= Fraction(1, 3)
+    assert Fraction(num, den) - Fraction(1, 3) < Fraction(1, 2**52)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf, -math.inf, 2.0**60, 1e-12])
+def test_rational_upper_bound_rejects(bad: float) -> None:
+    with pytest.raises(ConfigurationError):
+        rational_upper_bound(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Secure generator, sizes and parameter checks
+# --------------------------------------------------------------------------------------------
+
+Sampler = Callable[[int], npt.NDArray[np.int64]]
+
+
+@pytest.mark.parametrize(
+    ("name", "sample", "spread"),
+    [
+        ("laplace", lambda n: discrete_laplace(SecureRandom(), n, scale=10.0), 14.1),
+        ("gaussian", lambda n: discrete_gaussian(SecureRandom(), n, sigma=10.0), 10.0),
+    ],
+)
+def test_samplers_run_on_the_secure_generator(name: str, sample: Sampler, spread: float) -> None:
+    drawn = sample(50_000)
+    assert drawn.dtype == np.int64
+    assert drawn.shape == (50_000,)
+    # Standard deviation within 5%: a failure rate far below 1e-6 for 50,000 draws.
+    assert abs(float(drawn.std()) / spread - 1) < 0.05, name
+    assert abs(float(drawn.mean())) < 1.0
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 999, 1001])
+def test_exact_sizes(size: int) -> None:
+    for drawn in (
+        discrete_laplace(InsecureSeededRandom(size), size, scale=2.0),
+        discrete_gaussian(InsecureSeededRandom(size), size, sigma=2.0),
+    ):
+        assert drawn.shape == (size,)
+        assert drawn.dtype == np.int64
+
+
+def test_seeded_draws_are_reproducible() -> None:
+    first = discrete_gaussian(InsecureSeededRandom(9), 1000, sigma=3.0)
+    again = discrete_gaussian(InsecureSeededRandom(9), 1000, sigma=3.0)
+    assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: discrete_laplace(SecureRandom(), 10, scale=0.0),
+        lambda: discrete_laplace(SecureRandom(), 10, scale=-1.0),
+        lambda: discrete_laplace(SecureRandom(), 10, scale=math.nan),
+        lambda: discrete_laplace(SecureRandom(), 10, scale=math.inf),
+        lambda: discrete_laplace(SecureRandom(), 10, scale=Fraction(-1, 2)),
+        lambda: discrete_laplace(SecureRandom(), 10, scale="1"),
+        lambda: discrete_laplace(SecureRandom(), -1, scale=1.0),
+        lambda: discrete_laplace(SecureRandom(), 2.5, scale=1.0),
+        lambda: discrete_laplace(SecureRandom(), True, scale=1.0),
+        lambda: discrete_gaussian(SecureRandom(), 10, sigma=0.0),
+        lambda: discrete_gaussian(SecureRandom(), 10, sigma=-2.0),
+        lambda: discrete_gaussian(SecureRandom(), 10, sigma=math.nan),
+        lambda: discrete_gaussian(SecureRandom(), 10, sigma=math.inf),
+        lambda: discrete_gaussian(SecureRandom(), 10, sigma=1e9),
+        lambda: discrete_gaussian(SecureRandom(), 10, sigma=1e-6),
+        lambda: discrete_gaussian(SecureRandom(), -3, sigma=1.0),
+        lambda: bernoulli_rational(SecureRandom(), 4, 3),
+        lambda: bernoulli_rational(SecureRandom(), -1, 3),
+        lambda: bernoulli_rational(SecureRandom(), 1, 0),
+        lambda: bernoulli_rational(SecureRandom(), 1, 2**62),
+        lambda: bernoulli_rational(SecureRandom(), 0.5, 1),
+        lambda: bernoulli_rational(SecureRandom(), [1, 2], [3, 4, 5]),
+        lambda: bernoulli_rational(SecureRandom(), 2**70, 2**71),
+        lambda: bernoulli_exp(SecureRandom(), -1, 3),
+        lambda: bernoulli_exp(SecureRandom(), 1, 0),
+        lambda: bernoulli_exp(SecureRandom(), [1.5], 2),
+        lambda: uniform_below(SecureRandom(), 3, 0),
+        lambda: uniform_below(SecureRandom(), 3, 2**62 + 1),
+        lambda: uniform_below(SecureRandom(), -1, 5),
+    ],
+)
+def test_bad_parameters_raise_configuration_error(call: Callable[[], object]) -> None:
+    with pytest.raises(ConfigurationError):
+        call()
