@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -207,6 +208,25 @@ def _poisson_pld(
     return pure(eps).self_compose(count)
 
 
+@dataclasses.dataclass(frozen=True)
+class _GaussianCost:
+    precision: float  # count / noise_multiplier²
+    event: GaussianEvent
+    count: int
+
+
+def _gaussian_delta(mu: float, epsilon: float) -> float:
+    """Exact delta of a Gaussian release with ``mu = sensitivity / σ`` (Balle and Wang 2018):
+    ``Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)``."""
+    from scipy.special import log_ndtr
+
+    a = log_ndtr(-epsilon / mu + mu / 2)
+    b = epsilon + log_ndtr(-epsilon / mu - mu / 2)
+    if b >= a:
+        return 0.0
+    return float(min(1.0, math.exp(a) * -math.expm1(b - a)))
+
+
 class PldAccountant(CostAccountant):
     """Composes privacy loss distributions; reports the pessimistic (upper-bound) estimate.
 
@@ -234,13 +254,29 @@ class PldAccountant(CostAccountant):
         self._vdi = float(vdi)
         self._pld: Any = None
         self._non_private = False
+        # While only un-sampled Gaussian releases are composed, they are one Gaussian release
+        # with noise multiplier (Σ σᵢ⁻²)^(-1/2), whose exact epsilon (Balle and Wang 2018) is
+        # known in closed form: tighter than any discretisation, and a thousand times faster.
+        self._gaussian_precision: float | None = 0.0
 
     def _cost(self, event: Event, count: int) -> Any:
         if isinstance(event, NonPrivateEvent):
             return None
+        if isinstance(event, GaussianEvent) and self._gaussian_precision is not None:
+            return _GaussianCost(count / event.noise_multiplier**2, event, count)
         return _leaf_pld(event, count, self._relation, self._vdi)
 
     def _add(self, cost: Any) -> None:
+        if isinstance(cost, _GaussianCost):
+            if self._gaussian_precision is not None:
+                self._gaussian_precision += cost.precision
+                return
+            cost = _leaf_pld(cost.event, cost.count, self._relation, self._vdi)
+        elif self._gaussian_precision is not None:
+            # the composition is no longer Gaussian only: materialise the Gaussian part
+            precision, self._gaussian_precision = self._gaussian_precision, None
+            if precision > 0:
+                self._add(_leaf_pld(GaussianEvent(precision**-0.5), 1, self._relation, self._vdi))
         if cost is None:
             self._non_private = True
         elif self._pld is None:
@@ -252,6 +288,13 @@ class PldAccountant(CostAccountant):
         d = check_delta(delta)
         if self._non_private:
             return math.inf
+        if self._gaussian_precision is not None:
+            if self._gaussian_precision == 0:
+                return 0.0
+            if d == 0:
+                return math.inf
+            sigma = self._gaussian_precision**-0.5
+            return float(dpa().get_epsilon_gaussian(sigma, d))
         if self._pld is None:
             return 0.0
         return max(0.0, float(self._pld.get_epsilon_for_delta(d)))
@@ -260,6 +303,10 @@ class PldAccountant(CostAccountant):
         e = check_epsilon(epsilon)
         if self._non_private:
             return 1.0
+        if self._gaussian_precision is not None:
+            if self._gaussian_precision == 0:
+                return 0.0
+            return _gaussian_delta(self._gaussian_precision**0.5, e)
         if self._pld is None:
             return 0.0
         return min(1.0, max(0.0, float(self._pld.get_delta_for_epsilon(e))))

@@ -113,7 +113,7 @@ class RdpAccountant(CostAccountant):
         *,
         neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE,
         orders: Sequence[float] = DEFAULT_ORDERS,
-        initial_rdp: Sequence[float] | None = None,
+        initial_rdp: Sequence[float] | FloatArray | None = None,
     ) -> None:
         super().__init__(neighboring_relation=neighboring_relation)
         self._orders = np.asarray(orders, dtype=np.float64)
