@@ -1,0 +1,822 @@
+"""The privacy ledger: budgets per scope, enforced across processes and restarts.
+
+Spending is *reserve, release, commit*::
+
+    with ledger.reserve("census2000/person", mechanism.event, purpose="mean income") as r:
+        value = mechanism.release(true_value)      # noise is drawn only after the reservation
+
+* ``reserve`` decides, atomically with respect to every other process using the same database,
+  whether the scope's budget still covers everything already counted plus this event. If not,
+  it raises :class:`~veil.errors.BudgetExceededError` and nothing is written or drawn.
+* The reservation is durable before ``reserve`` returns. From then on the event counts, whatever
+  happens: a process killed between reserve and commit leaves a *pending* reservation that is
+  counted exactly like a committed one. Nothing is ever under-counted.
+* Leaving the ``with`` block appends a ``commit`` entry (or ``fail`` if the block raised; the
+  spend still counts, since noise may have been drawn).
+
+Events are stored, not epsilons: the spend of a scope is recomputed from its events with the
+tightest accountant whenever it is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import getpass
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import sqlalchemy as sa
+
+from veil.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    LedgerError,
+    ReservationError,
+    ScopeNotFoundError,
+)
+from veil.ledger import store
+from veil.ledger.accounting import ScopeState, pld_epsilon
+from veil.ledger.scope import Scope
+from veil.privacy.accountants import AccountingMethod, NeighboringRelation
+from veil.privacy.events import Event, event_from_json
+from veil.privacy.mechanisms import Mechanism
+from veil.privacy.random import RandomSource
+
+__all__ = ["Alert", "Budget", "BudgetStatus", "Entry", "Ledger", "Reservation", "VerifyReport"]
+
+logger = logging.getLogger("veil.ledger")
+
+# Budgets are compared with this relative slack so that, e.g., ten releases at epsilon 0.1 fit a
+# budget of 1 whatever the rounding of the floating-point sum.
+_SLACK = 1e-9
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _default_actor() -> str:
+    env = os.environ.get("VEIL_ACTOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _entry_hash(
+    prev_hash: str,
+    seq: int,
+    kind: str,
+    scope: str,
+    entry_id: str,
+    ref_id: str | None,
+    payload: str,
+    actor: str,
+    purpose: str,
+    created_at: str,
+) -> str:
+    content = json.dumps(
+        [prev_hash, seq, kind, scope, entry_id, ref_id, payload, actor, purpose, created_at],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A scope's budget: the composition of all its events must be (epsilon, delta)-DP,
+    according to ``method``."""
+
+    scope: Scope
+    epsilon: float
+    delta: float
+    method: AccountingMethod = AccountingMethod.TIGHTEST
+    neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE
+    alert_at: float = 0.8
+
+    def to_payload(self) -> str:
+        return json.dumps(
+            {
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "method": self.method.value,
+                "relation": self.neighboring_relation.value,
+                "alert_at": self.alert_at,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_payload(cls, scope: Scope, payload: str) -> Budget:
+        data = json.loads(payload)
+        return cls(
+            scope=scope,
+            epsilon=float(data["epsilon"]),
+            delta=float(data["delta"]),
+            method=AccountingMethod(data["method"]),
+            neighboring_relation=NeighboringRelation(data["relation"]),
+            alert_at=float(data["alert_at"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """A spend crossed the scope's alert threshold (a fraction of its epsilon)."""
+
+    scope: Scope
+    threshold: float
+    spent_epsilon: float
+    budget_epsilon: float
+
+    def __str__(self) -> str:
+        return (
+            f"scope {self.scope} has spent {self.spent_epsilon:.4g} of its epsilon budget "
+            f"{self.budget_epsilon:.4g} ({self.spent_epsilon / self.budget_epsilon:.0%}), "
+            f"past the alert threshold of {self.threshold:.0%}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetStatus:
+    """A scope's budget and what has been spent of it."""
+
+    budget: Budget
+    spent_epsilon: float
+    """The tightest upper bound on the epsilon spent, at the budget's delta."""
+    by_accountant: dict[str, float]
+    """Each applicable accountant's epsilon at the budget's delta."""
+    events: int
+    pending: int
+    """Reservations neither committed nor failed (a crash, or a release in progress); counted."""
+
+    @property
+    def remaining_epsilon(self) -> float:
+        return max(0.0, self.budget.epsilon - self.spent_epsilon)
+
+    @property
+    def fraction_used(self) -> float:
+        if self.budget.epsilon == 0:
+            return 0.0 if self.spent_epsilon == 0 else math.inf
+        return self.spent_epsilon / self.budget.epsilon
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": str(self.budget.scope),
+            "budget_epsilon": self.budget.epsilon,
+            "budget_delta": self.budget.delta,
+            "method": self.budget.method.value,
+            "neighboring_relation": self.budget.neighboring_relation.value,
+            "alert_at": self.budget.alert_at,
+            "spent_epsilon": self.spent_epsilon,
+            "remaining_epsilon": self.remaining_epsilon,
+            "by_accountant": self.by_accountant,
+            "events": self.events,
+            "pending": self.pending,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row of the append-only history."""
+
+    seq: int
+    kind: str
+    scope: str
+    entry_id: str
+    ref_id: str | None
+    payload: str
+    actor: str
+    purpose: str
+    created_at: str
+    prev_hash: str
+    hash: str
+    status: str | None = None
+    """For reservations: ``committed``, ``failed`` or ``pending``."""
+
+    @property
+    def event(self) -> Event | None:
+        return event_from_json(self.payload) if self.kind == "reserve" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "kind": self.kind,
+            "scope": self.scope,
+            "entry_id": self.entry_id,
+            "ref_id": self.ref_id,
+            "actor": self.actor,
+            "purpose": self.purpose,
+            "created_at": self.created_at,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+        if self.kind == "reserve":
+            out["event"] = json.loads(self.payload)
+            out["status"] = self.status
+        else:
+            out["details"] = json.loads(self.payload)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found."""
+
+    ok: bool
+    entries: int
+    head_hash: str
+    problems: tuple[str, ...]
+
+
+class Reservation:
+    """A reserved spend. Commit it after the release (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        entry_id: str,
+        scope: Scope,
+        event: Event,
+        purpose: str,
+        seq: int,
+        spent_epsilon: float,
+        budget_epsilon: float,
+        alerts: tuple[Alert, ...],
+    ) -> None:
+        self._ledger = ledger
+        self.id = entry_id
+        self.scope = scope
+        self.event = event
+        self.purpose = purpose
+        self.seq = seq
+        self.spent_epsilon = spent_epsilon
+        """The scope's epsilon spent including this reservation (an upper bound)."""
+        self.budget_epsilon = budget_epsilon
+        self.alerts = alerts
+        self._closed: str | None = None
+
+    @property
+    def status(self) -> str:
+        return self._closed or "pending"
+
+    def commit(self) -> None:
+        """Record that the release happened."""
+        self._close("commit", "{}")
+
+    def fail(self, reason: str) -> None:
+        """Record that the release failed. The spend still counts (noise may have been drawn)."""
+        self._close("fail", json.dumps({"reason": reason}, separators=(",", ":")))
+
+    def _close(self, kind: str, payload: str) -> None:
+        if self._closed is not None:
+            raise ReservationError(f"reservation {self.id} is already {self._closed}")
+        self._ledger._close_reservation(self, kind, payload)
+        self._closed = "committed" if kind == "commit" else "failed"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._closed is not None:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            # The exception's message may hold data; record only its type.
+            self.fail(exc_type.__name__)
+
+    def __repr__(self) -> str:
+        return (
+            f"Reservation(scope={self.scope}, event={self.event.describe()}, status={self.status})"
+        )
+
+
+class Ledger:
+    """A persistent privacy ledger on SQLite (default) or PostgreSQL.
+
+    ``url`` is a SQLAlchemy URL (``sqlite:///path``, ``postgresql://user@host/db``) or a plain
+    file path; default ``$VEIL_LEDGER_URL`` or ``~/.local/share/veil/ledger.sqlite``. Every
+    process opens its own ``Ledger``; they coordinate through the database. ``actor`` names who
+    spends (default ``$VEIL_ACTOR`` or ``user@host``); ``on_alert`` is called for every alert
+    (they are also logged on the ``veil.ledger`` logger).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        actor: str | None = None,
+        on_alert: Callable[[Alert], None] | None = None,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.url = store.normalise_url(url or store.default_url())
+        self._engine = store.make_engine(self.url)
+        self._sql = store.HotStatements(self._engine.dialect.name)
+        self._relations: dict[str, NeighboringRelation] = {}
+        self._lock_path = store.writer_lock_path(self.url)
+        self._lock_fd: int | None = None
+        self._pid = os.getpid()
+        self.actor = actor or _default_actor()
+        self._on_alert = on_alert
+        self._clock = clock
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_process(self) -> None:
+        """A Ledger carried into a forked child must not share its parent's connections."""
+        if os.getpid() != self._pid:
+            self._engine.dispose(close=False)
+            self._lock_fd = None  # the inherited descriptor shares the parent's lock
+            self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[tuple[sa.Connection, list[Any]]]:
+        """A write transaction holding the head lock; yields ``[seq, hash]`` of the head, which
+        :meth:`_append` advances and which is saved at the end."""
+        self._check_process()
+        try:
+            with (
+                self._writer_lock(),
+                self._engine.connect().execution_options(veil_write=True) as conn,
+                conn.begin(),
+            ):
+                row = conn.exec_driver_sql(self._sql.lock_head).one()
+                current = [int(row.seq), str(row.hash)]
+                start = current[0]
+                yield conn, current
+                if current[0] != start:
+                    conn.exec_driver_sql(
+                        self._sql.save_head, {"new_seq": current[0], "new_hash": current[1]}
+                    )
+        except sa.exc.OperationalError as exc:
+            raise LedgerError(f"the ledger database failed: {exc.orig}") from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        self._check_process()
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise LedgerError(f"the ledger database failed: {exc.orig}") from None
+
+    def _append(
+        self,
+        conn: sa.Connection,
+        current: list[Any],
+        *,
+        kind: str,
+        scope: str,
+        payload: str,
+        purpose: str,
+        ref_id: str | None = None,
+    ) -> tuple[int, str]:
+        seq = current[0] + 1
+        entry_id = uuid.uuid4().hex
+        created_at = self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
+        digest = _entry_hash(
+            current[1], seq, kind, scope, entry_id, ref_id, payload, self.actor, purpose, created_at
+        )
+        conn.exec_driver_sql(
+            self._sql.insert_entry,
+            {
+                "seq": seq,
+                "kind": kind,
+                "scope": scope,
+                "entry_id": entry_id,
+                "ref_id": ref_id,
+                "payload": payload,
+                "actor": self.actor,
+                "purpose": purpose,
+                "created_at": created_at,
+                "prev_hash": current[1],
+                "hash": digest,
+            },
+        )
+        current[0], current[1] = seq, digest
+        return seq, entry_id
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        scope: str | Scope,
+        *,
+        epsilon: float,
+        delta: float = 0.0,
+        method: AccountingMethod = AccountingMethod.TIGHTEST,
+        neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE,
+        alert_at: float = 0.8,
+        purpose: str = "",
+    ) -> Budget:
+        """Create or change a scope's budget. Lowering it below what is spent is allowed (every
+        later reservation is refused); changing the neighbouring relation of a scope that has
+        events is not (their sensitivities were stated under the old one)."""
+        sc = Scope.parse(scope)
+        if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon < 0:
+            raise ConfigurationError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+        if not isinstance(delta, int | float) or not 0 <= delta < 1:
+            raise ConfigurationError(f"delta must be a number in [0, 1), got {delta!r}")
+        if not isinstance(method, AccountingMethod):
+            raise ConfigurationError(f"method must be an AccountingMethod, got {method!r}")
+        if not isinstance(alert_at, int | float) or not 0 < alert_at <= 1:
+            raise ConfigurationError(f"alert_at must be a fraction in (0, 1], got {alert_at!r}")
+        budget = Budget(sc, float(epsilon), float(delta), method, neighboring_relation, alert_at)
+        with self._write() as (conn, current):
+            row = conn.execute(
+                sa.select(store.scopes).where(store.scopes.c.scope == str(sc))
+            ).one_or_none()
+            state = ScopeState() if row is None else ScopeState.from_columns(row)
+            if row is not None and state.events and row.relation != neighboring_relation.value:
+                raise ConfigurationError(
+                    f"scope {sc} already has {state.events} events under the "
+                    f"{row.relation} relation; its neighbouring relation cannot change"
+                )
+            seq, _ = self._append(
+                conn,
+                current,
+                kind="budget",
+                scope=str(sc),
+                payload=budget.to_payload(),
+                purpose=purpose,
+            )
+            values = {
+                "epsilon": budget.epsilon,
+                "delta": budget.delta,
+                "method": method.value,
+                "relation": neighboring_relation.value,
+                "alert_at": budget.alert_at,
+                "last_seq": seq,
+            }
+            if row is None:
+                conn.execute(
+                    sa.insert(store.scopes).values(
+                        scope=str(sc), spent_epsilon=0.0, **state.to_columns(), **values
+                    )
+                )
+            else:
+                conn.execute(
+                    sa.update(store.scopes).where(store.scopes.c.scope == str(sc)).values(**values)
+                )
+        return budget
+
+    def budget(self, scope: str | Scope) -> Budget:
+        """The current budget of ``scope``."""
+        sc = Scope.parse(scope)
+        with self._read() as conn:
+            row = self._scope_row(conn, sc)
+        return self._budget_of(sc, row)
+
+    @staticmethod
+    def _budget_of(scope: Scope, row: Any) -> Budget:
+        return Budget(
+            scope,
+            float(row.epsilon),
+            float(row.delta),
+            AccountingMethod(row.method),
+            NeighboringRelation(row.relation),
+            float(row.alert_at),
+        )
+
+    def _scope_row(self, conn: sa.Connection, scope: Scope) -> Any:
+        row = conn.exec_driver_sql(self._sql.select_scope, {"scope_name": str(scope)}).one_or_none()
+        if row is None:
+            raise ScopeNotFoundError(
+                f"no budget is set for scope {scope}; set one with "
+                f"`veil ledger budget set --scope {scope} --epsilon E` or Ledger.set_budget"
+            )
+        return row
+
+    def scopes(self) -> list[Scope]:
+        """Every scope with a budget, sorted."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(store.scopes.c.scope).order_by(store.scopes.c.scope))
+            return [Scope.parse(r.scope) for r in rows]
+
+    # -- spending ------------------------------------------------------------------------------
+
+    def reserve(self, scope: str | Scope, event: Event, *, purpose: str = "") -> Reservation:
+        """Reserve the cost of ``event`` in ``scope``, or raise
+        :class:`~veil.errors.BudgetExceededError` (writing nothing) if it does not fit."""
+        sc = Scope.parse(scope)
+        if not isinstance(event, Event):
+            raise ConfigurationError(f"expected a privacy event, got {event!r}")
+        event_json = event.to_json()
+        # Work that needs no lock is done before taking it: the first use of an event computes
+        # its accountant costs (and imports dp-accounting), which other writers must not wait on.
+        relation = self._relations.get(str(sc))
+        if relation is None:
+            with self._read() as conn:
+                relation = NeighboringRelation(self._scope_row(conn, sc).relation)
+            self._relations[str(sc)] = relation
+        ScopeState().plus_json(event_json, relation)
+        with self._write() as (conn, current):
+            row = self._scope_row(conn, sc)
+            budget = self._budget_of(sc, row)
+            relation = budget.neighboring_relation
+            state = ScopeState.from_columns(row).plus_json(event_json, relation)
+            limit = budget.epsilon * (1 + _SLACK)
+            threshold = budget.alert_at * budget.epsilon
+            # Cheapest accountants first; stop as soon as one shows the spend below the alert
+            # threshold. Over the limit, the PLD accountant composes every stored event and may
+            # still prove the release affordable. (The recorded spend, and so the alerts, use
+            # the fast bounds: they may report slightly more than the tightest, never less.)
+            spent = math.inf
+            for _, eps in state.iter_epsilons(budget.delta, budget.method, relation):
+                spent = min(spent, eps)
+                if spent < threshold:
+                    break
+            tight_allowed = budget.method in (AccountingMethod.TIGHTEST, AccountingMethod.PLD)
+            if spent > limit and tight_allowed:
+                stored = self._event_payloads(conn, sc)
+                tight = pld_epsilon([*stored, event_json], budget.delta, relation)
+                if tight is not None:
+                    spent = min(spent, tight)
+            if spent > limit:
+                raise BudgetExceededError(
+                    scope=str(sc),
+                    budget_epsilon=budget.epsilon,
+                    budget_delta=budget.delta,
+                    spent_epsilon=float(row.spent_epsilon),
+                    requested_epsilon=spent,
+                )
+            seq, entry_id = self._append(
+                conn, current, kind="reserve", scope=str(sc), payload=event_json, purpose=purpose
+            )
+            conn.exec_driver_sql(
+                self._sql.update_spent,
+                {
+                    "scope_name": str(sc),
+                    "spent_epsilon": spent,
+                    "last_seq": seq,
+                    **state.to_columns(),
+                },
+            )
+            before = float(row.spent_epsilon)
+        alerts: tuple[Alert, ...] = ()
+        threshold = budget.alert_at * budget.epsilon
+        if before < threshold <= spent:
+            alerts = (Alert(sc, budget.alert_at, spent, budget.epsilon),)
+            for alert in alerts:
+                logger.warning("%s", alert)
+                if self._on_alert is not None:
+                    self._on_alert(alert)
+        return Reservation(
+            self,
+            entry_id=entry_id,
+            scope=sc,
+            event=event,
+            purpose=purpose,
+            seq=seq,
+            spent_epsilon=spent,
+            budget_epsilon=budget.epsilon,
+            alerts=alerts,
+        )
+
+    def _close_reservation(self, reservation: Reservation, kind: str, payload: str) -> None:
+        with self._write() as (conn, current):
+            closed = conn.exec_driver_sql(
+                self._sql.closing_of, {"reservation_id": reservation.id}
+            ).first()
+            if closed is not None:
+                raise ReservationError(f"reservation {reservation.id} was already closed")
+            self._append(
+                conn,
+                current,
+                kind=kind,
+                scope=str(reservation.scope),
+                payload=payload,
+                purpose=reservation.purpose,
+                ref_id=reservation.id,
+            )
+
+    def release(
+        self,
+        scope: str | Scope,
+        mechanism: Mechanism,
+        values: object,
+        *,
+        purpose: str = "",
+        rng: RandomSource | None = None,
+    ) -> Any:
+        """Validate ``values``, reserve the mechanism's event, release, commit.
+
+        Bad input raises :class:`~veil.errors.DataError` before anything is spent; an exhausted
+        budget raises :class:`~veil.errors.BudgetExceededError` before any noise is drawn.
+        """
+        mechanism.validate(values)
+        with self.reserve(scope, mechanism.event, purpose=purpose):
+            return mechanism.release(values, rng=rng)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _event_payloads(conn: sa.Connection, scope: Scope) -> list[str]:
+        rows = conn.execute(
+            sa.select(store.entries.c.payload).where(
+                store.entries.c.scope == str(scope), store.entries.c.kind == "reserve"
+            )
+        )
+        return [r.payload for r in rows]
+
+    def status(self, scope: str | Scope) -> BudgetStatus:
+        """The budget of ``scope`` and its spend, recomputed from the stored events with every
+        applicable accountant (the tightest is reported)."""
+        sc = Scope.parse(scope)
+        with self._read() as conn:
+            row = self._scope_row(conn, sc)
+            payloads = self._event_payloads(conn, sc)
+            pending = self._pending_count(conn, sc)
+        budget = self._budget_of(sc, row)
+        relation = budget.neighboring_relation
+        state = ScopeState.from_columns(row)
+        by = state.epsilons(budget.delta, budget.method, relation)
+        if budget.method in (AccountingMethod.TIGHTEST, AccountingMethod.PLD) and payloads:
+            tight = pld_epsilon(payloads, budget.delta, relation)
+            if tight is not None:
+                by["PLD"] = tight
+        spent = 0.0 if not payloads else min(by.values(), default=math.inf)
+        return BudgetStatus(budget, spent, by, len(payloads), pending)
+
+    @staticmethod
+    def _pending_count(conn: sa.Connection, scope: Scope) -> int:
+        closing = sa.select(store.entries.c.ref_id).where(
+            store.entries.c.scope == str(scope), store.entries.c.ref_id.is_not(None)
+        )
+        count = conn.execute(
+            sa.select(sa.func.count()).where(
+                store.entries.c.scope == str(scope),
+                store.entries.c.kind == "reserve",
+                store.entries.c.entry_id.not_in(closing),
+            )
+        ).scalar_one()
+        return int(count)
+
+    def history(self, scope: str | Scope | None = None) -> list[Entry]:
+        """The append-only history, oldest first (one scope, or all)."""
+        query = sa.select(store.entries).order_by(store.entries.c.seq)
+        if scope is not None:
+            query = query.where(store.entries.c.scope == str(Scope.parse(scope)))
+        with self._read() as conn:
+            rows = list(conn.execute(query))
+        outcome = {r.ref_id: r.kind for r in rows if r.ref_id is not None}
+        out = []
+        for r in rows:
+            status = None
+            if r.kind == "reserve":
+                status = {"commit": "committed", "fail": "failed"}.get(
+                    outcome.get(r.entry_id, ""), "pending"
+                )
+            out.append(
+                Entry(
+                    int(r.seq),
+                    r.kind,
+                    r.scope,
+                    r.entry_id,
+                    r.ref_id,
+                    r.payload,
+                    r.actor,
+                    r.purpose,
+                    r.created_at,
+                    r.prev_hash,
+                    r.hash,
+                    status,
+                )
+            )
+        return out
+
+    def verify(self) -> VerifyReport:
+        """Recompute the hash chain and every scope's cached totals from the history.
+
+        Finds a row altered, removed or inserted anywhere but at the very end (compare
+        ``head_hash`` with a copy kept elsewhere to detect truncation of the newest rows too),
+        and a scope table that no longer matches the history.
+        """
+        problems: list[str] = []
+        with self._read() as conn:
+            rows = list(conn.execute(sa.select(store.entries).order_by(store.entries.c.seq)))
+            head_row = conn.execute(sa.select(store.head).where(store.head.c.id == 1)).one()
+            scope_rows = {r.scope: r for r in conn.execute(sa.select(store.scopes))}
+        prev = store.GENESIS_HASH
+        for expected_seq, r in enumerate(rows, start=1):
+            if r.seq != expected_seq:
+                problems.append(f"entry {expected_seq} is missing (found {r.seq} in its place)")
+                break
+            if r.prev_hash != prev:
+                problems.append(f"entry {r.seq} does not link to the entry before it")
+            digest = _entry_hash(
+                r.prev_hash,
+                r.seq,
+                r.kind,
+                r.scope,
+                r.entry_id,
+                r.ref_id,
+                r.payload,
+                r.actor,
+                r.purpose,
+                r.created_at,
+            )
+            if digest != r.hash:
+                problems.append(f"entry {r.seq} was altered (its hash does not match its content)")
+            prev = r.hash
+        if rows and (head_row.seq != rows[-1].seq or head_row.hash != rows[-1].hash):
+            problems.append("the head does not match the last entry (entries were removed)")
+        if not rows and head_row.seq != 0:
+            problems.append("the head records entries but the history is empty")
+        problems.extend(self._check_scopes(rows, scope_rows))
+        head_hash = rows[-1].hash if rows else store.GENESIS_HASH
+        return VerifyReport(not problems, len(rows), head_hash, tuple(problems))
+
+    @staticmethod
+    def _check_scopes(rows: list[Any], scope_rows: dict[str, Any]) -> list[str]:
+        problems = []
+        rebuilt: dict[str, tuple[Budget, ScopeState]] = {}
+        for r in rows:
+            if r.kind == "budget":
+                sc = Scope.parse(r.scope)
+                state = rebuilt[r.scope][1] if r.scope in rebuilt else ScopeState()
+                try:
+                    rebuilt[r.scope] = (Budget.from_payload(sc, r.payload), state)
+                except (ValueError, KeyError):
+                    problems.append(f"entry {r.seq} holds an unreadable budget")
+            elif r.kind == "reserve":
+                if r.scope not in rebuilt:
+                    problems.append(f"entry {r.seq} spends from scope {r.scope} before its budget")
+                    continue
+                budget, state = rebuilt[r.scope]
+                try:
+                    event = event_from_json(r.payload)
+                except ConfigurationError:
+                    problems.append(f"entry {r.seq} holds an unreadable event")
+                    continue
+                rebuilt[r.scope] = (budget, state.plus(event, budget.neighboring_relation))
+        for name in sorted(set(rebuilt) | set(scope_rows)):
+            if name not in scope_rows:
+                problems.append(f"scope {name} is in the history but missing from the scope table")
+                continue
+            if name not in rebuilt:
+                problems.append(f"scope {name} is in the scope table but has no history")
+                continue
+            budget, state = rebuilt[name]
+            row = scope_rows[name]
+            cached = (row.epsilon, row.delta, row.method, row.relation, row.alert_at)
+            expected = (
+                budget.epsilon,
+                budget.delta,
+                budget.method.value,
+                budget.neighboring_relation.value,
+                budget.alert_at,
+            )
+            if cached != expected:
+                problems.append(f"scope {name}: the cached budget differs from the history")
+            if not ScopeState.from_columns(row).close_to(state):
+                problems.append(f"scope {name}: the cached spend differs from the history")
+        return problems
