@@ -39,6 +39,8 @@ __all__ = ["Domain", "GaussianMechanism", "LaplaceMechanism", "Mechanism"]
 
 # A real value is rounded to a grid; its index must stay well inside int64.
 _MAX_GRID_INDEX = 2.0**62
+# The discrete Gaussian sampler takes sigma below 2**26 grid steps; stay well inside.
+_MAX_GRID_SIGMA = 2.0**24
 # Grid steps per unit of sensitivity (per coordinate): rounding then costs at most 1/1024 extra.
 _GRID_STEPS = 1024
 
@@ -99,6 +101,10 @@ class Mechanism(abc.ABC):
     def error_bound(self, *, alpha: float = 0.05) -> float:
         """With probability at least ``1 - alpha``, the noise on one coordinate is at most this
         (in data units)."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A short description in data units."""
 
     @property
     @abc.abstractmethod
@@ -228,6 +234,11 @@ class LaplaceMechanism(Mechanism):
     def _noise(self, rng: RandomSource, size: int) -> npt.NDArray[np.int64]:
         return samplers.discrete_laplace(rng, size, scale=self._grid_scale)
 
+    def describe(self) -> str:
+        """A short description in data units, e.g. ``Laplace(ε=0.1, scale 10)``."""
+        dim = f", {self.dimension} values" if self.dimension > 1 else ""
+        return f"Laplace(ε={self.epsilon:.4g}, scale {self.scale:.4g}{dim})"
+
     def __repr__(self) -> str:
         return (
             f"LaplaceMechanism(epsilon={self.epsilon:.6g}, sensitivity={self.sensitivity:.6g}, "
@@ -257,27 +268,42 @@ class GaussianMechanism(Mechanism):
     ) -> None:
         self.sensitivity = _finite_positive("sensitivity", sensitivity)
         super().__init__(domain=domain, dimension=dimension, granularity=granularity)
-        g = self.granularity
-        if domain is Domain.INTEGERS:
-            grid_sensitivity = self.sensitivity
-            if dimension == 1:
-                grid_sensitivity = float(max(1, math.floor(self.sensitivity)))
-        elif dimension == 1:
-            grid_sensitivity = float(math.floor(self.sensitivity / g) + 1)
-        else:
-            grid_sensitivity = self.sensitivity / g + math.sqrt(dimension)
-        self._grid_sensitivity = grid_sensitivity
         if sigma is not None:
             if epsilon is not None or delta is not None:
                 raise ConfigurationError("give either sigma= or epsilon= and delta=, not both")
-            self._grid_sigma = _finite_positive("sigma", sigma) / g
+            target = _finite_positive("sigma", sigma)
         else:
             if epsilon is None or delta is None:
                 raise ConfigurationError("give sigma=, or both epsilon= and delta=")
             eps = _finite_positive("epsilon", epsilon)
             if not isinstance(delta, int | float) or not 0 < delta < 1:
                 raise ConfigurationError(f"delta must be in (0, 1), got {delta!r}")
-            self._grid_sigma = self._calibrate(eps, float(delta))
+            target_delta = float(delta)
+        while True:
+            self._grid_sensitivity = self._grid_sensitivity_for(self.granularity)
+            if sigma is not None:
+                self._grid_sigma = target / self.granularity
+            else:
+                self._grid_sigma = self._calibrate(eps, target_delta)
+            if self._grid_sigma < _MAX_GRID_SIGMA:
+                break
+            # So much noise that the grid index would leave the sampler's range: a coarser grid
+            # (relative to the noise, still far finer than it) keeps it in range.
+            if domain is Domain.INTEGERS or granularity is not None:
+                raise ConfigurationError(
+                    f"sigma is {self._grid_sigma:.3g} grid steps, above the sampler's limit of "
+                    f"{_MAX_GRID_SIGMA:.3g}; use Domain.REALS with a coarser granularity"
+                )
+            self.granularity *= 2.0 ** math.ceil(math.log2(self._grid_sigma / _MAX_GRID_SIGMA) + 1)
+
+    def _grid_sensitivity_for(self, g: float) -> float:
+        if self.domain is Domain.INTEGERS:
+            if self.dimension == 1:
+                return float(max(1, math.floor(self.sensitivity)))
+            return self.sensitivity
+        if self.dimension == 1:
+            return float(math.floor(self.sensitivity / g) + 1)
+        return self.sensitivity / g + math.sqrt(self.dimension)
 
     def _calibrate(self, epsilon: float, delta: float) -> float:
         sens = self._grid_sensitivity
@@ -340,6 +366,11 @@ class GaussianMechanism(Mechanism):
 
     def _noise(self, rng: RandomSource, size: int) -> npt.NDArray[np.int64]:
         return samplers.discrete_gaussian(rng, size, sigma=self._grid_sigma)
+
+    def describe(self) -> str:
+        """A short description in data units, e.g. ``Gaussian(σ=18.3, ρ=0.0015)``."""
+        dim = f", {self.dimension} values" if self.dimension > 1 else ""
+        return f"Gaussian(σ={self.sigma:.4g}, ρ={self.rho:.3g}{dim})"
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,5 @@
+"""``python -m veil`` runs the command line."""
+
+from veil.cli.main import run
+
+run()
