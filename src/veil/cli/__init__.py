@@ -1,0 +1,1 @@
+"""The ``veil`` command line: one module per command group. Nothing else imports this package."""

@@ -1,0 +1,279 @@
+"""``veil demo``: a tour of what veil does, on bundled data, written up as a report.
+
+Each part of veil adds its scenario here as it lands. Today: the privacy core (secure noise,
+accounting) and the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import typer
+from rich.progress import Progress
+
+from veil.cli._common import console, fmt
+from veil.datasets import census2000
+from veil.errors import BudgetExceededError
+from veil.ledger import Ledger
+from veil.privacy import samplers
+from veil.privacy.accountants import PldAccountant, RdpAccountant
+from veil.privacy.events import GaussianEvent, PoissonSampledEvent, SelfComposedEvent
+from veil.privacy.mechanisms import Domain, GaussianMechanism, LaplaceMechanism
+from veil.privacy.random import SecureRandom
+from veil.reports import Report
+from veil.reports.plots import have_matplotlib, line_plot, pmf_plot
+
+
+def demo(
+    out: Path = typer.Option(  # noqa: B008 - typer's idiom
+        Path("veil-demo"), "--out", help="Folder for the report (created if needed)."
+    ),
+) -> None:
+    """Run the tour on bundled data and write a report (HTML and Markdown) to OUT."""
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plots = have_matplotlib()
+    report = Report("veil demo: secure noise, tight accounting, an enforced budget")
+    report.paragraph(
+        "Everything below ran on this machine just now, on the US Census 2000 PUMS excerpt "
+        "bundled with veil (29,501 people, one row each). Noise came from veil's cryptographically "
+        "secure generator."
+    )
+    if not plots:
+        report.paragraph("matplotlib is not installed (pip install 'veil[reports]'): no plots.")
+    _noise(report, out, plots)
+    _accounting(report, out, plots)
+    _ledger(report, out)
+    html_path, _ = report.write(out)
+    console.print(f"\n[bold]report written to {out}[/bold]  (open {html_path.name})")
+
+
+def _noise(report: Report, out: Path, plots: bool) -> None:
+    console.rule("1. secure, exact noise")
+    rng = SecureRandom()
+    n = 1_000_000
+    rows = []
+    panels = []
+
+    def laplace_pmf(k: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        return np.exp(-np.abs(k) / 3.0)
+
+    def gauss_pmf(k: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        return np.exp(-(k.astype(np.float64) ** 2) / 18.0)
+
+    cases: list[tuple[str, Callable[[], npt.NDArray[np.int64]], Any]] = [
+        (
+            "discrete Laplace, scale 3",
+            lambda: samplers.discrete_laplace(rng, n, scale=3.0),
+            laplace_pmf,
+        ),
+        (
+            "discrete Gaussian, sigma 3",
+            lambda: samplers.discrete_gaussian(rng, n, sigma=3.0),
+            gauss_pmf,
+        ),
+    ]
+    for name, draw, pmf in cases:
+        start = time.perf_counter()
+        x = draw()
+        seconds = time.perf_counter() - start
+        support = np.arange(-15, 16)
+        weights = pmf(np.arange(-200, 201))
+        expected = pmf(support) / weights.sum() * n
+        observed = np.array([(x == k).sum() for k in support])
+        rows.append(
+            [
+                name,
+                f"{n:,}",
+                f"{seconds:.3f}",
+                f"{n / seconds / 1e6:.2f}",
+                f"{x.mean():+.4f}",
+                f"{x.var():.3f}",
+            ]
+        )
+        panels.append((name, support, observed, expected))
+        console.print(f"{name}: {n:,} samples in {seconds:.3f} s ({n / seconds / 1e6:.2f} M/s)")
+    report.heading("1. Secure, exact noise")
+    report.paragraph(
+        "veil adds integer noise drawn exactly from the discrete Laplace and discrete Gaussian "
+        "distributions (Canonne, Kamath, Steinke 2020), with no floating-point arithmetic in any "
+        "decision, from an AES-CTR generator keyed by the operating system. Real values are "
+        "rounded to a power-of-two grid first, which closes the floating-point side channel that "
+        "breaks textbook Laplace noise (Mironov 2012)."
+    )
+    report.table(["distribution", "samples", "seconds", "million/s", "mean", "variance"], rows)
+    if plots:
+        pmf_plot(out / "noise.png", panels)
+        report.image("noise.png", "One million draws of each, against the exact probability mass.")
+
+
+def _accounting(report: Report, out: Path, plots: bool) -> None:
+    console.rule("2. tight accounting")
+    q, sigma, delta = 256 / 60000, 1.1, 1e-5
+    steps_per_epoch = 60000 / 256
+    epochs = [1, 5, 10, 20, 40, 60]
+    pld, rdp = [], []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("PLD and RDP accounting of DP-SGD", total=len(epochs))
+        for e in epochs:
+            ev = SelfComposedEvent(
+                PoissonSampledEvent(q, GaussianEvent(sigma)), int(np.ceil(e * steps_per_epoch))
+            )
+            pld.append(PldAccountant().compose(ev).epsilon(delta))
+            rdp.append(RdpAccountant().compose(ev).epsilon(delta))
+            progress.advance(task)
+    console.print(
+        f"DP-SGD on MNIST (Abadi et al.), 60 epochs: PLD epsilon {pld[-1]:.4f}, RDP {rdp[-1]:.4f}"
+    )
+    report.heading("2. Tight accounting")
+    report.paragraph(
+        "Every release is recorded as a privacy event; accountants compose events into "
+        "(epsilon, delta). The privacy loss distribution (PLD) accountant is the tightest; Rényi "
+        "DP (RDP) is faster and looser. Below: DP-SGD as trained by Abadi et al. (2016) on MNIST "
+        "(Poisson sampling q = 256/60000, noise multiplier 1.1, delta = 1e-5). Published "
+        "references computed with dp-accounting and Opacus give 2.382 (PLD) and 2.597 (RDP) at "
+        "60 epochs."
+    )
+    report.table(
+        ["epochs", "steps", "epsilon (PLD)", "epsilon (RDP)", "RDP overstates by"],
+        [
+            [e, int(np.ceil(e * steps_per_epoch)), f"{p:.4f}", f"{r:.4f}", f"{r / p - 1:.1%}"]
+            for e, p, r in zip(epochs, pld, rdp, strict=True)
+        ],
+    )
+    if plots:
+        line_plot(
+            out / "accounting.png",
+            x=epochs,
+            series={"PLD": pld, "RDP": rdp},
+            xlabel="epochs",
+            ylabel="epsilon at delta 1e-5",
+            title="DP-SGD on MNIST: privacy spent per epoch",
+        )
+        report.image("accounting.png", "Epsilon after each epoch, by accountant.")
+
+
+def _ledger(report: Report, out: Path) -> None:
+    console.rule("3. an enforced, persistent budget")
+    db = out / "ledger.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    data = census2000()
+    scope = "census2000/person"
+    rows = []
+    with Ledger(str(db), actor="demo@veil") as ledger:
+        ledger.set_budget(scope, epsilon=1.0, delta=1e-6, purpose="annual release")
+        releases = [
+            (
+                "people in the sample",
+                LaplaceMechanism(epsilon=0.1, sensitivity=1, domain=Domain.INTEGERS),
+                len(data),
+            ),
+            (
+                "people with 16+ years of education",
+                LaplaceMechanism(epsilon=0.1, sensitivity=1, domain=Domain.INTEGERS),
+                int((data.educ >= 16).sum()),
+            ),
+            (
+                "people by years of education (9..16)",
+                LaplaceMechanism(epsilon=0.2, sensitivity=1, domain=Domain.INTEGERS, dimension=8),
+                np.array([(data.educ == k).sum() for k in range(9, 17)]),
+            ),
+            (
+                "total log weekly income, clamped to [0, 10]",
+                GaussianMechanism(epsilon=0.3, delta=1e-7, sensitivity=10.0),
+                float(np.clip(data.lweekinc, 0, 10).sum()),
+            ),
+        ]
+        for what, mech, truth in releases:
+            noisy = ledger.release(scope, mech, truth, purpose=what)
+            shown_truth = truth.tolist() if isinstance(truth, np.ndarray) else truth
+            shown_noisy = noisy.tolist() if isinstance(noisy, np.ndarray) else noisy
+            rows.append(
+                [
+                    what,
+                    mech.describe(),
+                    _short(shown_noisy),
+                    _short(shown_truth),
+                    fmt(mech.error_bound(alpha=0.05), 3),
+                ]
+            )
+            console.print(f"released {what}: {_short(shown_noisy)}")
+        status = ledger.status(scope)
+        console.print(
+            f"spent epsilon {status.spent_epsilon:.4f} of {status.budget.epsilon} "
+            f"({', '.join(f'{k} {v:.4f}' for k, v in status.by_accountant.items())})"
+        )
+        greedy = LaplaceMechanism(epsilon=0.5, sensitivity=1, domain=Domain.INTEGERS)
+        try:
+            ledger.release(scope, greedy, len(data), purpose="one more, too expensive")
+            refused = "NOT refused (this is a bug)"
+        except BudgetExceededError as exc:
+            refused = str(exc)
+        console.print(f"[yellow]refused:[/yellow] {refused}")
+        history = ledger.history()
+        verified = ledger.verify()
+    (out / "ledger-history.json").write_text(
+        json.dumps([e.to_dict() for e in history], indent=2), encoding="utf-8"
+    )
+    tampered = out / "ledger-tampered.sqlite"
+    shutil.copyfile(db, tampered)
+    with sqlite3.connect(tampered) as conn:
+        conn.execute(
+            "UPDATE veil_ledger_entries SET payload = ? WHERE seq = 2",
+            ('{"scale":1000.0,"sensitivity":1.0,"dimension":1,"type":"discrete_laplace"}',),
+        )
+    with Ledger(str(tampered)) as copy:
+        tamper_report = copy.verify()
+    console.print(
+        f"ledger verifies: {verified.ok}; tampered copy verifies: {tamper_report.ok} "
+        f"({'; '.join(tamper_report.problems)})"
+    )
+
+    report.heading("3. An enforced, persistent budget")
+    report.paragraph(
+        f"The scope {scope} (each person in the census excerpt) got a budget of epsilon 1, "
+        "delta 1e-6 in a SQLite ledger. Each release reserved its cost before any noise was "
+        "drawn, then committed. The 95% error bound is known before release, from public "
+        "parameters only."
+    )
+    report.table(
+        ["release", "mechanism", "noisy value", "true value (not released)", "95% error bound"],
+        rows,
+    )
+    report.paragraph(
+        f"Spent: epsilon {status.spent_epsilon:.4f} at delta 1e-6 (tightest accountant; "
+        + ", ".join(f"{k}: {v:.4f}" for k, v in status.by_accountant.items())
+        + "). Adding up the four releases' own epsilons (0.1 + 0.1 + 0.2, and 0.3 at delta "
+        "1e-7) would have counted 0.7."
+    )
+    report.paragraph("A further release at epsilon 0.5 was refused, before any noise was drawn:")
+    report.code(refused)
+    report.paragraph(
+        f"The history (ledger-history.json) has {verified.entries} hash-chained entries and "
+        f"verifies (head {verified.head_hash[:16]}...). A copy with one past spend rewritten to "
+        "look cheaper does not: " + "; ".join(tamper_report.problems) + "."
+    )
+    report.table(
+        ["seq", "kind", "what", "event", "status"],
+        [
+            [e.seq, e.kind, e.purpose, e.event.describe() if e.event else "", e.status or ""]
+            for e in history
+        ],
+    )
+
+
+def _short(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return f"{value:,}" if isinstance(value, int) else str(value)
