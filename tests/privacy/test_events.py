@@ -78,15 +78,24 @@ def test_dict_round_trip_and_type_tags(event: ev.Event) -> None:
 
 
 def test_every_event_class_is_registered_with_a_distinct_tag() -> None:
-    classes = [
-        c for c in vars(ev).values() if isinstance(c, type) and issubclass(c, ev.Event)
-    ]
+    classes = [c for c in vars(ev).values() if isinstance(c, type) and issubclass(c, ev.Event)]
     tags = [c.type_tag for c in classes if c is not ev.Event]
     assert len(tags) == len(set(tags)) == len(classes) - 1
     assert set(tags) == {
-        "noop", "non_private", "laplace", "gaussian", "discrete_laplace", "discrete_gaussian",
-        "exponential_mechanism", "pure_dp", "approx_dp", "zcdp", "poisson_sampled",
-        "sampled_without_replacement", "self_composed", "composed",
+        "noop",
+        "non_private",
+        "laplace",
+        "gaussian",
+        "discrete_laplace",
+        "discrete_gaussian",
+        "exponential_mechanism",
+        "pure_dp",
+        "approx_dp",
+        "zcdp",
+        "poisson_sampled",
+        "sampled_without_replacement",
+        "self_composed",
+        "composed",
     }
 
 

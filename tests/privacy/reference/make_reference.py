@@ -21,16 +21,34 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 # (name, sampling probability q, noise multiplier sigma, steps T, delta, source)
 SETTINGS = [
-    ("abadi_mnist_60_epochs", 256 / 60000, 1.1, 14063, 1e-5,
-     "Abadi et al. 2016 MNIST as in Opacus' examples/mnist README: T = ceil(60 * 60000 / 256)"),
+    (
+        "abadi_mnist_60_epochs",
+        256 / 60000,
+        1.1,
+        14063,
+        1e-5,
+        "Abadi et al. 2016 MNIST as in Opacus' examples/mnist README: T = ceil(60 * 60000 / 256)",
+    ),
     ("q0.01_sigma1_T1000", 0.01, 1.0, 1000, 1e-5, "generic"),
     ("q0.001_sigma0.8_T10000_delta1e-6", 0.001, 0.8, 10000, 1e-6, "small q, many steps"),
-    ("full_batch_sigma5_T100", 1.0, 5.0, 100, 1e-5,
-     "no sampling: exactly one Gaussian with mu = sqrt(T)/sigma = 2"),
+    (
+        "full_batch_sigma5_T100",
+        1.0,
+        5.0,
+        100,
+        1e-5,
+        "no sampling: exactly one Gaussian with mu = sqrt(T)/sigma = 2",
+    ),
     ("q0.1_sigma1.5_T300", 0.1, 1.5, 300, 1e-5, "large q (fractional-order RDP matters)"),
     ("abadi_section3.1_E100", 0.01, 4.0, 10000, 1e-5, "Abadi et al. 2016 section 3.1"),
-    ("tf_privacy_tutorial_15_epochs", 250 / 60000, 1.3, 3600, 1e-5,
-     "TensorFlow Privacy tutorial: n=60000, batch 250, 15 epochs"),
+    (
+        "tf_privacy_tutorial_15_epochs",
+        250 / 60000,
+        1.3,
+        3600,
+        1e-5,
+        "TensorFlow Privacy tutorial: n=60000, batch 250, 15 epochs",
+    ),
 ]
 
 
@@ -38,7 +56,8 @@ def main() -> None:
     rows = []
     for name, q, sigma, steps, delta, source in SETTINGS:
         event = dpa.SelfComposedDpEvent(
-            dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma)) if q < 1
+            dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma))
+            if q < 1
             else dpa.GaussianDpEvent(sigma),
             steps,
         )
