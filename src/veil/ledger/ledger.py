@@ -715,22 +715,9 @@ class Ledger:
                 status = {"commit": "committed", "fail": "failed"}.get(
                     outcome.get(r.entry_id, ""), "pending"
                 )
-            out.append(
-                Entry(
-                    int(r.seq),
-                    r.kind,
-                    r.scope,
-                    r.entry_id,
-                    r.ref_id,
-                    r.payload,
-                    r.actor,
-                    r.purpose,
-                    r.created_at,
-                    r.prev_hash,
-                    r.hash,
-                    status,
-                )
-            )
+            fields = dict(r._mapping)
+            fields["seq"] = int(fields["seq"])
+            out.append(Entry(**fields, status=status))
         return out
 
     def verify(self) -> VerifyReport:
@@ -752,18 +739,7 @@ class Ledger:
                 break
             if r.prev_hash != prev:
                 problems.append(f"entry {r.seq} does not link to the entry before it")
-            digest = _entry_hash(
-                r.prev_hash,
-                r.seq,
-                r.kind,
-                r.scope,
-                r.entry_id,
-                r.ref_id,
-                r.payload,
-                r.actor,
-                r.purpose,
-                r.created_at,
-            )
+            digest = _entry_hash(**{k: v for k, v in r._mapping.items() if k != "hash"})
             if digest != r.hash:
                 problems.append(f"entry {r.seq} was altered (its hash does not match its content)")
             prev = r.hash

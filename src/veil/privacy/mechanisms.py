@@ -60,6 +60,11 @@ def _finite_positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_alpha(alpha: float) -> None:
+    if not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise ConfigurationError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
 def _power_of_two_at_most(x: float) -> float:
     return 2.0 ** math.floor(math.log2(x))
 
@@ -223,8 +228,7 @@ class LaplaceMechanism(Mechanism):
         return math.sqrt(2.0 * p) / (1.0 - p) * self.granularity
 
     def error_bound(self, *, alpha: float = 0.05) -> float:
-        if not 0 < alpha < 1:
-            raise ConfigurationError(f"alpha must be in (0, 1), got {alpha!r}")
+        _check_alpha(alpha)
         # P(|K| >= k) = 2 p^k / (1 + p) for k >= 1, with p = exp(-1/t)
         log_p = -1.0 / self._grid_scale
         p = math.exp(log_p)
@@ -351,8 +355,7 @@ class GaussianMechanism(Mechanism):
         return float(math.sqrt(float(np.sum(w * k**2) / np.sum(w))) * self.granularity)
 
     def error_bound(self, *, alpha: float = 0.05) -> float:
-        if not 0 < alpha < 1:
-            raise ConfigurationError(f"alpha must be in (0, 1), got {alpha!r}")
+        _check_alpha(alpha)
         s = self._grid_sigma
         if s >= 2:
             # P(|K| <= k) = P(|N(0, s²)| <= k + 1/2) up to e^(-2π²s²) (Poisson summation)

@@ -112,6 +112,24 @@ def _as_int64_array(values: npt.ArrayLike, name: str) -> IntArray:
     return array.astype(np.int64, copy=False)
 
 
+def _ratio_arrays(
+    numerator: npt.ArrayLike, denominator: npt.ArrayLike
+) -> tuple[IntArray, IntArray]:
+    """``numerator`` and ``denominator`` as broadcast int64 arrays, with ``1 <= b < 2**62``."""
+    a_in = _as_int64_array(numerator, "numerator")
+    b_in = _as_int64_array(denominator, "denominator")
+    try:
+        a, b = np.broadcast_arrays(a_in, b_in)
+    except ValueError:
+        raise ConfigurationError(
+            f"numerator and denominator cannot be broadcast together: shapes {a_in.shape} "
+            f"and {b_in.shape}"
+        ) from None
+    if b.size and (int(b.min()) < 1 or int(b.max()) >= _MAX_DENOMINATOR):
+        raise ConfigurationError("denominator must satisfy 1 <= b < 2**62 in every entry")
+    return a, b
+
+
 # --------------------------------------------------------------------------------------------
 # Rational scales
 # --------------------------------------------------------------------------------------------
@@ -350,17 +368,7 @@ def bernoulli_rational(
     Returns:
         A boolean array of the broadcast shape.
     """
-    a_in = _as_int64_array(numerator, "numerator")
-    b_in = _as_int64_array(denominator, "denominator")
-    try:
-        a, b = np.broadcast_arrays(a_in, b_in)
-    except ValueError:
-        raise ConfigurationError(
-            f"numerator and denominator cannot be broadcast together: shapes {a_in.shape} "
-            f"and {b_in.shape}"
-        ) from None
-    if b.size and (int(b.min()) < 1 or int(b.max()) >= _MAX_DENOMINATOR):
-        raise ConfigurationError("denominator must satisfy 1 <= b < 2**62 in every entry")
+    a, b = _ratio_arrays(numerator, denominator)
     if a.size and (int(a.min()) < 0 or bool((a > b).any())):
         raise ConfigurationError("numerator must satisfy 0 <= a <= b in every entry")
     flat_a = a.ravel()
@@ -512,17 +520,7 @@ def bernoulli_exp(
     Returns:
         A boolean array of the broadcast shape.
     """
-    a_in = _as_int64_array(numerator, "numerator")
-    b_in = _as_int64_array(denominator, "denominator")
-    try:
-        a, b = np.broadcast_arrays(a_in, b_in)
-    except ValueError:
-        raise ConfigurationError(
-            f"numerator and denominator cannot be broadcast together: shapes {a_in.shape} "
-            f"and {b_in.shape}"
-        ) from None
-    if b.size and (int(b.min()) < 1 or int(b.max()) >= _MAX_DENOMINATOR):
-        raise ConfigurationError("denominator must satisfy 1 <= b < 2**62 in every entry")
+    a, b = _ratio_arrays(numerator, denominator)
     if a.size and int(a.min()) < 0:
         raise ConfigurationError("numerator must be >= 0 in every entry")
     result = _bernoulli_exp(rng, a.ravel().copy(), b.ravel().copy())
