@@ -103,6 +103,11 @@ def test_errors_are_one_line_without_traceback(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     db = str(tmp_path / "l.sqlite")
+    code, _, err = run(capsys, "ledger", "show", "--ledger", db)
+    assert code == 1
+    assert err.startswith("error: there is no ledger at")  # a typo must not look like a ledger
+    assert not Path(db).exists()
+    run(capsys, "ledger", "budget", "set", "--scope", "a/person", "--epsilon", "1", "--ledger", db)
     code, out, err = run(capsys, "ledger", "show", "--scope", "nope/person", "--ledger", db)
     assert code == 1
     assert err.startswith("error: no budget is set for scope nope/person")
@@ -199,6 +204,25 @@ def test_privacy_epsilon_of_events_given_as_json(capsys: pytest.CaptureFixture[s
     assert json.loads(out)["epsilon"]["pure-DP"] == pytest.approx(0.2)
     code, _, err = run(capsys, "privacy", "epsilon", "--delta", "1e-6", "--event", "{nonsense")
     assert code == 1 and "not valid JSON" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["epsilon", "--delta", "1e-5", "--noise-multiplier", "1", "--sampling-probability", "7"],
+        ["epsilon", "--delta", "1e-5", "--noise-multiplier", "1", "--steps", "0"],
+        ["epsilon", "--delta", "1e-5", "--event", '{"type": "composed", "events": 5}'],
+        ["calibrate", "--epsilon", "1", "--delta", "1e-5", "--steps", "0"],
+        ["calibrate", "--epsilon", "1", "--delta", "1e-5", "--sampling-probability", "0"],
+    ],
+)
+def test_privacy_commands_refuse_impossible_settings(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    code, _, err = run(capsys, "privacy", *args)
+    assert code == 1
+    assert err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_privacy_calibrate(capsys: pytest.CaptureFixture[str]) -> None:

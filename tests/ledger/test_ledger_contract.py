@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from veil.errors import (
     BudgetExceededError,
@@ -285,3 +286,72 @@ def test_release_of_a_vector_through_the_ledger(ledger: Ledger) -> None:
     assert noisy.shape == (4,)
     assert noisy.dtype == np.int64
     assert ledger.history()[-2].event == mech.event
+
+
+def test_an_event_no_accountant_of_the_scope_understands_is_refused_as_such(
+    ledger: Ledger,
+) -> None:
+    from veil.errors import UnsupportedEventError
+
+    ledger.set_budget(SCOPE, epsilon=100.0, delta=1e-6, method=AccountingMethod.ZCDP)
+    before = len(ledger.history())
+    with pytest.raises(UnsupportedEventError, match="cannot compose"):
+        ledger.reserve(SCOPE, ev.PoissonSampledEvent(0.01, ev.GaussianEvent(1.0)))
+    with pytest.raises(UnsupportedEventError):
+        ledger.reserve(SCOPE, ev.SampledWithoutReplacementEvent(100, 10, ev.GaussianEvent(1.0)))
+    assert len(ledger.history()) == before
+
+
+def test_a_failing_alert_callback_does_not_lose_the_reservation(ledger: Ledger) -> None:
+    def broken(alert: Alert) -> None:
+        raise RuntimeError("pager is down")
+
+    ledger._on_alert = broken
+    ledger.set_budget(SCOPE, epsilon=1.0, method=AccountingMethod.PURE, alert_at=0.5)
+    reservation = ledger.reserve(SCOPE, ev.PureDpEvent(0.9))
+    assert reservation.alerts
+    reservation.commit()
+    assert ledger.status(SCOPE).pending == 0
+
+
+def test_a_keyed_chain_cannot_be_rewritten_without_the_key(ledger_url: str) -> None:
+    from veil.errors import LedgerError
+    from veil.ledger.ledger import _entry_hash
+
+    with Ledger(ledger_url, key="correct horse battery staple") as keyed:
+        keyed.set_budget(SCOPE, epsilon=1.0, method=AccountingMethod.PURE)
+        keyed.reserve(SCOPE, ev.PureDpEvent(0.9)).commit()
+        assert keyed.verify().ok
+        # someone with write access deletes the spend and rebuilds the chain, without the key
+        with keyed._engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM veil_ledger_entries WHERE seq > 1")
+            row = conn.exec_driver_sql("SELECT * FROM veil_ledger_entries").one()
+            fields = {k: v for k, v in row._mapping.items() if k != "hash"}
+            forged = _entry_hash(None, **fields)
+            conn.execute(
+                sa.text("UPDATE veil_ledger_entries SET hash = :h WHERE seq = 1"), {"h": forged}
+            )
+            conn.execute(sa.text("UPDATE veil_ledger_head SET seq = 1, hash = :h"), {"h": forged})
+            conn.exec_driver_sql(
+                "UPDATE veil_ledger_scopes SET spent_events = 0, spent_pure = 0, spent_zcdp = 0"
+            )
+        report = keyed.verify()
+        assert not report.ok
+        assert any("altered" in p for p in report.problems)
+    with Ledger(ledger_url) as unkeyed:  # reading is fine; writing and verifying need the key
+        assert unkeyed.budget(SCOPE).epsilon == 1.0
+        with pytest.raises(LedgerError, match="keyed"):
+            unkeyed.reserve(SCOPE, ev.PureDpEvent(0.1))
+        with pytest.raises(LedgerError, match="keyed"):
+            unkeyed.verify()
+    with Ledger(ledger_url, key="wrong") as wrong, pytest.raises(LedgerError, match="match"):
+        wrong.reserve(SCOPE, ev.PureDpEvent(0.1))
+
+
+def test_an_unkeyed_ledger_cannot_be_keyed_later(ledger_url: str) -> None:
+    from veil.errors import LedgerError
+
+    with Ledger(ledger_url) as plain:
+        plain.set_budget(SCOPE, epsilon=1.0)
+    with Ledger(ledger_url, key="late") as late, pytest.raises(LedgerError, match="no key"):
+        late.set_budget(SCOPE, epsilon=2.0)

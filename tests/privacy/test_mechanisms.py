@@ -247,3 +247,13 @@ def test_enormous_gaussian_noise_coarsens_the_grid_instead_of_failing() -> None:
     assert mech.event.sigma < 2**26
     out = mech.release(np.zeros(1000), rng=InsecureSeededRandom(0))
     assert 0.9e6 < float(np.std(out)) < 1.1e6
+
+
+def test_mechanisms_are_immutable() -> None:
+    mech = LaplaceMechanism(epsilon=1.0, sensitivity=1.0)
+    for name, value in (("granularity", 2.0**-30), ("sensitivity", 0.001), ("dimension", 5)):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(mech, name, value)
+    assert mech.event.sensitivity == 1025.0
+    with pytest.raises(AttributeError):
+        GaussianMechanism(sigma=1, sensitivity=1)._grid_sigma = 0.01

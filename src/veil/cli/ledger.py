@@ -63,7 +63,7 @@ def show(
     ledger: str | None = LEDGER_OPTION,
 ) -> None:
     """Budgets and what is spent of them (recomputed with the tightest accountant)."""
-    with Ledger(ledger) as led:
+    with Ledger(ledger, create=False) as led:
         scopes = [scope] if scope else [str(s) for s in led.scopes()]
         statuses = [led.status(s) for s in scopes]
     if as_json:
@@ -112,7 +112,7 @@ def history(
     ledger: str | None = LEDGER_OPTION,
 ) -> None:
     """The append-only history: who spent what, when, and for what."""
-    with Ledger(ledger) as led:
+    with Ledger(ledger, create=False) as led:
         entries = led.history(scope)
     if limit is not None:
         entries = entries[-limit:] if limit > 0 else []
@@ -181,7 +181,7 @@ def verify(
     ledger: str | None = LEDGER_OPTION,
 ) -> None:
     """Check the hash chain and the cached totals against the history."""
-    with Ledger(ledger) as led:
+    with Ledger(ledger, create=False) as led:
         report = led.verify()
         entries = led.history() if expect_head else []
     problems = list(report.problems)

@@ -38,8 +38,13 @@ def _dpsgd_event(noise_multiplier: float | None, q: float | None, steps: int | N
             "optionally --sampling-probability)"
         )
     inner: Event = GaussianEvent(noise_multiplier)
-    if q is not None and q < 1:
-        inner = PoissonSampledEvent(q, inner)
+    if q is not None:
+        if not 0 < q <= 1:
+            raise ConfigurationError(f"--sampling-probability must be in (0, 1], got {q}")
+        if q < 1:
+            inner = PoissonSampledEvent(q, inner)
+    if steps is not None and steps < 1:
+        raise ConfigurationError(f"--steps must be at least 1, got {steps}")
     return SelfComposedEvent(inner, steps if steps is not None else 1)
 
 
@@ -103,6 +108,12 @@ def calibrate_cmd(
 ) -> None:
     """The smallest Gaussian noise multiplier that meets (EPSILON, DELTA)."""
     m = parse_enum(AccountingMethod, method, "--method")
+    if steps < 1:
+        raise ConfigurationError(f"--steps must be at least 1, got {steps}")
+    if sampling_probability is not None and not 0 < sampling_probability <= 1:
+        raise ConfigurationError(
+            f"--sampling-probability must be in (0, 1], got {sampling_probability}"
+        )
     if m not in (AccountingMethod.PLD, AccountingMethod.RDP):
         raise ConfigurationError("--method must be pld or rdp for calibration")
     if sampling_probability is None and steps == 1:

@@ -26,6 +26,7 @@ import datetime as dt
 import fcntl
 import getpass
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from veil.errors import (
     LedgerError,
     ReservationError,
     ScopeNotFoundError,
+    UnsupportedEventError,
 )
 from veil.ledger import store
 from veil.ledger.accounting import ScopeState, pld_epsilon
@@ -78,6 +80,8 @@ def _default_actor() -> str:
 
 
 def _entry_hash(
+    key: bytes | None,
+    *,
     prev_hash: str,
     seq: int,
     kind: str,
@@ -89,12 +93,31 @@ def _entry_hash(
     purpose: str,
     created_at: str,
 ) -> str:
+    """SHA-256 of an entry's content and its predecessor's hash; HMAC-SHA-256 with the ledger's
+    key when it has one (then nobody without the key can rewrite the chain)."""
     content = json.dumps(
         [prev_hash, seq, kind, scope, entry_id, ref_id, payload, actor, purpose, created_at],
         separators=(",", ":"),
         ensure_ascii=False,
-    )
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+    ).encode("utf-8")
+    if key is None:
+        return hashlib.sha256(content).hexdigest()
+    return hmac.new(key, content, hashlib.sha256).hexdigest()
+
+
+_KEY_CHECK = b"veil ledger key check"
+
+
+def _ledger_key(key: str | bytes | None) -> bytes | None:
+    """The chain key from ``key`` or ``$VEIL_LEDGER_KEY`` (any passphrase; hashed to 32 bytes)."""
+    if key is None:
+        key = os.environ.get("VEIL_LEDGER_KEY") or None
+    if key is None:
+        return None
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not raw:
+        raise ConfigurationError("the ledger key is empty")
+    return hashlib.sha256(b"veil-ledger-key\x00" + raw).digest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,11 +351,13 @@ class Ledger:
         url: str | None = None,
         *,
         actor: str | None = None,
+        key: str | bytes | None = None,
+        create: bool = True,
         on_alert: Callable[[Alert], None] | None = None,
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
         self.url = store.normalise_url(url or store.default_url())
-        self._engine = store.make_engine(self.url)
+        self._engine = store.make_engine(self.url, create=create)
         self._sql = store.HotStatements(self._engine.dialect.name)
         self._relations: dict[str, NeighboringRelation] = {}
         self._lock_path = store.writer_lock_path(self.url)
@@ -341,6 +366,34 @@ class Ledger:
         self.actor = actor or _default_actor()
         self._on_alert = on_alert
         self._clock = clock
+        self._key = _ledger_key(key)
+        self._key_problem = self._check_key(create)
+
+    def _check_key(self, create: bool) -> str | None:
+        """Compare the key with the one the ledger was created with; returns why writing and
+        verifying are impossible, or None. A new ledger records which key it is created with."""
+        check = "" if self._key is None else hmac.new(self._key, _KEY_CHECK, "sha256").hexdigest()
+        select = sa.select(store.meta.c.value).where(store.meta.c.name == "key_check")
+        with self._read() as conn:
+            stored = conn.execute(select).scalar_one_or_none()
+        if stored is None and create:
+            with self._write() as (conn, current):
+                if conn.execute(select).scalar_one_or_none() is None:
+                    if current[0] > 0 and self._key is not None:
+                        return "this ledger was created without a key; it cannot take one later"
+                    conn.execute(sa.insert(store.meta).values(name="key_check", value=check))
+                stored = conn.execute(select).scalar_one()
+        if stored is None or stored == check:
+            return None
+        if stored and self._key is None:
+            return "this ledger is keyed: give its key (VEIL_LEDGER_KEY) to write to or verify it"
+        if not stored:
+            return "this ledger has no key, but a key was given (unset VEIL_LEDGER_KEY?)"
+        return "the ledger key does not match the one this ledger was created with"
+
+    def _require_key(self) -> None:
+        if self._key_problem is not None:
+            raise LedgerError(self._key_problem)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -396,8 +449,8 @@ class Ledger:
                     conn.exec_driver_sql(
                         self._sql.save_head, {"new_seq": current[0], "new_hash": current[1]}
                     )
-        except sa.exc.OperationalError as exc:
-            raise LedgerError(f"the ledger database failed: {exc.orig}") from None
+        except sa.exc.DBAPIError as exc:
+            raise LedgerError(f"the ledger database failed: {store.first_line(exc)}") from None
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -405,8 +458,8 @@ class Ledger:
         try:
             with self._engine.connect() as conn, conn.begin():
                 yield conn
-        except sa.exc.OperationalError as exc:
-            raise LedgerError(f"the ledger database failed: {exc.orig}") from None
+        except sa.exc.DBAPIError as exc:
+            raise LedgerError(f"the ledger database failed: {store.first_line(exc)}") from None
 
     def _append(
         self,
@@ -419,11 +472,22 @@ class Ledger:
         purpose: str,
         ref_id: str | None = None,
     ) -> tuple[int, str]:
+        self._require_key()
         seq = current[0] + 1
         entry_id = uuid.uuid4().hex
         created_at = self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
         digest = _entry_hash(
-            current[1], seq, kind, scope, entry_id, ref_id, payload, self.actor, purpose, created_at
+            self._key,
+            prev_hash=current[1],
+            seq=seq,
+            kind=kind,
+            scope=scope,
+            entry_id=entry_id,
+            ref_id=ref_id,
+            payload=payload,
+            actor=self.actor,
+            purpose=purpose,
+            created_at=created_at,
         )
         conn.exec_driver_sql(
             self._sql.insert_entry,
@@ -575,11 +639,22 @@ class Ledger:
                 if spent < threshold:
                     break
             tight_allowed = budget.method in (AccountingMethod.TIGHTEST, AccountingMethod.PLD)
+            tight: float | None = None
             if spent > limit and tight_allowed:
                 stored = self._event_payloads(conn, sc)
                 tight = pld_epsilon([*stored, event_json], budget.delta, relation)
                 if tight is not None:
                     spent = min(spent, tight)
+            if (
+                math.isinf(spent)
+                and tight is None
+                and not state.epsilons(budget.delta, budget.method, relation)
+            ):
+                raise UnsupportedEventError(
+                    f"scope {sc} accounts with {budget.method.value} "
+                    f"({budget.neighboring_relation.value} neighbours), which cannot compose "
+                    f"{event.describe()} with the events already spent; nothing was released"
+                )
             if spent > limit:
                 raise BudgetExceededError(
                     scope=str(sc),
@@ -608,7 +683,10 @@ class Ledger:
             for alert in alerts:
                 logger.warning("%s", alert)
                 if self._on_alert is not None:
-                    self._on_alert(alert)
+                    try:
+                        self._on_alert(alert)
+                    except Exception:  # the reservation is durable: it must reach the caller
+                        logger.exception("the on_alert callback failed")
         return Reservation(
             self,
             entry_id=entry_id,
@@ -727,6 +805,7 @@ class Ledger:
         ``head_hash`` with a copy kept elsewhere to detect truncation of the newest rows too),
         and a scope table that no longer matches the history.
         """
+        self._require_key()
         problems: list[str] = []
         with self._read() as conn:
             rows = list(conn.execute(sa.select(store.entries).order_by(store.entries.c.seq)))
@@ -739,7 +818,7 @@ class Ledger:
                 break
             if r.prev_hash != prev:
                 problems.append(f"entry {r.seq} does not link to the entry before it")
-            digest = _entry_hash(**{k: v for k, v in r._mapping.items() if k != "hash"})
+            digest = _entry_hash(self._key, **{k: v for k, v in r._mapping.items() if k != "hash"})
             if digest != r.hash:
                 problems.append(f"entry {r.seq} was altered (its hash does not match its content)")
             prev = r.hash

@@ -59,6 +59,13 @@ head = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
+meta = sa.Table(
+    "veil_ledger_meta",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
 scopes = sa.Table(
     "veil_ledger_scopes",
     metadata,
@@ -156,19 +163,47 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the settings the ledger relies on; creates the schema."""
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error (drivers add SQL and hints on further lines)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def _describe(url: str) -> str:
+    """A URL fit for an error message: never the password."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return url.split("://", 1)[0] + "://..." if "://" in url else "(unreadable URL)"
+
+
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for ``url`` with the settings the ledger relies on.
+
+    With ``create`` the schema (and for SQLite the file) is created if missing; without it a
+    ledger that does not exist yet is an error (a mistyped path must not look like an empty,
+    valid ledger).
+    """
     url = normalise_url(url)
     try:
         parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigurationError(f"not a database URL: {url!r} ({exc})") from None
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigurationError(
+            f"not a database URL: {_describe(url)}; give a SQLite file path or "
+            "postgresql://user@host/database"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         database = parsed.database
         if not database or database == ":memory:":
             raise ConfigurationError(
                 "the ledger needs a SQLite file (an in-memory database would forget every spend)"
+            )
+        if not create and not Path(database).exists():
+            raise LedgerError(
+                f"there is no ledger at {database}; check --ledger or VEIL_LEDGER_URL, or set a "
+                "budget first (veil ledger budget set ...)"
             )
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url)
@@ -185,10 +220,18 @@ def make_engine(url: str) -> Engine:
             f"unsupported ledger database {backend!r}: use a SQLite file or a PostgreSQL URL"
         )
     try:
-        _create_schema(engine)
-    except sa.exc.OperationalError as exc:
+        if create:
+            _create_schema(engine)
+        elif not sa.inspect(engine).has_table(head.name):
+            raise LedgerError(f"there is no veil ledger in {_describe(url)}")
+    except (sa.exc.DBAPIError, ValueError) as exc:
         engine.dispose()
-        raise LedgerError(f"cannot open the ledger at {_redact(url)}: {exc.orig}") from None
+        raise LedgerError(
+            f"cannot open the ledger at {_describe(url)}: {first_line(exc)}"
+        ) from None
+    except LedgerError:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -203,10 +246,6 @@ def writer_lock_path(url: str) -> str | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
     return f"{parsed.database}.lock"
-
-
-def _redact(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def _create_schema(engine: Engine) -> None:

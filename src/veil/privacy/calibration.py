@@ -16,6 +16,7 @@ from veil.privacy.accountants import (
     make_accountant,
 )
 from veil.privacy.accountants._dpa import dpa
+from veil.privacy.accountants.pld import gaussian_delta
 from veil.privacy.events import (
     DiscreteGaussianEvent,
     Event,
@@ -105,7 +106,13 @@ def gaussian_noise_multiplier(*, epsilon: float, delta: float) -> float:
     _check_target(epsilon, delta)
     if delta == 0:
         raise ConfigurationError("the Gaussian mechanism needs delta > 0")
-    return float(dpa().get_sigma_gaussian(epsilon, delta))
+    # dp-accounting's root finder can land a hair on the unsafe side: check, and pad.
+    sigma = float(dpa().get_sigma_gaussian(epsilon, delta))
+    step = 1e-12 * sigma
+    while gaussian_delta(1.0 / sigma, epsilon) > delta:
+        sigma += step
+        step *= 2
+    return sigma * (1 + 1e-12)
 
 
 def discrete_gaussian_sigma(*, epsilon: float, delta: float, sensitivity: int = 1) -> float:

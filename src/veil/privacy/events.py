@@ -124,12 +124,14 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         if key == "event":
             kwargs[key] = event_from_dict(value)
         elif key == "events":
+            if not isinstance(value, list):
+                raise ConfigurationError(f"'events' of a {tag!r} event must be a list of events")
             kwargs[key] = tuple(event_from_dict(v) for v in value)
         else:
             kwargs[key] = value
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigurationError(
             f"cannot rebuild event {tag!r} from {dict(data)!r}: {exc}"
         ) from exc
@@ -262,11 +264,13 @@ class DiscreteGaussianEvent(Event):
 
 @dataclasses.dataclass(frozen=True)
 class ExponentialMechanismEvent(Event):
-    """A selection by the exponential mechanism, or report-noisy-max with Gumbel or exponential
-    noise, that is ``epsilon``-DP.
+    """A selection by the exponential mechanism (equivalently, report-noisy-max with Gumbel
+    noise) that is ``epsilon``-DP.
 
     Such selections also have ``epsilon``-bounded range, which makes them ``epsilon²/8``-zCDP
     (Cesar and Rogers 2021), tighter than the ``epsilon²/2`` of a generic pure-DP release.
+    Report-noisy-max with *exponential* noise (permute-and-flip) does not have bounded range:
+    record it as a :class:`PureDpEvent`.
     """
 
     type_tag: ClassVar[str] = "exponential_mechanism"
@@ -282,7 +286,7 @@ class ExponentialMechanismEvent(Event):
 @dataclasses.dataclass(frozen=True)
 class PureDpEvent(Event):
     """Any ``epsilon``-DP release known only by its epsilon (e.g. report-noisy-max with Laplace
-    noise, randomised response)."""
+    or exponential noise, randomised response)."""
 
     type_tag: ClassVar[str] = "pure_dp"
     epsilon: float

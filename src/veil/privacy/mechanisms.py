@@ -70,7 +70,23 @@ def _power_of_two_at_most(x: float) -> float:
 
 
 class Mechanism(abc.ABC):
-    """A noise-adding mechanism over a fixed number of coordinates (``dimension``)."""
+    """A noise-adding mechanism over a fixed number of coordinates (``dimension``).
+
+    Mechanisms are immutable once built: their event was derived from their parameters, and
+    changing one afterwards (say, the grid) would make the event a lie.
+    """
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if self._frozen:
+            raise AttributeError(
+                f"{type(self).__name__} is immutable; build a new mechanism to change {name!r}"
+            )
+        super().__setattr__(name, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
 
     def __init__(self, *, domain: Domain, dimension: int, granularity: float | None) -> None:
         if not isinstance(domain, Domain):
@@ -202,6 +218,7 @@ class LaplaceMechanism(Mechanism):
             self._grid_scale = grid_sensitivity / eps
         else:
             self._grid_scale = _finite_positive("scale", scale) / g
+        self._freeze()
 
     def _default_granularity(self) -> float:
         return _power_of_two_at_most(self.sensitivity / (_GRID_STEPS * self.dimension))
@@ -299,6 +316,7 @@ class GaussianMechanism(Mechanism):
                     f"{_MAX_GRID_SIGMA:.3g}; use Domain.REALS with a coarser granularity"
                 )
             self.granularity *= 2.0 ** math.ceil(math.log2(self._grid_sigma / _MAX_GRID_SIGMA) + 1)
+        self._freeze()
 
     def _grid_sensitivity_for(self, g: float) -> float:
         if self.domain is Domain.INTEGERS:

@@ -26,7 +26,9 @@ from typing import Self
 from veil.errors import ConfigurationError, UnsupportedEventError
 from veil.privacy.accountants.base import (
     Accountant,
+    CostAccountant,
     NeighboringRelation,
+    Unsupported,
     check_compose_arguments,
     check_delta,
     check_epsilon,
@@ -77,7 +79,7 @@ class TightestAccountant(Accountant):
         self, *, neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE
     ) -> None:
         super().__init__(neighboring_relation=neighboring_relation)
-        self._members: list[Accountant] = [
+        self._members: list[CostAccountant] = [
             PureDpAccountant(neighboring_relation=neighboring_relation),
             ZCdpAccountant(neighboring_relation=neighboring_relation),
             RdpAccountant(neighboring_relation=neighboring_relation),
@@ -85,7 +87,7 @@ class TightestAccountant(Accountant):
         ]
 
     @property
-    def members(self) -> tuple[Accountant, ...]:
+    def members(self) -> tuple[CostAccountant, ...]:
         """The accountants still in the running."""
         return tuple(self._members)
 
@@ -96,16 +98,21 @@ class TightestAccountant(Accountant):
 
     def compose(self, event: Event, count: int = 1) -> Self:
         check_compose_arguments(event, count)
-        keep = [m for m in self._members if m.supports(event)]
-        if not keep:
-            reasons = "; ".join(f"{m.name}: {m.unsupported_reason(event)}" for m in self._members)
+        # Two phases, so that the accountants change together or not at all.
+        prepared: list[tuple[CostAccountant, list[object]]] = []
+        for member in self._members:
+            try:
+                prepared.append((member, member.prepare(event, count)))
+            except Unsupported:
+                continue
+        if not prepared:
             raise UnsupportedEventError(
                 f"no accountant can compose {event.describe()} with the events already composed "
-                f"({reasons})"
+                f"({self.unsupported_reason(event)})"
             )
-        for m in keep:
-            m.compose(event, count)
-        self._members = keep
+        for member, costs in prepared:
+            member.apply(event, count, costs)
+        self._members = [member for member, _ in prepared]
         self._history.append((event, count))
         return self
 

@@ -38,19 +38,31 @@ def dpa() -> ModuleType:
 ArrayLike = Sequence[float] | npt.NDArray[Any]
 
 
+def _repair(orders: ArrayLike, rdp: ArrayLike) -> tuple[npt.NDArray[Any], ...]:
+    """Rényi divergences are non-negative and non-decreasing in the order, but numerical error
+    can leave a tiny negative value at some order. Such a value is replaced by the nearest
+    non-negative value at a higher order, which bounds it from above (infinity if there is
+    none, which takes that order out of the minimum); other values are left as they are."""
+    a = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    if not bool(np.any(r < 0)):
+        return a, r
+    index = np.argsort(a)
+    a, r = a[index], r[index]
+    above = np.minimum.accumulate(np.where(r < 0, np.inf, r)[::-1])[::-1]
+    return a, np.where(r < 0, above, r)
+
+
 def rdp_epsilon(orders: ArrayLike, rdp: ArrayLike, delta: float) -> float:
     """The smallest epsilon at ``delta`` implied by Rényi DP values ``rdp`` at ``orders``.
 
     ``ε = min over α of  rdp(α) + log(1 - 1/α) - log(δ·α) / (α - 1)`` (orders α > 1.01), or 0 when
-    the KL bound ``δ ≥ sqrt(1 - e^{-rdp})`` already holds.
+    the KL bound ``δ ≥ sqrt(1 - e^{-rdp})`` already holds. Negative values (numerical error)
+    are repaired first (see ``_repair``), never read as "no privacy loss".
     """
-    a = np.asarray(orders, dtype=np.float64)
-    r = np.asarray(rdp, dtype=np.float64)
+    a, r = _repair(orders, rdp)
     if delta == 0:
         return 0.0 if bool(np.all(r == 0)) else math.inf
-    if np.any(r < 0):
-        # dp_accounting's convention: a negative divergence (numerical noise) means epsilon 0
-        return 0.0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if bool(np.any(delta**2 + np.expm1(-r) > 0)):
             return 0.0
@@ -65,11 +77,9 @@ def rdp_delta(orders: ArrayLike, rdp: ArrayLike, epsilon: float) -> float:
     ``log δ = min over α of (α - 1)(rdp(α) - ε + log(1 - 1/α)) - log α`` (α > 1.01), also
     bounded by the KL bound ``δ ≤ sqrt(1 - e^{-rdp})``.
     """
-    a = np.asarray(orders, dtype=np.float64)
-    r = np.asarray(rdp, dtype=np.float64)
+    a, r = _repair(orders, rdp)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         kl = np.where(r > 0, 0.5 * np.log1p(-np.exp(-r)), -np.inf)
-        kl = np.where(r < 0, -np.inf, kl)
         bound = np.where(
             a > 1.01, (a - 1.0) * (r - epsilon + np.log1p(-1.0 / a)) - np.log(a), np.inf
         )

@@ -8,9 +8,29 @@ import math
 from typing import Any, Self
 
 from veil.errors import ConfigurationError, UnsupportedEventError
-from veil.privacy.events import ComposedEvent, Event, NoOpEvent, SelfComposedEvent
+from veil.privacy.events import (
+    ApproxDpEvent,
+    ComposedEvent,
+    DiscreteGaussianEvent,
+    DiscreteLaplaceEvent,
+    Event,
+    ExponentialMechanismEvent,
+    GaussianEvent,
+    LaplaceEvent,
+    NoOpEvent,
+    PureDpEvent,
+    SampledWithoutReplacementEvent,
+    SelfComposedEvent,
+    ZCdpEvent,
+)
 
-__all__ = ["Accountant", "CostAccountant", "NeighboringRelation", "Unsupported"]
+__all__ = [
+    "Accountant",
+    "CostAccountant",
+    "NeighboringRelation",
+    "Unsupported",
+    "replace_one_view",
+]
 
 
 class NeighboringRelation(enum.Enum):
@@ -18,7 +38,12 @@ class NeighboringRelation(enum.Enum):
 
     ``ADD_OR_REMOVE_ONE`` (the default everywhere): one privacy unit is added or removed.
     ``REPLACE_ONE``: one unit's data is replaced by another's (data-set size is public).
-    A sensitivity is always meant with respect to the relation the accountant uses.
+
+    Event parameters are always stated for adding or removing one unit: a sensitivity (or the
+    norm that a noise multiplier divides) bounds what one unit's own data contributes, as in
+    dp-accounting. Under ``REPLACE_ONE`` a replacement is a removal and an addition, so the
+    accountants charge each un-sampled release as if its sensitivity were doubled (see
+    :func:`replace_one_view`), and analyse Poisson sampling with the per-unit bound directly.
     """
 
     ADD_OR_REMOVE_ONE = "add_or_remove_one"
@@ -27,6 +52,44 @@ class NeighboringRelation(enum.Enum):
 
 class Unsupported(Exception):  # noqa: N818 - internal signal, never escapes an accountant
     """Raised inside an accountant when an event cannot be composed; carries the reason."""
+
+
+def replace_one_view(event: Event) -> Event:
+    """The event whose add/remove parameters bound ``event`` under replace-one neighbours.
+
+    Replacing a unit is removing it and adding another, so every un-sampled release is charged
+    twice its add/remove sensitivity: noise multipliers halve, sensitivities and epsilons double,
+    rho quadruples, and (ε, δ) becomes (2ε, (1 + e^ε) δ) (group privacy for two units). Inside
+    sampling without replacement, whose analysis takes the base release under replace-one, the
+    same applies. Poisson-sampled events are left as they are: their analysis under replace-one
+    uses the per-unit bound itself.
+    """
+    if isinstance(event, GaussianEvent):
+        return GaussianEvent(event.noise_multiplier / 2)
+    if isinstance(event, LaplaceEvent):
+        return LaplaceEvent(event.noise_multiplier / 2)
+    if isinstance(event, DiscreteLaplaceEvent):
+        return DiscreteLaplaceEvent(event.scale, 2 * event.sensitivity, event.dimension)
+    if isinstance(event, DiscreteGaussianEvent):
+        return DiscreteGaussianEvent(event.sigma, 2 * event.sensitivity, event.dimension)
+    if isinstance(event, ExponentialMechanismEvent):
+        return ExponentialMechanismEvent(2 * event.epsilon)
+    if isinstance(event, PureDpEvent):
+        return PureDpEvent(2 * event.epsilon)
+    if isinstance(event, ApproxDpEvent):
+        delta = min(event.delta * (1 + math.exp(event.epsilon)), 0.999999)
+        return ApproxDpEvent(2 * event.epsilon, delta)
+    if isinstance(event, ZCdpEvent):
+        return ZCdpEvent(4 * event.rho)
+    if isinstance(event, SelfComposedEvent):
+        return SelfComposedEvent(replace_one_view(event.event), event.count)
+    if isinstance(event, ComposedEvent):
+        return ComposedEvent([replace_one_view(e) for e in event.events])
+    if isinstance(event, SampledWithoutReplacementEvent):
+        return SampledWithoutReplacementEvent(
+            event.source_dataset_size, event.sample_size, replace_one_view(event.event)
+        )
+    return event  # no-op, non-private, Poisson-sampled
 
 
 def check_delta(delta: float) -> float:
@@ -137,9 +200,25 @@ class CostAccountant(Accountant):
     def _add(self, cost: Any) -> None:
         """Fold one cost into the running total."""
 
+    def _view(self, event: Event) -> Event:
+        if self._relation is NeighboringRelation.REPLACE_ONE:
+            return replace_one_view(event)
+        return event
+
+    def prepare(self, event: Event, count: int = 1) -> list[Any]:
+        """The costs :meth:`apply` would fold in for ``count`` repetitions of ``event``, without
+        changing the accountant; raises :class:`Unsupported` if there are none."""
+        return self._costs(self._view(event), count)
+
+    def apply(self, event: Event, count: int, costs: list[Any]) -> None:
+        """Fold in costs from :meth:`prepare` and record the event."""
+        for cost in costs:
+            self._add(cost)
+        self._history.append((event, count))
+
     def unsupported_reason(self, event: Event) -> str | None:
         try:
-            self._costs(event, 1)
+            self.prepare(event, 1)
         except Unsupported as exc:
             return str(exc)
         return None
@@ -147,12 +226,10 @@ class CostAccountant(Accountant):
     def compose(self, event: Event, count: int = 1) -> Self:
         check_compose_arguments(event, count)
         try:
-            costs = self._costs(event, count)
+            costs = self.prepare(event, count)
         except Unsupported as exc:
             raise UnsupportedEventError(
                 f"the {self.name} accountant cannot compose {event.describe()}: {exc}"
             ) from None
-        for cost in costs:
-            self._add(cost)
-        self._history.append((event, count))
+        self.apply(event, count, costs)
         return self

@@ -35,7 +35,7 @@ from veil.privacy.events import (
     ZCdpEvent,
 )
 
-__all__ = ["PldAccountant"]
+__all__ = ["PldAccountant", "gaussian_delta", "gaussian_epsilon"]
 
 _ADD_REMOVE = NeighboringRelation.ADD_OR_REMOVE_ONE
 
@@ -70,11 +70,6 @@ def _leaf_pld(event: Event, count: int, relation: NeighboringRelation, vdi: floa
     """The PLD of ``count`` repetitions of a non-composition ``event`` (cached: events are
     immutable and dp-accounting's PLDs are never mutated)."""
     pld = dpa().pld.privacy_loss_distribution
-    dpa_relation = (
-        dpa().NeighboringRelation.REPLACE_ONE
-        if relation is NeighboringRelation.REPLACE_ONE
-        else dpa().NeighboringRelation.ADD_OR_REMOVE_ONE
-    )
 
     def pure(epsilon: float, delta: float = 0.0) -> Any:
         params = dpa().pld.common.DifferentialPrivacyParameters(epsilon, delta)
@@ -82,10 +77,11 @@ def _leaf_pld(event: Event, count: int, relation: NeighboringRelation, vdi: floa
 
     if isinstance(event, GaussianEvent):
         # count Gaussian releases = one Gaussian with standard deviation σ/√count
+        # Un-sampled leaves arrive in the relation's view (replace_one_view), so their shift is
+        # their sensitivity under either relation: dp-accounting's add/remove analysis.
         return pld.from_gaussian_mechanism(
             standard_deviation=event.noise_multiplier / math.sqrt(count),
             value_discretization_interval=vdi,
-            neighboring_relation=dpa_relation,
             use_connect_dots=True,
         )
     if isinstance(event, LaplaceEvent):
@@ -133,6 +129,8 @@ def _leaf_pld(event: Event, count: int, relation: NeighboringRelation, vdi: floa
             "accountant with replace-one neighbours"
         )
     if isinstance(event, PoissonSampledEvent):
+        # Poisson-sampled events keep their per-unit parameters under either relation, and
+        # dp-accounting analyses the sampled mixture under the relation itself.
         return _poisson_pld(event, count, relation, vdi, pure)
     raise Unsupported(f"no privacy loss distribution is known for {event.describe()}")
 
@@ -215,7 +213,7 @@ class _GaussianCost:
     count: int
 
 
-def _gaussian_delta(mu: float, epsilon: float) -> float:
+def gaussian_delta(mu: float, epsilon: float) -> float:
     """Exact delta of a Gaussian release with ``mu = sensitivity / σ`` (Balle and Wang 2018):
     ``Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)``."""
     from scipy.special import log_ndtr
@@ -225,6 +223,19 @@ def _gaussian_delta(mu: float, epsilon: float) -> float:
     if b >= a:
         return 0.0
     return float(min(1.0, math.exp(a) * -math.expm1(b - a)))
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """The exact epsilon at ``delta`` of a Gaussian release with ``mu = sensitivity / σ``,
+    rounded up: dp-accounting's root finder can land a hair (about 1e-13) below the root, so the
+    answer is checked against the closed-form delta and nudged up until it holds, then padded by
+    a relative 1e-12 against the rounding of that check itself."""
+    eps = float(dpa().get_epsilon_gaussian(1.0 / mu, delta))
+    step = 1e-12 * max(eps, 1e-12)
+    while gaussian_delta(mu, eps) > delta:
+        eps += step
+        step *= 2
+    return eps * (1 + 1e-12)
 
 
 class PldAccountant(CostAccountant):
@@ -293,8 +304,7 @@ class PldAccountant(CostAccountant):
                 return 0.0
             if d == 0:
                 return math.inf
-            sigma = self._gaussian_precision**-0.5
-            return float(dpa().get_epsilon_gaussian(sigma, d))
+            return gaussian_epsilon(self._gaussian_precision**0.5, d)
         if self._pld is None:
             return 0.0
         return max(0.0, float(self._pld.get_epsilon_for_delta(d)))
@@ -306,7 +316,7 @@ class PldAccountant(CostAccountant):
         if self._gaussian_precision is not None:
             if self._gaussian_precision == 0:
                 return 0.0
-            return _gaussian_delta(self._gaussian_precision**0.5, e)
+            return gaussian_delta(self._gaussian_precision**0.5, e)
         if self._pld is None:
             return 0.0
         return min(1.0, max(0.0, float(self._pld.get_delta_for_epsilon(e))))

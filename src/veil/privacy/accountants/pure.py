@@ -10,6 +10,7 @@ from veil.privacy.accountants.base import (
     Unsupported,
     check_delta,
     check_epsilon,
+    replace_one_view,
 )
 from veil.privacy.events import (
     ApproxDpEvent,
@@ -31,6 +32,8 @@ __all__ = ["PureDpAccountant", "pure_epsilon"]
 
 def _amplified(epsilon: float, fraction: float) -> float:
     """``log(1 + fraction * (e^epsilon - 1))``: privacy amplification by subsampling."""
+    if fraction == 0:
+        return 0.0
     if math.isinf(epsilon):
         return math.inf if fraction > 0 else 0.0
     return math.log1p(fraction * math.expm1(epsilon))
@@ -45,8 +48,16 @@ def pure_epsilon(
 
     Subsampling amplifies (Balle, Barthe, Gaboardi 2018): a Poisson sample with probability ``q``
     under add/remove neighbours gives ``log(1 + q (e^ε - 1))``; a sample of ``m`` out of ``n``
-    without replacement under replace-one neighbours gives ``log(1 + (m/n) (e^ε - 1))``.
+    without replacement under replace-one neighbours gives ``log(1 + (m/n) (e^ε - 1))``, with ε
+    the base release's epsilon under replace-one.
     """
+    if neighboring_relation is NeighboringRelation.REPLACE_ONE:
+        event = replace_one_view(event)
+    return _pure_epsilon(event, neighboring_relation)
+
+
+def _pure_epsilon(event: Event, neighboring_relation: NeighboringRelation) -> float:
+    """:func:`pure_epsilon` of an event already in the relation's view."""
     if isinstance(event, NoOpEvent):
         return 0.0
     if isinstance(event, NonPrivateEvent):
@@ -62,20 +73,22 @@ def pure_epsilon(
             raise Unsupported("an (epsilon, delta) event with delta > 0 is not pure DP")
         return event.epsilon
     if isinstance(event, SelfComposedEvent):
-        return event.count * pure_epsilon(event.event, neighboring_relation=neighboring_relation)
+        if event.count == 0:
+            return 0.0
+        return event.count * _pure_epsilon(event.event, neighboring_relation)
     if isinstance(event, ComposedEvent):
-        return sum(pure_epsilon(e, neighboring_relation=neighboring_relation) for e in event.events)
+        return sum(_pure_epsilon(e, neighboring_relation) for e in event.events)
     if isinstance(event, PoissonSampledEvent):
         if neighboring_relation is not NeighboringRelation.ADD_OR_REMOVE_ONE:
             raise Unsupported("Poisson amplification is proven here for add/remove neighbours only")
-        inner = pure_epsilon(event.event, neighboring_relation=neighboring_relation)
+        inner = _pure_epsilon(event.event, neighboring_relation)
         return _amplified(inner, event.sampling_probability)
     if isinstance(event, SampledWithoutReplacementEvent):
         if neighboring_relation is not NeighboringRelation.REPLACE_ONE:
             raise Unsupported(
                 "amplification by sampling without replacement needs replace-one neighbours"
             )
-        inner = pure_epsilon(event.event, neighboring_relation=neighboring_relation)
+        inner = _pure_epsilon(event.event, neighboring_relation)
         return _amplified(inner, event.sample_size / event.source_dataset_size)
     raise Unsupported(f"{event.describe()} has no pure-DP guarantee")
 
@@ -105,7 +118,7 @@ class PureDpAccountant(CostAccountant):
         return self._total
 
     def _cost(self, event: Event, count: int) -> float:
-        return count * pure_epsilon(event, neighboring_relation=self._relation)
+        return count * _pure_epsilon(event, self._relation)
 
     def _add(self, cost: float) -> None:
         self._total += cost
