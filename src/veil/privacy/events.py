@@ -207,9 +207,11 @@ class DiscreteLaplaceEvent(Event):
     """Discrete Laplace noise added to an integer-valued query.
 
     The noise has probability mass ``P(x) ∝ exp(-|x| / scale)`` on the integers, independently on
-    each of ``dimension`` coordinates; ``sensitivity`` is the query's L1 sensitivity (how much the
-    integer vector can move, in L1 norm, when one privacy unit is added or removed). A single
-    release is epsilon-DP with ``epsilon = sensitivity / scale``.
+    each coordinate of the released vector; ``sensitivity`` is the query's L1 sensitivity (how
+    much the integer vector can move, in L1 norm, when one privacy unit is added or removed), and
+    ``dimension`` is how many coordinates one unit can move (the vector may be longer: a
+    histogram over a thousand groups in which a unit appears in one group has dimension 1). A
+    single release is epsilon-DP with ``epsilon = sensitivity / scale``.
     """
 
     type_tag: ClassVar[str] = "discrete_laplace"
@@ -237,9 +239,11 @@ class DiscreteGaussianEvent(Event):
     """Discrete Gaussian noise added to an integer-valued query (Canonne, Kamath, Steinke 2020).
 
     The noise has probability mass ``P(x) ∝ exp(-x² / (2 sigma²))`` on the integers, independently
-    on each of ``dimension`` coordinates; ``sensitivity`` is the query's L2 sensitivity. A single
-    release is ``rho``-zCDP with ``rho = sensitivity² / (2 sigma²)``; for ``dimension == 1`` and an
-    integer sensitivity the exact privacy loss distribution is known and used.
+    on each coordinate of the released vector; ``sensitivity`` is the query's L2 sensitivity and
+    ``dimension`` how many coordinates one unit can move (see :class:`DiscreteLaplaceEvent`). A
+    single release is ``rho``-zCDP with ``rho = sensitivity² / (2 sigma²)``; for
+    ``dimension == 1`` and an integer sensitivity the exact privacy loss distribution is known and
+    used.
     """
 
     type_tag: ClassVar[str] = "discrete_gaussian"

@@ -9,10 +9,12 @@ the noise. Noise never touches floating point:
 * **reals** are first rounded to a grid of spacing ``granularity`` (a power of two, so the
   rounding is exact in binary floating point), the integer grid index gets discrete noise, and
   the result is scaled back. Rounding can move a value by half a grid step, so the sensitivity in
-  grid units is widened to cover it: ``floor(Δ₁/g) + d`` for L1 and ``Δ₂/g + √d`` for L2 (``d``
-  coordinates). The default grid is fine enough that this costs at most 0.1 % more noise. This
-  is the defence against Mironov's (2012) attack on textbook floating-point Laplace noise: the
-  set of possible outputs no longer depends on the input's low-order bits.
+  grid units is widened to cover it: ``floor(Δ₁/g) + d`` for L1 and ``Δ₂/g + √d`` for L2, where
+  ``d`` (``max_changed``) is the number of coordinates one unit can change (by default all of
+  them; a per-group statistic in which a unit appears in one group has ``d = 1``). The default
+  grid is fine enough that this costs at most 0.1 % more noise. This is the defence against
+  Mironov's (2012) attack on textbook floating-point Laplace noise: the set of possible outputs
+  no longer depends on the input's low-order bits.
 
 The conversion back to float64 is post-processing of an integer and cannot leak.
 """
@@ -88,13 +90,27 @@ class Mechanism(abc.ABC):
     def _freeze(self) -> None:
         object.__setattr__(self, "_frozen", True)
 
-    def __init__(self, *, domain: Domain, dimension: int, granularity: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        domain: Domain,
+        dimension: int,
+        granularity: float | None,
+        max_changed: int | None = None,
+    ) -> None:
         if not isinstance(domain, Domain):
             raise ConfigurationError(f"domain must be a Domain, got {domain!r}")
         if not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1:
             raise ConfigurationError(f"dimension must be an integer >= 1, got {dimension!r}")
+        if max_changed is None:
+            max_changed = dimension
+        if not isinstance(max_changed, int) or isinstance(max_changed, bool) or max_changed < 1:
+            raise ConfigurationError(f"max_changed must be an integer >= 1, got {max_changed!r}")
         self.domain = domain
         self.dimension = dimension
+        # How many coordinates one unit can change: bounds the rounding added to the
+        # sensitivity, and is the dimension of the event.
+        self.max_changed = min(max_changed, dimension)
         if domain is Domain.INTEGERS:
             if granularity not in (None, 1, 1.0):
                 raise ConfigurationError("granularity applies to Domain.REALS only")
@@ -189,7 +205,7 @@ class LaplaceMechanism(Mechanism):
     Give exactly one of ``epsilon`` (the scale is then ``Δ₁ / epsilon`` in grid units) or
     ``scale`` (in data units). ``sensitivity`` is the L1 sensitivity of the query in data units:
     how far, in L1 norm, the ``dimension`` values can move when one privacy unit is added or
-    removed.
+    removed; ``max_changed`` is how many of them it can move at most (default: all).
     """
 
     def __init__(
@@ -201,15 +217,18 @@ class LaplaceMechanism(Mechanism):
         domain: Domain = Domain.REALS,
         dimension: int = 1,
         granularity: float | None = None,
+        max_changed: int | None = None,
     ) -> None:
         self.sensitivity = _finite_positive("sensitivity", sensitivity)
-        super().__init__(domain=domain, dimension=dimension, granularity=granularity)
+        super().__init__(
+            domain=domain, dimension=dimension, granularity=granularity, max_changed=max_changed
+        )
         g = self.granularity
         if domain is Domain.INTEGERS:
             # integer-valued queries move by integers: only floor(Δ) is reachable
             grid_sensitivity = float(max(1, math.floor(self.sensitivity)))
         else:
-            grid_sensitivity = float(math.floor(self.sensitivity / g) + dimension)
+            grid_sensitivity = float(math.floor(self.sensitivity / g) + self.max_changed)
         self._grid_sensitivity = grid_sensitivity
         if (epsilon is None) == (scale is None):
             raise ConfigurationError("give exactly one of epsilon= or scale=")
@@ -221,12 +240,12 @@ class LaplaceMechanism(Mechanism):
         self._freeze()
 
     def _default_granularity(self) -> float:
-        return _power_of_two_at_most(self.sensitivity / (_GRID_STEPS * self.dimension))
+        return _power_of_two_at_most(self.sensitivity / (_GRID_STEPS * self.max_changed))
 
     @property
     def event(self) -> DiscreteLaplaceEvent:
         return DiscreteLaplaceEvent(
-            scale=self._grid_scale, sensitivity=self._grid_sensitivity, dimension=self.dimension
+            scale=self._grid_scale, sensitivity=self._grid_sensitivity, dimension=self.max_changed
         )
 
     @property
@@ -272,8 +291,8 @@ class GaussianMechanism(Mechanism):
 
     Give ``sigma`` (standard deviation parameter in data units), or ``epsilon`` and ``delta``: then
     sigma is calibrated to the least that meets them, from the exact privacy loss distribution of
-    the discrete Gaussian when ``dimension == 1`` and from zCDP otherwise. ``sensitivity`` is the
-    L2 sensitivity in data units.
+    the discrete Gaussian when one unit changes one value (``max_changed == 1``) and from zCDP
+    otherwise. ``sensitivity`` is the L2 sensitivity in data units.
     """
 
     def __init__(
@@ -286,9 +305,12 @@ class GaussianMechanism(Mechanism):
         domain: Domain = Domain.REALS,
         dimension: int = 1,
         granularity: float | None = None,
+        max_changed: int | None = None,
     ) -> None:
         self.sensitivity = _finite_positive("sensitivity", sensitivity)
-        super().__init__(domain=domain, dimension=dimension, granularity=granularity)
+        super().__init__(
+            domain=domain, dimension=dimension, granularity=granularity, max_changed=max_changed
+        )
         if sigma is not None:
             if epsilon is not None or delta is not None:
                 raise ConfigurationError("give either sigma= or epsilon= and delta=, not both")
@@ -320,32 +342,32 @@ class GaussianMechanism(Mechanism):
 
     def _grid_sensitivity_for(self, g: float) -> float:
         if self.domain is Domain.INTEGERS:
-            if self.dimension == 1:
+            if self.max_changed == 1:
                 return float(max(1, math.floor(self.sensitivity)))
             return self.sensitivity
-        if self.dimension == 1:
+        if self.max_changed == 1:
             return float(math.floor(self.sensitivity / g) + 1)
-        return self.sensitivity / g + math.sqrt(self.dimension)
+        return self.sensitivity / g + math.sqrt(self.max_changed)
 
     def _calibrate(self, epsilon: float, delta: float) -> float:
         sens = self._grid_sensitivity
-        if self.dimension == 1 and float(sens).is_integer():
+        if self.max_changed == 1 and float(sens).is_integer():
             return discrete_gaussian_sigma(epsilon=epsilon, delta=delta, sensitivity=int(sens))
 
         def make(sigma: float) -> Event:
-            return DiscreteGaussianEvent(sigma=sigma, sensitivity=sens, dimension=self.dimension)
+            return DiscreteGaussianEvent(sigma=sigma, sensitivity=sens, dimension=self.max_changed)
 
         return calibrate(
             make, epsilon=epsilon, delta=delta, method=AccountingMethod.ZCDP, guess=sens
         )
 
     def _default_granularity(self) -> float:
-        return _power_of_two_at_most(self.sensitivity / (_GRID_STEPS * math.sqrt(self.dimension)))
+        return _power_of_two_at_most(self.sensitivity / (_GRID_STEPS * math.sqrt(self.max_changed)))
 
     @property
     def event(self) -> DiscreteGaussianEvent:
         return DiscreteGaussianEvent(
-            sigma=self._grid_sigma, sensitivity=self._grid_sensitivity, dimension=self.dimension
+            sigma=self._grid_sigma, sensitivity=self._grid_sensitivity, dimension=self.max_changed
         )
 
     @property
