@@ -9,15 +9,15 @@ import typer
 from rich.console import Console
 
 from veil._version import __version__
-from veil.cli import demo, ledger, privacy
+from veil.cli import demo, ledger, privacy, release
 from veil.errors import VeilError
 
 app = typer.Typer(
     name="veil",
     help=(
         "veil: get value from sensitive data without exposing the people in it. "
-        "Differential privacy, one persistent privacy ledger, and (as they land) federated "
-        "learning, encrypted scoring and privacy audits."
+        "Differentially private statistics, one persistent privacy ledger, and (as they land) "
+        "federated learning, encrypted scoring and privacy audits."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(release.app, name="release")
 app.command(name="demo")(demo.demo)
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)

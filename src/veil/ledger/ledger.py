@@ -734,6 +734,39 @@ class Ledger:
         with self.reserve(scope, mechanism.event, purpose=purpose):
             return mechanism.release(values, rng=rng)
 
+    # -- released results --------------------------------------------------------------------
+
+    def store_release(self, key: str, reservation: Reservation, payload: str) -> None:
+        """Keep a released result under ``key`` (first writer wins), tied to the reservation
+        that paid for it; :meth:`cached_release` returns it for the same question."""
+        created_at = self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
+        row = {
+            "key": key,
+            "scope": str(reservation.scope),
+            "reservation_id": reservation.id,
+            "created_at": created_at,
+            "payload": payload,
+        }
+        try:
+            with self._engine.begin() as conn:
+                exists = conn.execute(
+                    sa.select(store.releases.c.key).where(store.releases.c.key == key)
+                ).first()
+                if exists is None:
+                    conn.execute(sa.insert(store.releases).values(**row))
+        except sa.exc.IntegrityError:
+            pass  # another process stored the same answer first
+        except sa.exc.DBAPIError as exc:
+            raise LedgerError(f"the ledger database failed: {store.first_line(exc)}") from None
+
+    def cached_release(self, key: str) -> str | None:
+        """The result stored under ``key`` by :meth:`store_release`, if any."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(store.releases.c.payload).where(store.releases.c.key == key)
+            ).first()
+        return None if row is None else str(row.payload)
+
     # -- reading -------------------------------------------------------------------------------
 
     @staticmethod

@@ -59,6 +59,18 @@ head = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
+# Released results, by a key that identifies the question (query, data, parameters): asking the
+# same question again returns the stored answer without spending anything.
+releases = sa.Table(
+    "veil_ledger_releases",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("scope", sa.String(400), nullable=False),
+    sa.Column("reservation_id", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
 meta = sa.Table(
     "veil_ledger_meta",
     metadata,

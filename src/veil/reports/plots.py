@@ -41,12 +41,18 @@ def line_plot(
     xlabel: str,
     ylabel: str,
     title: str,
+    logx: bool = False,
+    logy: bool = False,
 ) -> None:
     """Several named lines over the same x values, saved as a PNG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", markersize=3, label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
