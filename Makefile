@@ -23,13 +23,13 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/veil demo --out $(DEMO_OUT)
 
 # The ledger's contract tests run against a real PostgreSQL server that the test session starts;
-# scripts/ensure-postgres.sh installs Debian's server first if this machine lacks it.
+# scripts/ensure-system-deps.sh installs Debian's server (and Java, for Spark) if missing.
 test: $(VENV)/.test-installed
-	scripts/ensure-postgres.sh
+	scripts/ensure-system-deps.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	VEIL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+	VEIL_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/samplers.py

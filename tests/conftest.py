@@ -16,9 +16,9 @@ from veil.ledger.testing import TemporaryPostgres, postgres_bindir
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[TemporaryPostgres]:
-    required = os.environ.get("VEIL_REQUIRE_POSTGRES") == "1"
+    required = os.environ.get("VEIL_REQUIRE_ALL") == "1"
     if postgres_bindir() is None:
-        message = "PostgreSQL is not installed (run scripts/ensure-postgres.sh)"
+        message = "PostgreSQL is not installed (run scripts/ensure-system-deps.sh)"
         if required:
             pytest.fail(message)
         pytest.skip(message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import warnings
 from typing import Any
 
 import numpy as np
@@ -84,15 +85,18 @@ class Engine(abc.ABC):
         anything is spent)."""
         counts = ["count(*) AS n"]
         for i, v in enumerate(values):
+            x = f"CAST(({v}) AS DOUBLE)"
+            # written to run on every engine (Spark has no isinf, nor FILTER)
             counts.append(
-                f"count(*) FILTER (WHERE isnan(CAST(({v}) AS DOUBLE)) "
-                f"OR isinf(CAST(({v}) AS DOUBLE))) AS bad{i}"
+                f"sum(CASE WHEN isnan({x}) OR abs({x}) = CAST('Infinity' AS DOUBLE) "
+                f"THEN 1 ELSE 0 END) AS bad{i}"
             )
         result = self.fetch(f"SELECT {', '.join(counts)} FROM {SOURCE}")
         if int(result["n"][0]) == 0:
             raise DataError("the table is empty: there is nothing to release")
         for i, v in enumerate(values):
-            if int(result[f"bad{i}"][0]) > 0:
+            bad = result[f"bad{i}"][0]
+            if bad is not None and int(bad) > 0:
                 raise DataError(
                     f"{v} has NaN or infinite values; clean them (or filter them out with WHERE) "
                     "before releasing"
@@ -162,6 +166,8 @@ class SparkEngine(Engine):
             .config("spark.sql.shuffle.partitions", "8")
             .getOrCreate()
         )
+        # veil reports failures itself, in one line; Spark's own logging would repeat them
+        self._spark.sparkContext.setLogLevel("OFF")
         path = dataset.path
         if path is not None and path.suffix.lower() in (".parquet", ".pq"):
             frame = self._spark.read.parquet(str(path))
@@ -189,7 +195,9 @@ class SparkEngine(Engine):
 
     def fetch(self, sql: str) -> dict[str, npt.NDArray[Any]]:
         try:
-            frame = self._spark.sql(self.translate(sql)).toPandas()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pyspark warns about pandas 3 on every call
+                frame = self._spark.sql(self.translate(sql)).toPandas()
         except Exception as exc:
             message = str(exc).splitlines()[0]
             raise DataError(f"Spark could not run the query: {message}") from None

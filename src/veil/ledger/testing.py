@@ -45,7 +45,7 @@ class TemporaryPostgres:
         if found is None:
             raise ConfigurationError(
                 "PostgreSQL's server binaries are not installed (Debian: apt-get install "
-                "postgresql, or run scripts/ensure-postgres.sh)"
+                "postgresql, or run scripts/ensure-system-deps.sh)"
             )
         self.bindir = found
         self.root = Path(tempfile.mkdtemp(prefix="veil-pg-"))
