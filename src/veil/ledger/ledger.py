@@ -656,11 +656,24 @@ class Ledger:
                     f"{event.describe()} with the events already spent; nothing was released"
                 )
             if spent > limit:
+                already = float(row.spent_epsilon)  # the bound recorded at the last spend
+                if tight_allowed and state.events > 1:
+                    # say what is really spent: the tightest bound on the events so far
+                    cheap_before = ScopeState.from_columns(row).epsilons(
+                        budget.delta, budget.method, relation
+                    )
+                    tight_before = pld_epsilon(
+                        self._event_payloads(conn, sc), budget.delta, relation
+                    )
+                    already = min(
+                        [already, *cheap_before.values()]
+                        + ([tight_before] if tight_before is not None else [])
+                    )
                 raise BudgetExceededError(
                     scope=str(sc),
                     budget_epsilon=budget.epsilon,
                     budget_delta=budget.delta,
-                    spent_epsilon=float(row.spent_epsilon),
+                    spent_epsilon=already,
                     requested_epsilon=spent,
                 )
             seq, entry_id = self._append(
