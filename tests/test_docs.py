@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/privacy.md", "docs/ledger.md"]
+PAGES = ["README.md", "docs/privacy.md", "docs/ledger.md", "docs/analytics.md"]
 
 
 def _python_blocks(text: str) -> list[str]:
