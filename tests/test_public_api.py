@@ -10,7 +10,7 @@ import veil
 from veil import errors
 
 
-@pytest.mark.parametrize("package", ["veil", "veil.privacy", "veil.ledger"])
+@pytest.mark.parametrize("package", ["veil", "veil.privacy", "veil.ledger", "veil.analytics"])
 def test_every_exported_name_exists(package: str) -> None:
     module = importlib.import_module(package)
     for name in module.__all__:
@@ -32,6 +32,15 @@ def test_every_exported_name_exists(package: str) -> None:
             ],
         ),
         ("veil.ledger", ["veil.ledger.ledger", "veil.ledger.scope"]),
+        (
+            "veil.analytics",
+            [
+                "veil.analytics.query",
+                "veil.analytics.spec",
+                "veil.analytics.sources",
+                "veil.analytics.sql",
+            ],
+        ),
     ],
 )
 def test_packages_export_everything_their_modules_make_public(

@@ -15,7 +15,7 @@ from typing import Any
 from veil.analytics.spec import TableSpec
 from veil.errors import ConfigurationError, DataError, MissingDependencyError
 
-__all__ = ["Dataset", "duckdb_module"]
+__all__ = ["Dataset"]
 
 _CSV = {".csv", ".tsv", ".txt"}
 _PARQUET = {".parquet", ".pq"}
