@@ -34,6 +34,15 @@ def truth(dataset: Dataset, sql: str) -> dict[Any, float]:
     return {r[0]: float(r[1]) for r in rows}
 
 
+def _exact_for(dataset: Dataset, sql: str, *, epsilon: float, delta: float = 0.0) -> Any:
+    """The prepared query and the engine's exact aggregates (nothing released, nothing spent)."""
+    engine = DuckDBEngine(dataset)
+    prepared = prepare(dataset, sql, engine, epsilon=epsilon, delta=delta, noise=NoiseKind.LAPLACE)
+    exact = _exact(prepared, engine)
+    engine.close()
+    return prepared, exact
+
+
 def test_census_mean_per_state_is_close_to_the_truth(census: Dataset, ledger: Ledger) -> None:
     ledger.set_budget("census2000/row", epsilon=10, delta=1e-5)
     releaser = Releaser(ledger, rng=InsecureSeededRandom(1))
@@ -112,17 +121,9 @@ def test_count_noise_matches_the_declared_epsilon_and_sensitivity(people_table: 
         keys={"grp": tuple(range(20))},
     )
     dataset = Dataset(pd.DataFrame(data), spec)
-    engine = DuckDBEngine(dataset)
-    prepared = prepare(
-        dataset,
-        "SELECT grp, COUNT(*) FROM people GROUP BY grp",
-        engine,
-        epsilon=0.8,
-        delta=0.0,
-        noise=NoiseKind.LAPLACE,
+    prepared, exact = _exact_for(
+        dataset, "SELECT grp, COUNT(*) FROM people GROUP BY grp", epsilon=0.8, delta=0.0
     )
-    exact = _exact(prepared, engine)
-    engine.close()
     true_counts = exact.aggregates["__rows"].astype(float)
     order = np.argsort(exact.aggregates["__g0"])
     true_counts = true_counts[order]
@@ -155,17 +156,9 @@ def test_sums_are_unbiased(people_table: Any) -> None:
         keys={"grp": tuple(range(20))},
     )
     dataset = Dataset(pa.table(data), spec)
-    engine = DuckDBEngine(dataset)
-    prepared = prepare(
-        dataset,
-        "SELECT grp, SUM(income) FROM people GROUP BY grp",
-        engine,
-        epsilon=1.0,
-        delta=0.0,
-        noise=NoiseKind.LAPLACE,
+    prepared, exact = _exact_for(
+        dataset, "SELECT grp, SUM(income) FROM people GROUP BY grp", epsilon=1.0, delta=0.0
     )
-    exact = _exact(prepared, engine)
-    engine.close()
     order = np.argsort(exact.aggregates["__g0"])
     true_sums = exact.aggregates["__s0"].astype(float)[order]
     rng = InsecureSeededRandom(7)
@@ -187,17 +180,9 @@ def test_partition_selection_releases_a_lonely_unit_no_more_than_delta_allows() 
     rows = {"person": [0, *list(range(1, 201))], "grp": ["lonely"] + ["crowd"] * 200}
     spec = TableSpec("t", privacy_unit="person")
     dataset = Dataset(pd.DataFrame(rows), spec)
-    engine = DuckDBEngine(dataset)
-    prepared = prepare(
-        dataset,
-        "SELECT grp, COUNT(*) FROM t GROUP BY grp",
-        engine,
-        epsilon=1.0,
-        delta=0.2,
-        noise=NoiseKind.LAPLACE,
+    prepared, exact = _exact_for(
+        dataset, "SELECT grp, COUNT(*) FROM t GROUP BY grp", epsilon=1.0, delta=0.2
     )
-    exact = _exact(prepared, engine)
-    engine.close()
     assert prepared.selection is not None
     t = 1 / prepared.selection.epsilon
     p = math.exp(-1 / t)
