@@ -69,9 +69,20 @@ class ValueSpec:
 
 
 def literal(value: Any) -> str:
-    """A SQL literal for a key value."""
+    """A SQL literal for a key value (written directly: a thousand keys through sqlglot's
+    renderer cost tens of milliseconds per release)."""
     if value is None:
         raise ConfigurationError("a public key cannot be NULL")
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigurationError(f"a public key must be finite, got {value!r}")
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
     return exp.convert(value).sql(dialect="duckdb")
 
 
@@ -135,29 +146,47 @@ class Plan:
             parts.append(f"(n{g} = 0 OR n{g} = __rows) AND lo{g} IS NOT DISTINCT FROM hi{g}")
         return " AND ".join(parts)
 
-    def _bounding_ctes(self) -> list[str]:
-        """CTEs shared by both queries: per-unit summary, slow path with random choice."""
-        k, big_k = self.max_rows_per_group, self.max_groups_per_unit
-        groups = ", ".join(self._group_cols)
+    @property
+    def _fast(self) -> str:
+        """The unit is within its limits as it stands: one group, at most k rows there."""
+        return f"({self._single_group()}) AND __rows <= {self.max_rows_per_group}"
+
+    def _per_unit(self, *, moments: bool) -> str:
+        """One pass over the source: per unit, its smallest and largest group keys, how many
+        non-null keys and rows it has, and (with ``moments``) the totals of its values."""
         per_unit = [
             f"min({g}) AS lo{g}, max({g}) AS hi{g}, count({g}) AS n{g}" for g in self._group_cols
         ]
-        fast = f"({self._single_group()}) AND __rows <= {k}"
+        aggs = self._moment_aggs() if moments else []
+        return (
+            f"SELECT __u, {', '.join(per_unit)}, count(*) AS __rows"
+            + (", " + ", ".join(aggs) if aggs else "")
+            + f" FROM ({self._source()}) AS r GROUP BY __u"
+        )
+
+    def _slow_ctes(self) -> list[str]:
+        """The units over their limits: a random choice of at most k rows per group and K
+        groups, by window functions over their rows only (a second pass over the source)."""
+        k, big_k = self.max_rows_per_group, self.max_groups_per_unit
+        groups = ", ".join(self._group_cols)
         return [
-            f"rows AS ({self._source()})",
-            f"pu AS (SELECT __u, {', '.join(per_unit)}, count(*) AS __rows"
-            + (", " + ", ".join(self._moment_aggs()) if self.values else "")
-            + " FROM rows GROUP BY __u)",
-            f"fast_u AS (SELECT * FROM pu WHERE {fast})",
-            f"slow_u AS (SELECT __u FROM pu WHERE NOT ({fast}))",
-            "slow_rows AS (SELECT rows.*, random() AS __r FROM rows "
-            "SEMI JOIN slow_u ON rows.__u = slow_u.__u)",
+            f"pu AS ({self._per_unit(moments=False)})",
+            f"slow_u AS (SELECT __u FROM pu WHERE NOT ({self._fast}))",
+            f"slow_rows AS (SELECT r.*, random() AS __r FROM ({self._source()}) AS r "
+            "SEMI JOIN slow_u ON r.__u = slow_u.__u)",
             f"ranked AS (SELECT *, row_number() OVER (PARTITION BY __u, {groups} ORDER BY __r) "
             "AS __rn FROM slow_rows)",
             f"kept AS (SELECT * FROM ranked WHERE __rn <= {k})",
             f"ug AS (SELECT __u, {groups}, random() AS __r2 FROM kept GROUP BY __u, {groups})",
             "picked AS (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY __u ORDER BY "
             f"__r2) AS __gr FROM ug) WHERE __gr <= {big_k})",
+            "slow_ug AS (SELECT kept.__u, "
+            + ", ".join(f"kept.{g}" for g in self._group_cols)
+            + ", count(*) AS __rows"
+            + (", " + ", ".join(self._moment_aggs("kept.")) if self.values else "")
+            + " FROM kept SEMI JOIN picked ON "
+            + self._on_groups("kept", "picked")
+            + f" GROUP BY kept.__u, {', '.join(f'kept.{g}' for g in self._group_cols)})",
         ]
 
     def _on_groups(self, left: str, right: str) -> str:
@@ -166,78 +195,101 @@ class Plan:
         ]
         return " AND ".join(conditions)
 
-    # -- the two queries -----------------------------------------------------------------------
+    # -- the queries ---------------------------------------------------------------------------
 
-    def _contrib_ctes(self) -> list[str]:
-        """The bounding CTEs ending in ``contrib``: one row per kept (unit, group) with the
-        unit's bounded row count and moments there."""
+    def fast_sql(self) -> str:
+        """Per group: ``__units``, ``__rows`` and the moments ``__c/__s/__q{i}`` of the units
+        within their limits, and ``__slow``, how many other units there are (their totals come
+        from :meth:`slow_sql`, needed only when ``__slow`` is not zero). One pass over the
+        source, which DuckDB streams without buffering it."""
         groups = ", ".join(self._group_cols)
         moments = self._moment_cols()
-        fast_groups = ", ".join(f"lo{g} AS {g}" for g in self._group_cols)
-        ctes = self._bounding_ctes()
-        ctes.append(
-            "slow_ug AS (SELECT kept.__u, "
-            + ", ".join(f"kept.{g}" for g in self._group_cols)
-            + ", count(*) AS __rows"
-            + (", " + ", ".join(self._moment_aggs("kept.")) if self.values else "")
-            + " FROM kept SEMI JOIN picked ON "
-            + self._on_groups("kept", "picked")
-            + f" GROUP BY kept.__u, {', '.join(f'kept.{g}' for g in self._group_cols)})"
+        if self.unit is None:
+            aggs = [
+                "count(*) AS __units",
+                "count(*) AS __rows",
+                *self._moment_aggs(),
+                "0 AS __slow",
+            ]
+            return (
+                f"SELECT {groups}, {', '.join(aggs)} FROM ({self._source()}) AS r GROUP BY {groups}"
+            )
+        fast = self._fast
+        cols = ", ".join(f"lo{g} AS {g}" for g in self._group_cols)
+        aggs = [
+            f"sum(CASE WHEN {fast} THEN 1 ELSE 0 END) AS __units",
+            f"sum(CASE WHEN {fast} THEN __rows ELSE 0 END) AS __rows",
+            *(f"sum(CASE WHEN {fast} THEN {m} ELSE 0 END) AS {m}" for m in moments),
+            f"sum(CASE WHEN {fast} THEN 0 ELSE 1 END) AS __slow",
+        ]
+        lo_groups = ", ".join(f"lo{g}" for g in self._group_cols)
+        return (
+            f"SELECT {cols}, {', '.join(aggs)} FROM ({self._per_unit(moments=True)}) AS pu "
+            f"GROUP BY {lo_groups}"
         )
-        tail = f", {', '.join(moments)}" if moments else ""
-        ctes.append(
-            f"contrib AS (SELECT __u, {fast_groups}, __rows{tail} FROM fast_u "
-            f"UNION ALL SELECT __u, {groups}, __rows{tail} FROM slow_ug)"
-        )
-        return ctes
 
-    def contributions_sql(self) -> str:
-        """Every kept (unit, group) with its bounded contribution (for tests and audits of the
-        bounding; a release never reads this)."""
+    def slow_sql(self) -> str:
+        """Per group, ``__units``, ``__rows`` and moments of the units over their limits, after
+        the random choice of their rows and groups."""
         if self.unit is None:
             raise ConfigurationError("without a privacy unit there is nothing to bound")
-        return "WITH " + ", ".join(self._contrib_ctes()) + " SELECT * FROM contrib"
-
-    def aggregate_sql(self) -> str:
-        """Per group: ``__units``, ``__rows`` and the moments ``__c/__s/__q{i}``."""
         groups = ", ".join(self._group_cols)
         moments = self._moment_cols()
-        if self.unit is None:
-            aggs = ["count(*) AS __units", "count(*) AS __rows", *self._moment_aggs()]
-            return (
-                f"WITH rows AS ({self._source()}) "
-                f"SELECT {groups}, {', '.join(aggs)} FROM rows GROUP BY {groups}"
-            )
-        sums = ", ".join(f"sum({m}) AS {m}" for m in moments)
+        sums = "".join(f", sum({m}) AS {m}" for m in moments)
         return (
-            "WITH " + ", ".join(self._contrib_ctes()) + f" SELECT {groups}, count(*) AS __units, "
-            f"sum(__rows) AS __rows{', ' + sums if sums else ''} FROM contrib GROUP BY {groups}"
+            "WITH " + ", ".join(self._slow_ctes()) + f" SELECT {groups}, count(*) AS __units, "
+            f"sum(__rows) AS __rows{sums} FROM slow_ug GROUP BY {groups}"
         )
 
-    def leaf_sql(self, value: int, bin_sql: str) -> str:
-        """Per group and bin (``__bin``, from ``bin_sql`` over ``__x``) the bounded row count
-        ``__n``; rows whose bin is NULL are dropped."""
+    def contributions_sql(self) -> str:
+        """Every kept (unit, group) with its bounded contribution, fast and slow path together
+        (for tests and audits of the bounding; a release never reads this)."""
+        if self.unit is None:
+            raise ConfigurationError("without a privacy unit there is nothing to bound")
+        moments = self._moment_cols()
+        tail = "".join(f", {m}" for m in moments)
+        fast_groups = ", ".join(f"lo{g} AS {g}" for g in self._group_cols)
+        groups = ", ".join(self._group_cols)
+        ctes = self._slow_ctes()
+        ctes.append(f"all_pu AS ({self._per_unit(moments=True)})")
+        return (
+            "WITH " + ", ".join(ctes) + f" SELECT __u, {fast_groups}, __rows{tail} FROM all_pu "
+            f"WHERE {self._fast} UNION ALL SELECT __u, {groups}, __rows{tail} FROM slow_ug"
+        )
+
+    def fast_leaf_sql(self, value: int, bin_sql: str) -> str:
+        """Per group and bin (``__bin``, from ``bin_sql`` over ``__x``) the row count ``__n`` of
+        the units within their limits (all their rows); NULL bins are dropped."""
         groups = ", ".join(self._group_cols)
         binned = bin_sql.replace("__x", f"__x{value}")
+        tail = f"WHERE __bin IS NOT NULL GROUP BY {groups}, __bin"
         if self.unit is None:
             return (
-                f"WITH rows AS ({self._source()}), b AS (SELECT {groups}, {binned} AS __bin "
-                f"FROM rows) SELECT {groups}, __bin, count(*) AS __n FROM b "
-                f"WHERE __bin IS NOT NULL GROUP BY {groups}, __bin"
+                f"SELECT {groups}, __bin, count(*) AS __n FROM (SELECT {groups}, {binned} AS "
+                f"__bin FROM ({self._source()}) AS r) AS b {tail}"
             )
-        ctes = self._bounding_ctes()
-        cols = ", ".join([*self._group_cols, f"__x{value}"])
+        return (
+            f"WITH pu AS ({self._per_unit(moments=False)}), "
+            f"fast_u AS (SELECT __u FROM pu WHERE {self._fast}) "
+            f"SELECT {groups}, __bin, count(*) AS __n FROM (SELECT {groups}, {binned} AS __bin "
+            f"FROM ({self._source()}) AS r SEMI JOIN fast_u ON r.__u = fast_u.__u) AS b {tail}"
+        )
+
+    def slow_leaf_sql(self, value: int, bin_sql: str) -> str:
+        """:meth:`fast_leaf_sql` for the rows chosen from the units over their limits."""
+        groups = ", ".join(self._group_cols)
+        binned = bin_sql.replace("__x", f"__x{value}")
         kept_cols = ", ".join(f"kept.{c}" for c in [*self._group_cols, f"__x{value}"])
+        ctes = self._slow_ctes()
         ctes.append(
-            f"bounded AS (SELECT {cols} FROM rows SEMI JOIN fast_u ON rows.__u = fast_u.__u "
-            f"UNION ALL SELECT {kept_cols} FROM kept SEMI JOIN picked ON "
+            f"bounded AS (SELECT {kept_cols} FROM kept SEMI JOIN picked ON "
             + self._on_groups("kept", "picked")
             + ")"
         )
-        ctes.append(f"b AS (SELECT {groups}, {binned} AS __bin FROM bounded)")
         return (
-            "WITH " + ", ".join(ctes) + f" SELECT {groups}, __bin, count(*) AS __n FROM b "
-            f"WHERE __bin IS NOT NULL GROUP BY {groups}, __bin"
+            "WITH " + ", ".join(ctes) + f" SELECT {groups}, __bin, count(*) AS __n FROM "
+            f"(SELECT {groups}, {binned} AS __bin FROM bounded) AS b WHERE __bin IS NOT NULL "
+            f"GROUP BY {groups}, __bin"
         )
 
 

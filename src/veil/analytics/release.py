@@ -32,6 +32,7 @@ from sqlglot import exp
 from veil.analytics import estimators as est
 from veil.analytics.engines import Engine, EngineKind, make_engine
 from veil.analytics.estimators import TREE_LEAVES, TREE_LEVELS, NoiseKind, NoisyVector
+from veil.analytics.frames import merge_sums, plain, row_positions
 from veil.analytics.plan import Plan, ValueSpec, histogram_bin_sql, leaf_bin_sql
 from veil.analytics.query import AggKind, Aggregate, Query
 from veil.analytics.sources import Dataset
@@ -628,21 +629,38 @@ class _Exact:
 
 
 def _exact(prepared: _Prepared, engine: Engine) -> _Exact:
-    """Check the data, then run the plan's queries (steps 2 and 3 of a release)."""
+    """Check the data, then run the plan's queries (steps 2 and 3 of a release). The slow path
+    (units over their limits) runs only when there are such units."""
     plan = prepared.plan
     engine.check_values([v.sql for v in plan.values], plan.where)
-    aggregates = engine.fetch(plan.aggregate_sql())
+    groups = [f"__g{i}" for i in range(max(1, len(plan.groups)))]
+    fast = engine.fetch(plan.fast_sql())
+    slow_units = sum(0.0 if v is None else float(v) for v in fast["__slow"].tolist())
+    slow_needed = plan.unit is not None and slow_units > 0
+    sums = [c for c in fast if c not in groups and c != "__slow"]
+    frames = [fast]
+    if slow_needed:
+        frames.append(engine.fetch(plan.slow_sql()))
+    aggregates = merge_sums(frames, groups, sums)
+    # a group in which every unit's contribution was dropped is no candidate for release
+    kept = np.asarray(aggregates["__units"], dtype=float) > 0
+    aggregates = {c: np.asarray(v)[kept] for c, v in aggregates.items()}
+
+    def leaf_counts(value: int, bin_sql: str) -> dict[str, npt.NDArray[Any]]:
+        parts = [engine.fetch(plan.fast_leaf_sql(value, bin_sql))]
+        if slow_needed:
+            parts.append(engine.fetch(plan.slow_leaf_sql(value, bin_sql)))
+        return merge_sums(parts, [*groups, "__bin"], ["__n"])
+
     leaves = {}
     for value in prepared.trees:
         v = plan.values[value]
-        leaves[value] = engine.fetch(plan.leaf_sql(value, leaf_bin_sql(v.low, v.high, TREE_LEAVES)))
+        leaves[value] = leaf_counts(value, leaf_bin_sql(v.low, v.high, TREE_LEAVES))
     histogram = None
     for st in prepared.statistics:
         if st.aggregate.kind is AggKind.HISTOGRAM:
             assert st.value_index is not None
-            histogram = engine.fetch(
-                plan.leaf_sql(st.value_index, histogram_bin_sql(st.aggregate.edges))
-            )
+            histogram = leaf_counts(st.value_index, histogram_bin_sql(st.aggregate.edges))
     return _Exact(aggregates, leaves, histogram)
 
 
@@ -688,7 +706,7 @@ class _Computation:
 
     def _group_keys(self, frame: dict[str, npt.NDArray[Any]]) -> list[tuple[Any, ...]]:
         cols = [frame[f"__g{i}"] for i in range(len(self.groups))]
-        return [tuple(_plain(c[r]) for c in cols) for r in range(len(frame["__units"]))]
+        return [tuple(plain(c[r]) for c in cols) for r in range(len(frame["__units"]))]
 
     def run(self) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
         p = self.p
@@ -826,7 +844,7 @@ class _Computation:
         self, frame: dict[str, npt.NDArray[Any]], keys: list[tuple[Any, ...]], width: int
     ) -> FloatArray:
         matrix = np.zeros((len(keys), width))
-        positions = _row_positions(
+        positions = row_positions(
             [frame[f"__g{j}"] for j in range(len(self.groups))], keys, len(frame["__bin"])
         )
         present = positions >= 0
@@ -906,55 +924,9 @@ class _Computation:
         return columns, tuple(records)
 
 
-def _row_positions(
-    columns: list[npt.NDArray[Any]], keys: list[tuple[Any, ...]], length: int
-) -> npt.NDArray[np.int64]:
-    """For each row of ``columns`` (the group columns of an engine result), the position of its
-    key in ``keys``, or -1; vectorised over rows (a factorisation per column)."""
-    if not columns:
-        return np.zeros(length, dtype=np.int64)
-    codes = np.zeros(length, dtype=np.int64)
-    uniques_per_column = []
-    for col in columns:
-        uniques, inverse = _factorize(col)
-        codes = codes * len(uniques) + inverse
-        uniques_per_column.append(uniques)
-    combos, inverse = np.unique(codes, return_inverse=True)
-    position = {k: i for i, k in enumerate(keys)}
-    sizes = [len(u) for u in uniques_per_column]
-    combo_position = np.empty(len(combos), dtype=np.int64)
-    for j, code in enumerate(combos.tolist()):
-        parts = []
-        for size in reversed(sizes):
-            code, digit = divmod(code, size)
-            parts.append(digit)
-        key = tuple(_plain(u[d]) for u, d in zip(uniques_per_column, reversed(parts), strict=True))
-        combo_position[j] = position.get(key, -1)
-    return combo_position[inverse]
-
-
-def _factorize(column: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
-    """Distinct values and each row's index among them (NULL, i.e. None, included)."""
-    try:
-        uniques, inverse = np.unique(column, return_inverse=True)
-        return uniques, inverse.astype(np.int64).reshape(-1)
-    except TypeError:  # None among values: factorise in Python
-        index: dict[Any, int] = {}
-        codes = np.fromiter(
-            (index.setdefault(_plain(v), len(index)) for v in column.tolist()),
-            dtype=np.int64,
-            count=len(column),
-        )
-        return np.array(list(index), dtype=object), codes
-
-
 def _count(noisy: FloatArray, bound: float) -> tuple[FloatArray, FloatArray, FloatArray]:
     return (
         np.maximum(noisy, 0.0),
         np.maximum(noisy - bound, 0.0),
         np.maximum(noisy + bound, 0.0),
     )
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
