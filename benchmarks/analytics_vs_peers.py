@@ -293,8 +293,11 @@ def per_zip(zips: Any, values: Any) -> np.ndarray:
 def duckdb_floor(path: Path, sql: str) -> Callable[[], np.ndarray]:
     import duckdb
 
+    database = duckdb.connect()
+
     def run() -> np.ndarray:
-        con = duckdb.connect()  # a fresh database per call, as veil's release opens one
+        # a fresh connection per call to one open database, as each veil release takes one
+        con = database.cursor()
         try:
             con.read_parquet(str(path)).create_view("census")
             result = con.execute(sql).fetchnumpy()

@@ -319,6 +319,42 @@ def test_public_keys_answer_every_key_even_missing_ones(census: Dataset, ledger:
     assert nowhere["ci_low"] == 0.0
 
 
+@pytest.mark.parametrize("unit", [None, "person"])
+def test_public_keys_that_are_a_subset_of_the_groups_get_their_own_values(
+    ledger: Ledger, unit: str | None
+) -> None:
+    # the data holds groups a..f; only b, d and z are public keys, so rows of the other groups
+    # must count nowhere (with or without a unit, whether filtered in SQL or after)
+    frame = pd.DataFrame(
+        {
+            "person": np.arange(600),
+            "g": np.array(list("abcdef"))[np.arange(600) % 6],
+            "x": (np.arange(600) % 7).astype(float),
+        }
+    )
+    spec = TableSpec(
+        "t",
+        privacy_unit=unit,
+        bounds={"x": (0.0, 10.0)},
+        keys={"g": ("b", "d", "z")},
+        max_groups_per_unit=1,
+        max_rows_per_group=1,
+    )
+    ledger.set_budget(f"t/{unit or 'row'}", epsilon=1e5)
+    result = Releaser(ledger, rng=InsecureSeededRandom(2), cache=False).release(
+        Dataset(frame, spec),
+        "SELECT g, COUNT(*), SUM(x), MEDIAN(x) FROM t GROUP BY g",
+        epsilon=1e4,
+    )
+    assert [r["g"] for r in result.records] == ["b", "d", "z"]
+    for record in result.records:
+        rows = frame[frame["g"] == record["g"]]
+        assert record["count"] == pytest.approx(len(rows), abs=0.5)
+        assert record["sum_x"] == pytest.approx(rows["x"].sum(), abs=0.5)
+        if len(rows):
+            assert record["median_x"] == pytest.approx(rows["x"].median(), abs=0.1)
+
+
 def test_tiny_groups_never_give_nan_inf_or_out_of_range(ledger: Ledger) -> None:
     frame = pd.DataFrame({"g": ["a", "b", "c"] * 2, "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
     spec = TableSpec("t", bounds={"x": (0.0, 10.0)}, keys={"g": ("a", "b", "c", "d")})

@@ -123,7 +123,11 @@ class Plan:
         conditions = []
         if self.where is not None:
             conditions.append(f"({self.where})")
-        for column, values in sorted(self.keys.items()):
+        # Public keys matter before aggregation only when units are bounded: rows outside them
+        # must not use up a unit's groups. Without a unit, the release reads only the public
+        # keys' groups from the result, and filtering after aggregation there is free, whereas
+        # an IN list over every row costs as much as the aggregation itself.
+        for column, values in sorted(self.keys.items()) if self.unit is not None else ():
             conditions.append(f'"{column}" IN ({", ".join(literal(v) for v in values)})')
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         return f"SELECT {', '.join(cols)} FROM {SOURCE}{where}"

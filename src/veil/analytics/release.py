@@ -705,8 +705,9 @@ class _Computation:
         self.groups = list(prepared.query.group_by)
 
     def _group_keys(self, frame: dict[str, npt.NDArray[Any]]) -> list[tuple[Any, ...]]:
-        cols = [frame[f"__g{i}"] for i in range(len(self.groups))]
-        return [tuple(plain(c[r]) for c in cols) for r in range(len(frame["__units"]))]
+        # tolist() turns numpy scalars into Python ones (an object column may still hold some)
+        cols = [[plain(v) for v in frame[f"__g{i}"].tolist()] for i in range(len(self.groups))]
+        return list(zip(*cols, strict=True))
 
     def run(self) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
         p = self.p
