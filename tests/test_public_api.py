@@ -10,7 +10,9 @@ import veil
 from veil import errors
 
 
-@pytest.mark.parametrize("package", ["veil", "veil.privacy", "veil.ledger", "veil.analytics"])
+@pytest.mark.parametrize(
+    "package", ["veil", "veil.privacy", "veil.ledger", "veil.analytics", "veil.federated"]
+)
 def test_every_exported_name_exists(package: str) -> None:
     module = importlib.import_module(package)
     for name in module.__all__:
@@ -39,6 +41,17 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.analytics.spec",
                 "veil.analytics.sources",
                 "veil.analytics.sql",
+            ],
+        ),
+        (
+            "veil.federated",
+            [
+                "veil.federated.messages",
+                "veil.federated.protocol",
+                "veil.federated.strategies",
+                "veil.federated.dp",
+                "veil.federated.training",
+                "veil.federated.simulation",
             ],
         ),
     ],

@@ -10,10 +10,13 @@ know veil still handles veil's errors sensibly::
     ├── PrivacyError
     │   ├── BudgetExceededError                a release would overspend; nothing was drawn
     │   └── UnsupportedEventError (TypeError)  an accountant cannot compose this event
-    └── LedgerError
-        ├── ScopeNotFoundError (KeyError)      no budget is set for this scope
-        ├── LedgerIntegrityError               the spend history was altered
-        └── ReservationError                   a reservation was used out of order
+    ├── LedgerError
+    │   ├── ScopeNotFoundError (KeyError)      no budget is set for this scope
+    │   ├── LedgerIntegrityError               the spend history was altered
+    │   └── ReservationError                   a reservation was used out of order
+    └── ProtocolError                          a federated or cryptographic protocol went wrong
+        ├── LocalProtocolError                 our own code used a state machine out of order
+        └── RemoteProtocolError                a peer sent a message the protocol does not allow
 
 Messages say what was expected, what was found, and what to do. They never contain secrets
 (keys, seeds, raw records).
@@ -27,8 +30,11 @@ __all__ = [
     "DataError",
     "LedgerError",
     "LedgerIntegrityError",
+    "LocalProtocolError",
     "MissingDependencyError",
     "PrivacyError",
+    "ProtocolError",
+    "RemoteProtocolError",
     "ReservationError",
     "ScopeNotFoundError",
     "UnsupportedEventError",
@@ -127,3 +133,16 @@ class LedgerIntegrityError(LedgerError):
 
 class ReservationError(LedgerError):
     """A reservation was committed twice, or used after it was closed."""
+
+
+class ProtocolError(VeilError):
+    """A protocol (a federated round, secure aggregation) cannot go on."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code drove a protocol state machine out of order: a bug in the caller."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent a message the protocol does not allow in its current state (late, duplicate,
+    malformed, or from a party that was not asked)."""

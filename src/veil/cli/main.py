@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
@@ -9,21 +10,22 @@ import typer
 from rich.console import Console
 
 from veil._version import __version__
-from veil.cli import demo, ledger, privacy, release
+from veil.cli import demo, fl, ledger, privacy, release
 from veil.errors import VeilError
 
 app = typer.Typer(
     name="veil",
     help=(
         "veil: get value from sensitive data without exposing the people in it. "
-        "Differentially private statistics, one persistent privacy ledger, and (as they land) "
-        "federated learning, encrypted scoring and privacy audits."
+        "Differentially private statistics, federated learning, one persistent privacy ledger, "
+        "and (as they land) encrypted scoring and privacy audits."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.add_typer(fl.app, name="fl")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(privacy.app, name="privacy")
 app.add_typer(release.app, name="release")
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 error, 2 bad usage, 70 bug)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    # dp-accounting logs (through absl) each Rényi order it drops as numerically unstable; the
+    # epsilon it returns is still a valid bound, so the command line does not show them.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         app(args=args, prog_name="veil")  # parses, runs, and exits through SystemExit
     except SystemExit as exc:

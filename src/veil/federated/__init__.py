@@ -1,0 +1,100 @@
+"""Federated learning: the round protocol, strategies, client training, DP, and the simulator.
+
+The round is a state machine with no I/O (:class:`FederatedServer`) over typed, frozen messages;
+the simulator (:class:`Simulation`) drives it in one process, training clients together with
+``torch.func``; the gRPC deployment drives the same machine over the network. Every private
+round or local training is charged to the privacy ledger before any noise is drawn.
+
+Needs the ``federated`` extra (PyTorch, scikit-learn): ``pip install 'veil[federated]'``.
+"""
+
+from veil.errors import MissingDependencyError
+
+try:
+    import torch  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError("torch", "federated") from None
+
+from veil.federated import data, models
+from veil.federated.data import FederatedData
+from veil.federated.dp import AdaptiveClipping, DpAggregator, DpSgd, NoisySum
+from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
+from veil.federated.protocol import ClientSampling, FederatedServer, RoundOutcome, Stage
+from veil.federated.simulation import RoundRecord, Simulation, SimulationResult
+from veil.federated.strategies import (
+    Adagrad,
+    Adam,
+    Aggregator,
+    CoordinateMedian,
+    Krum,
+    RoundContext,
+    ServerOptimizer,
+    Sgd,
+    Strategy,
+    TrimmedMean,
+    WeightedMean,
+    Yogi,
+    fedadagrad,
+    fedadam,
+    fedavg,
+    fedprox,
+    fedyogi,
+)
+from veil.federated.training import (
+    ClientData,
+    Cohort,
+    LocalOutcome,
+    ParamLayout,
+    evaluate,
+    per_sample_gradients,
+    train_central,
+    train_clients,
+    train_dpsgd,
+)
+
+__all__ = [
+    "Adagrad",
+    "Adam",
+    "AdaptiveClipping",
+    "Aggregator",
+    "ClientData",
+    "ClientSampling",
+    "Cohort",
+    "CoordinateMedian",
+    "DpAggregator",
+    "DpSgd",
+    "FederatedData",
+    "FederatedServer",
+    "Krum",
+    "LocalOutcome",
+    "NoisySum",
+    "ParamLayout",
+    "RoundContext",
+    "RoundOutcome",
+    "RoundRecord",
+    "ServerOptimizer",
+    "Sgd",
+    "Simulation",
+    "SimulationResult",
+    "Stage",
+    "Strategy",
+    "TrainConfig",
+    "TrainFailure",
+    "TrainInstruction",
+    "TrainResult",
+    "TrimmedMean",
+    "WeightedMean",
+    "Yogi",
+    "data",
+    "evaluate",
+    "fedadagrad",
+    "fedadam",
+    "fedavg",
+    "fedprox",
+    "fedyogi",
+    "models",
+    "per_sample_gradients",
+    "train_central",
+    "train_clients",
+    "train_dpsgd",
+]

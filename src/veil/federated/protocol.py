@@ -1,0 +1,261 @@
+"""The server side of federated training as a state machine with no I/O.
+
+:class:`FederatedServer` holds the global model and drives rounds. It never opens a socket,
+reads a clock or starts a thread; a driver (the simulator, or the gRPC coordinator) moves it:
+
+==========  ===================================  ==========  ====================================
+stage       call                                 next stage  what happens
+==========  ===================================  ==========  ====================================
+IDLE        ``round_event()``                    IDLE        the privacy cost of the next round
+IDLE        ``start_round(rng)``                 TRAINING    sample clients; one instruction each
+TRAINING    ``receive(TrainResult|Failure)``     TRAINING    record the answer of a sampled client
+TRAINING    ``close_round(rng)``                 IDLE        whoever has not answered is dropped;
+                                                 or FINISHED aggregate; move the model
+==========  ===================================  ==========  ====================================
+
+A driver calls ``close_round`` when every sampled client has answered or when its deadline
+passes; stragglers that answer later are refused (:class:`~veil.errors.RemoteProtocolError`).
+The privacy cost of a round is known before it starts, so a driver reserves it in the ledger
+first and never draws noise for a round the budget cannot pay for.
+
+Client sampling (:class:`ClientSampling`) is Poisson (each client independently with
+probability ``q``, as DP amplification assumes) or a uniform sample of fixed size; its randomness
+comes from the :class:`~veil.privacy.RandomSource` passed to ``start_round``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
+from veil.federated.strategies import RoundContext, Strategy
+from veil.privacy.events import Event
+from veil.privacy.random import RandomSource
+
+__all__ = ["ClientSampling", "FederatedServer", "RoundOutcome", "Stage"]
+
+Vector = npt.NDArray[np.float64]
+
+
+class Stage(enum.Enum):
+    IDLE = "idle"
+    TRAINING = "training"
+    FINISHED = "finished"
+
+
+def uniform(rng: RandomSource, n: int) -> npt.NDArray[np.float64]:
+    """``n`` uniform draws in [0, 1) with 53 random bits each."""
+    return (rng.words(n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSampling:
+    """Which clients train in a round: each with probability ``fraction`` (``poisson=True``) or
+    exactly ``max(min_clients, round(fraction · N))`` of them chosen uniformly."""
+
+    fraction: float = 1.0
+    poisson: bool = False
+    min_clients: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fraction, int | float) or not 0 < self.fraction <= 1:
+            raise ConfigurationError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        if not isinstance(self.min_clients, int) or self.min_clients < 1:
+            raise ConfigurationError(f"min_clients must be >= 1, got {self.min_clients!r}")
+
+    def sample(self, clients: Sequence[str], rng: RandomSource) -> tuple[str, ...]:
+        n = len(clients)
+        if self.fraction == 1.0:
+            return tuple(clients)
+        if self.poisson:
+            keep = uniform(rng, n) < self.fraction
+            return tuple(c for c, k in zip(clients, keep, strict=True) if k)
+        size = min(n, max(self.min_clients, round(self.fraction * n)))
+        order = np.argsort(uniform(rng, n), kind="stable")[:size]
+        return tuple(clients[i] for i in sorted(order))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    """What one round did."""
+
+    round: int
+    sampled: tuple[str, ...]
+    completed: tuple[str, ...]
+    dropped: tuple[str, ...]
+    metrics: dict[str, float]
+    """Example-weighted means of the metrics the clients reported."""
+    bytes_sent: int
+    bytes_received: int
+    aggregated: bool
+    """False when no client answered: the model did not move."""
+
+
+class FederatedServer:
+    """The global model and the round protocol (see the module docstring).
+
+    The server keeps the model in float64 and sends it as ``wire_dtype`` (the model's own
+    precision, float32 by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        parameters: npt.ArrayLike,
+        clients: Sequence[str],
+        strategy: Strategy,
+        config: TrainConfig,
+        rounds: int,
+        sampling: ClientSampling | None = None,
+        min_completed: int = 1,
+        wire_dtype: type[np.floating[Any]] = np.float32,
+    ) -> None:
+        params = np.array(parameters, dtype=np.float64).reshape(-1)
+        if params.size == 0 or not np.all(np.isfinite(params)):
+            raise ConfigurationError("the initial parameters must be a non-empty finite vector")
+        ids = tuple(clients)
+        if not ids:
+            raise ConfigurationError("a federation needs at least one client")
+        if len(set(ids)) != len(ids):
+            raise ConfigurationError("client ids must be unique")
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ConfigurationError(f"rounds must be an integer >= 1, got {rounds!r}")
+        if not isinstance(min_completed, int) or min_completed < 1:
+            raise ConfigurationError(f"min_completed must be >= 1, got {min_completed!r}")
+        self._parameters = params
+        self.clients = ids
+        self.strategy = strategy
+        self.base_config = config
+        self.rounds = rounds
+        self.sampling = sampling or ClientSampling()
+        self.min_completed = min_completed
+        self.wire_dtype = np.dtype(wire_dtype)
+        self.stage = Stage.IDLE
+        self.round = 0
+        self._sampled: tuple[str, ...] = ()
+        self._results: dict[str, TrainResult] = {}
+        self._failed: dict[str, str] = {}
+        self._sent_bytes = 0
+
+    @property
+    def parameters(self) -> Vector:
+        """The current global model (a copy)."""
+        return self._parameters.copy()
+
+    @property
+    def waiting_for(self) -> frozenset[str]:
+        """Sampled clients that have not answered this round."""
+        return frozenset(self._sampled) - self._results.keys() - self._failed.keys()
+
+    def _expect(self, stage: Stage, action: str) -> None:
+        if self.stage is not stage:
+            raise LocalProtocolError(
+                f"cannot {action} in stage {self.stage.value} (expected {stage.value})"
+            )
+
+    def round_event(self) -> Event | None:
+        """The privacy cost of the next round, or None if the strategy is not private."""
+        self._expect(Stage.IDLE, "ask for the next round's cost")
+        return self.strategy.aggregator.round_event(sampling_probability=self.sampling.fraction)
+
+    def start_round(self, rng: RandomSource) -> tuple[TrainInstruction, ...]:
+        """Sample the round's clients and return one instruction for each."""
+        self._expect(Stage.IDLE, "start a round")
+        self.round += 1
+        self._sampled = self.sampling.sample(self.clients, rng)
+        self._results = {}
+        self._failed = {}
+        config = self.strategy.configure(self.base_config)
+        model = self._parameters.astype(self.wire_dtype)
+        model.flags.writeable = False
+        instructions = tuple(
+            TrainInstruction(self.round, cid, model, config) for cid in self._sampled
+        )
+        self._sent_bytes = sum(i.payload_bytes for i in instructions)
+        self.stage = Stage.TRAINING
+        return instructions
+
+    def receive(self, message: TrainResult | TrainFailure) -> None:
+        """Record a sampled client's answer for this round."""
+        self._expect(Stage.TRAINING, "receive a client's answer")
+        if message.round != self.round:
+            raise RemoteProtocolError(
+                f"client {message.client_id!r} answered round {message.round} during round "
+                f"{self.round}"
+            )
+        if message.client_id not in self._sampled:
+            raise RemoteProtocolError(f"client {message.client_id!r} was not sampled this round")
+        if message.client_id in self._results or message.client_id in self._failed:
+            raise RemoteProtocolError(f"client {message.client_id!r} already answered this round")
+        if isinstance(message, TrainFailure):
+            self._failed[message.client_id] = message.reason
+            return
+        if message.update.size != self._parameters.size:
+            raise RemoteProtocolError(
+                f"client {message.client_id!r} sent {message.update.size} values; "
+                f"the model has {self._parameters.size}"
+            )
+        if not np.all(np.isfinite(message.update)):
+            raise RemoteProtocolError(f"client {message.client_id!r} sent a non-finite update")
+        self._results[message.client_id] = message
+
+    def close_round(self, rng: RandomSource) -> RoundOutcome:
+        """End the round: clients still awaited are dropped; aggregate what arrived."""
+        self._expect(Stage.TRAINING, "close a round")
+        results = [self._results[c] for c in self._sampled if c in self._results]
+        dropped = tuple(c for c in self._sampled if c not in self._results)
+        context = RoundContext(
+            round=self.round,
+            dimension=int(self._parameters.size),
+            population=len(self.clients),
+            sampled=len(self._sampled),
+            sampling_probability=self.sampling.fraction,
+            rng=rng,
+        )
+        aggregator = self.strategy.aggregator
+        private = aggregator.round_event(sampling_probability=self.sampling.fraction) is not None
+        enough = len(results) >= self.min_completed
+        # A private aggregator releases a noisy sum even of nothing: skipping the round would
+        # say that nobody (or too few) took part.
+        aggregated = (bool(results) and enough) or private
+        if aggregated:
+            update = aggregator.aggregate(results, context)
+            self._parameters = self.strategy.optimizer.step(self._parameters, update)
+            aggregator.after_round(results, context)
+        self.stage = Stage.FINISHED if self.round >= self.rounds else Stage.IDLE
+        return RoundOutcome(
+            round=self.round,
+            sampled=self._sampled,
+            completed=tuple(r.client_id for r in results),
+            dropped=dropped,
+            metrics=_weighted_metrics(results),
+            bytes_sent=self._sent_bytes,
+            bytes_received=sum(r.payload_bytes for r in results),
+            aggregated=aggregated,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the model, the round, the optimiser's moments."""
+        return {
+            "round": self.round,
+            "parameters": self.parameters,
+            "optimizer": self.strategy.optimizer.state(),
+        }
+
+
+def _weighted_metrics(results: Sequence[TrainResult]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for r in results:
+        w = float(max(r.num_examples, 1))
+        for key, value in r.metrics.items():
+            totals[key] = totals.get(key, 0.0) + w * value
+            weights[key] = weights.get(key, 0.0) + w
+    return {k: totals[k] / weights[k] for k in sorted(totals)}

@@ -1,0 +1,300 @@
+"""The simulator: a whole federation in one process, no Ray, no sockets.
+
+:class:`Simulation` drives the same :class:`~veil.federated.protocol.FederatedServer` that the
+gRPC coordinator drives: each round it asks for the round's privacy cost and reserves it in the
+ledger, starts the round, trains the sampled clients (together, ``max_parallel`` at a time, with
+``torch.func``), feeds their answers back as messages, and closes the round. Only the cohort in
+training holds per-client copies of the model, so memory grows with ``max_parallel``, not with
+the number of clients.
+
+Randomness: with ``seed`` set, client sampling, dropouts, shuffling and DP noise are
+reproducible, and DP noise then comes from :class:`~veil.privacy.InsecureSeededRandom`; that is
+a simulation, not a release. With ``seed=None`` sampling and noise use
+:class:`~veil.privacy.SecureRandom`.
+
+Privacy budgets: client-level DP charges each round to ``client_scope`` (one unit = one client);
+record-level DP-SGD charges each client's local training to that party's own scope,
+``record_scope`` with ``@<client id>`` appended. A round the budget cannot pay for is not run and
+the history says why; a client whose budget is spent drops out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from veil.errors import BudgetExceededError, ConfigurationError
+from veil.federated.data import FederatedData
+from veil.federated.dp import DpSgd
+from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
+from veil.federated.protocol import ClientSampling, FederatedServer, uniform
+from veil.federated.strategies import Strategy, fedavg
+from veil.federated.training import ParamLayout, evaluate, train_central, train_clients, train_dpsgd
+from veil.ledger import Ledger, Reservation, Scope
+from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
+
+__all__ = ["RoundRecord", "Simulation", "SimulationResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRecord:
+    """One round as the simulator saw it."""
+
+    round: int
+    sampled: int
+    completed: int
+    dropped: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    epsilon_spent: float | None
+    """Client-level spend of the run so far (the ledger's bound), if it is private."""
+    record_epsilon_max: float | None = None
+    """Largest spend of any party's record-level scope so far."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationResult:
+    """The history of a run and its final model."""
+
+    rounds: tuple[RoundRecord, ...]
+    parameters: np.ndarray
+    stopped: str | None
+    """Why the run ended before its last round (a budget), or None."""
+    central: dict[str, float] | None = None
+    """Test metrics of the centrally trained baseline, if it was run."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": [dataclasses.asdict(r) for r in self.rounds],
+            "stopped": self.stopped,
+            "central": self.central,
+        }
+
+
+class Simulation:
+    """A federation of ``data.client_ids`` training ``model`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        data: FederatedData,
+        rounds: int,
+        config: TrainConfig,
+        strategy: Strategy | None = None,
+        sampling: ClientSampling | None = None,
+        record_dp: DpSgd | None = None,
+        ledger: Ledger | None = None,
+        client_scope: str | Scope | None = None,
+        record_scope: str | Scope | None = None,
+        dropout: float = 0.0,
+        max_parallel: int = 256,
+        seed: int | None = None,
+        evaluate_every: int = 1,
+    ) -> None:
+        self.layout = ParamLayout(model)
+        self.data = data
+        self.strategy = strategy or fedavg()
+        self.config = config
+        self.record_dp = record_dp
+        self.ledger = ledger
+        self.client_scope = None if client_scope is None else Scope.parse(client_scope)
+        self.record_scope = None if record_scope is None else Scope.parse(record_scope)
+        private_rounds = self.strategy.aggregator.round_event(sampling_probability=1.0) is not None
+        if private_rounds and (ledger is None or self.client_scope is None):
+            raise ConfigurationError(
+                "client-level DP spends budget every round: pass ledger= and client_scope="
+            )
+        if record_dp is not None and (ledger is None or self.record_scope is None):
+            raise ConfigurationError(
+                "record-level DP spends each party's budget: pass ledger= and record_scope="
+            )
+        if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ConfigurationError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(max_parallel, int) or max_parallel < 1:
+            raise ConfigurationError(f"max_parallel must be an integer >= 1, got {max_parallel!r}")
+        self.dropout = float(dropout)
+        self.max_parallel = max_parallel
+        self.seed = seed
+        self.evaluate_every = evaluate_every
+        self.server = FederatedServer(
+            parameters=self.layout.vector(),
+            clients=data.client_ids,
+            strategy=self.strategy,
+            config=config,
+            rounds=rounds,
+            sampling=sampling,
+            wire_dtype=np.float64 if _dtype(model) == torch.float64 else np.float32,
+        )
+        self.rng: RandomSource = SecureRandom() if seed is None else InsecureSeededRandom(seed)
+        self.generator = torch.Generator()
+        self.generator.manual_seed(
+            int(SecureRandom().words(1)[0] >> np.uint64(1)) if seed is None else seed
+        )
+        self._index = {cid: i for i, cid in enumerate(data.client_ids)}
+        self._exhausted: set[str] = set()
+        self._initial = self.layout.vector()
+
+    def party_scope(self, client_id: str) -> Scope:
+        assert self.record_scope is not None
+        return Scope(self.record_scope.dataset, self.record_scope.unit, client_id)
+
+    # -- one round ------------------------------------------------------------------------------
+
+    def _answers(
+        self, instructions: tuple[TrainInstruction, ...]
+    ) -> list[TrainResult | TrainFailure]:
+        answers: list[TrainResult | TrainFailure] = []
+        alive = list(instructions)
+        if self.dropout and alive:
+            stays = uniform(self.rng, len(alive)) >= self.dropout
+            alive = [i for i, keep in zip(alive, stays, strict=True) if keep]
+        if self.record_dp is not None:
+            for ins in alive:
+                answers.append(self._train_private(ins))
+            return answers
+        for lo in range(0, len(alive), self.max_parallel):
+            cohort = alive[lo : lo + self.max_parallel]
+            if not cohort:
+                continue
+            config = cohort[0].config
+            outcomes = train_clients(
+                self.layout,
+                cohort[0].parameters,
+                self.data.cohort([self._index[i.client_id] for i in cohort]),
+                config,
+                generator=self.generator,
+            )
+            wire = cohort[0].parameters.dtype
+            for ins, out in zip(cohort, outcomes, strict=True):
+                answers.append(
+                    TrainResult(
+                        ins.round,
+                        ins.client_id,
+                        out.update.astype(wire, copy=False),
+                        out.num_examples,
+                        out.metrics,
+                    )
+                )
+        return answers
+
+    def _train_private(self, ins: TrainInstruction) -> TrainResult | TrainFailure:
+        assert self.record_dp is not None
+        assert self.ledger is not None
+        client = self.data.client(self._index[ins.client_id])
+        event = self.record_dp.event(len(client), ins.config.local_epochs)
+        try:
+            reservation = self.ledger.reserve(
+                self.party_scope(ins.client_id), event, purpose=f"DP-SGD, round {ins.round}"
+            )
+        except BudgetExceededError as exc:
+            self._exhausted.add(ins.client_id)
+            return TrainFailure(ins.round, ins.client_id, f"privacy budget exhausted: {exc}")
+        with reservation:
+            out = train_dpsgd(
+                self.layout, ins.parameters, client, ins.config, self.record_dp, rng=self.rng
+            )
+        update = out.update.astype(ins.parameters.dtype, copy=False)
+        return TrainResult(ins.round, ins.client_id, update, out.num_examples, out.metrics)
+
+    def run(
+        self,
+        *,
+        central_baseline: bool = False,
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> SimulationResult:
+        """Run every round (or until a budget stops it); optionally the central baseline."""
+        history: list[RoundRecord] = []
+        stopped: str | None = None
+        server = self.server
+        last_eval = {"loss": math.nan, "accuracy": math.nan}
+        while server.round < server.rounds:
+            started = time.perf_counter()
+            event = server.round_event()
+            reservation: Reservation | None = None
+            if event is not None:
+                assert self.ledger is not None
+                assert self.client_scope is not None
+                try:
+                    reservation = self.ledger.reserve(
+                        self.client_scope, event, purpose=f"DP-FedAvg, round {server.round + 1}"
+                    )
+                except BudgetExceededError as exc:
+                    stopped = f"round {server.round + 1} not run: {exc}"
+                    break
+            try:
+                instructions = server.start_round(self.rng)
+                for answer in self._answers(instructions):
+                    server.receive(answer)
+                outcome = server.close_round(self.rng)
+            except BaseException as exc:
+                if reservation is not None:
+                    reservation.fail(f"round failed: {type(exc).__name__}")
+                raise
+            if reservation is not None:
+                reservation.commit()
+            if self.evaluate_every and (
+                server.round % self.evaluate_every == 0 or server.round == server.rounds
+            ):
+                last_eval = evaluate(self.layout, server.parameters, self.data.test)
+            record = RoundRecord(
+                round=outcome.round,
+                sampled=len(outcome.sampled),
+                completed=len(outcome.completed),
+                dropped=len(outcome.dropped),
+                train_loss=outcome.metrics.get("train_loss", math.nan),
+                test_loss=last_eval["loss"],
+                test_accuracy=last_eval["accuracy"],
+                bytes_sent=outcome.bytes_sent,
+                bytes_received=outcome.bytes_received,
+                seconds=time.perf_counter() - started,
+                epsilon_spent=None if reservation is None else reservation.spent_epsilon,
+                record_epsilon_max=self._record_spend(),
+            )
+            history.append(record)
+            if on_round is not None:
+                on_round(record)
+            if self.record_dp is not None and len(self._exhausted) == len(self.data.client_ids):
+                stopped = f"after round {outcome.round}: every party's budget is spent"
+                break
+        central = None
+        if central_baseline:
+            central = self.central_baseline()
+        return SimulationResult(tuple(history), server.parameters, stopped, central)
+
+    def _record_spend(self) -> float | None:
+        if self.record_dp is None or self.ledger is None:
+            return None
+        spends = [
+            self.ledger.status(self.party_scope(c)).spent_epsilon for c in self.data.client_ids
+        ]
+        return max(spends) if spends else None
+
+    def central_baseline(self) -> dict[str, float]:
+        """The same model trained on the pooled data for as many epochs as a client trains in
+        the whole run (rounds x local epochs), from the same initial model; test metrics."""
+        epochs = self.server.rounds * self.config.local_epochs
+        params = train_central(
+            self.layout,
+            self._initial,
+            self.data.pooled(),
+            self.config,
+            epochs=epochs,
+            generator=self.generator,
+        )
+        return evaluate(self.layout, params, self.data.test)
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(iter(model.parameters())).dtype

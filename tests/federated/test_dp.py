@@ -1,0 +1,266 @@
+"""Client-level DP-FedAvg and record-level DP-SGD: noise, accounting, and the ledger."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from tests.federated.conftest import synthetic
+
+from veil.errors import BudgetExceededError, ConfigurationError
+from veil.federated import (
+    AdaptiveClipping,
+    ClientSampling,
+    DpAggregator,
+    DpSgd,
+    NoisySum,
+    RoundContext,
+    Simulation,
+    Strategy,
+    TrainConfig,
+    TrainResult,
+    models,
+)
+from veil.federated.strategies import Sgd
+from veil.ledger import Ledger
+from veil.privacy import InsecureSeededRandom, PldAccountant, RdpAccountant
+from veil.privacy.events import GaussianEvent, PoissonSampledEvent
+
+
+def _context(dim: int, population: int, q: float, seed: int = 0) -> RoundContext:
+    return RoundContext(1, dim, population, int(q * population), q, InsecureSeededRandom(seed))
+
+
+class NoiseOnTheMean(DpAggregator):
+    """A deliberately broken variant: the noise of z·C is added after dividing by the expected
+    number of clients, to the mean rather than the sum."""
+
+    def aggregate(self, results, context):  # type: ignore[no-untyped-def]
+        expected = context.sampling_probability * context.population
+        clipped = [r.update * min(1.0, self.clip_norm / np.linalg.norm(r.update)) for r in results]
+        noise = NoisySum(
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            dimension=context.dimension,
+        )
+        return noise.release(np.sum(clipped, axis=0) / expected, context.rng)
+
+
+class MeanSensitivityOnTheSum(DpAggregator):
+    """A deliberately broken variant: the sum is noised for the mean's sensitivity C/m."""
+
+    def aggregate(self, results, context):  # type: ignore[no-untyped-def]
+        expected = context.sampling_probability * context.population
+        clipped = [r.update * min(1.0, self.clip_norm / np.linalg.norm(r.update)) for r in results]
+        noise = NoisySum(
+            clip_norm=self.clip_norm / expected,
+            noise_multiplier=self.noise_multiplier,
+            dimension=context.dimension,
+        )
+        return noise.release(np.sum(clipped, axis=0), context.rng) / expected
+
+
+def _noise_is_calibrated(aggregator: DpAggregator, *, z: float, clip: float) -> tuple[bool, float]:
+    """Is the noise in the released sum N(0, (z·C)²) per coordinate? 20 clients at q = 0.5 of 40,
+    each sending an update of norm 3·C (so it is clipped); 50,000 coordinates. The sample
+    variance's 99.99% chi-square interval decides (false alarm 1e-4)."""
+    dim = 50_000
+    rng = np.random.default_rng(5)
+    results = []
+    exact = np.zeros(dim)
+    for i in range(20):
+        u = rng.normal(size=dim)
+        u *= 3 * clip / np.linalg.norm(u)
+        results.append(TrainResult(1, f"c{i}", u, 10))
+        exact += u / 3
+    released = aggregator.aggregate(results, _context(dim, 40, 0.5))
+    noise = released * 20 - exact  # expected clients: 0.5 x 40 = 20
+    var = float(noise.var())
+    lo, hi = stats.chi2.ppf([5e-5, 1 - 5e-5], dim - 1) / (dim - 1) * (z * clip) ** 2
+    return lo <= var <= hi, math.sqrt(var)
+
+
+def test_dp_fedavg_noise_has_the_calibrated_standard_deviation() -> None:
+    ok, sd = _noise_is_calibrated(
+        DpAggregator(noise_multiplier=1.3, clip_norm=0.5), z=1.3, clip=0.5
+    )
+    assert ok, f"noise sd {sd:.5f}, expected {1.3 * 0.5:.5f}"
+
+
+@pytest.mark.parametrize(
+    ("broken", "wrong_by"), [(NoiseOnTheMean, 20.0), (MeanSensitivityOnTheSum, 1 / 20)]
+)
+def test_the_same_check_catches_noise_scaled_for_the_mean(broken, wrong_by) -> None:
+    ok, sd = _noise_is_calibrated(broken(noise_multiplier=1.3, clip_norm=0.5), z=1.3, clip=0.5)
+    assert not ok
+    assert sd == pytest.approx(wrong_by * 1.3 * 0.5, rel=0.05)
+
+
+def test_the_same_check_catches_too_much_noise() -> None:
+    ok, _ = _noise_is_calibrated(DpAggregator(noise_multiplier=1.4, clip_norm=0.5), z=1.3, clip=0.5)
+    assert not ok
+
+
+def test_noisy_sum_grid_costs_under_a_thousandth_more_noise() -> None:
+    for dim in (1, 100, 1_000_000):
+        ns = NoisySum(clip_norm=1.0, noise_multiplier=1.0, dimension=dim)
+        assert 1.0 <= ns.sigma <= 1.001
+        assert math.log2(ns.granularity).is_integer()
+
+
+@pytest.mark.parametrize(
+    ("records", "epochs", "batch", "z"), [(600, 3, 32, 1.1), (5000, 2, 256, 0.8)]
+)
+def test_dpsgd_accounting_matches_dp_accounting(records, epochs, batch, z) -> None:
+    dpsgd = DpSgd(noise_multiplier=z, batch_size=batch)
+    q = batch / records
+    steps = math.ceil(epochs * records / batch)
+    ours = dpsgd.event(records, epochs)
+    reference = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps
+    )
+    rdp = dp_accounting.rdp.RdpAccountant().compose(reference).get_epsilon(1e-5)
+    assert RdpAccountant().compose(ours).epsilon(1e-5) == pytest.approx(rdp, rel=1e-12)
+    pld = dp_accounting.pld.PLDAccountant().compose(reference).get_epsilon(1e-5)
+    assert PldAccountant().compose(ours).epsilon(1e-5) == pytest.approx(pld, rel=1e-3)
+
+
+def _dp_sim(ledger: Ledger, rounds: int, *, z: float = 1.0, seed: int = 0) -> Simulation:
+    data = synthetic([30] * 10)
+    torch.manual_seed(0)  # the same initial model every time
+    return Simulation(
+        model=models.LogisticRegression(5, 1).double(),
+        data=data,
+        rounds=rounds,
+        config=TrainConfig(learning_rate=0.5),
+        strategy=Strategy(DpAggregator(noise_multiplier=z, clip_norm=0.5), Sgd()),
+        sampling=ClientSampling(fraction=0.5, poisson=True),
+        ledger=ledger,
+        client_scope="hospitals/client",
+        seed=seed,
+    )
+
+
+def test_every_dp_fedavg_round_is_charged_and_the_run_stops_at_the_budget(ledger) -> None:
+    per_round = PoissonSampledEvent(0.5, GaussianEvent(1.0))
+    budget = PldAccountant().compose(per_round, 4).epsilon(1e-5) * 1.0001
+    ledger.set_budget("hospitals/client", epsilon=budget, delta=1e-5)
+    result = _dp_sim(ledger, rounds=10).run()
+    assert len(result.rounds) == 4
+    assert result.stopped is not None and "round 5 not run" in result.stopped
+    status = ledger.status("hospitals/client")
+    assert status.events == 4 and status.spent_epsilon <= budget
+    assert result.rounds[-1].epsilon_spent == pytest.approx(status.spent_epsilon)
+    eps = [r.epsilon_spent for r in result.rounds]
+    assert eps == sorted(eps) and eps[0] > 0
+
+
+def test_a_private_simulation_refuses_to_run_without_a_ledger() -> None:
+    with pytest.raises(ConfigurationError, match="ledger"):
+        Simulation(
+            model=models.LogisticRegression(5, 1),
+            data=synthetic([10, 10]),
+            rounds=1,
+            config=TrainConfig(),
+            strategy=Strategy(DpAggregator(noise_multiplier=1.0, clip_norm=1.0), Sgd()),
+        )
+
+
+def test_seeded_simulations_repeat_and_different_seeds_differ(ledger) -> None:
+    ledger.set_budget("hospitals/client", epsilon=100.0, delta=1e-5)
+    a = _dp_sim(ledger, 2, seed=1).run().parameters
+    b = _dp_sim(ledger, 2, seed=1).run().parameters
+    c = _dp_sim(ledger, 2, seed=2).run().parameters
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-6
+
+
+def test_adaptive_clipping_tracks_the_target_quantile() -> None:
+    """Every update has norm 2: with target quantile 0.5 the clip norm must move from 0.1 up to
+    about 2 and stay near it."""
+    agg = DpAggregator(
+        noise_multiplier=0.5,
+        adaptive=AdaptiveClipping(initial_clip_norm=0.1, learning_rate=0.2, target_quantile=0.5),
+    )
+    dim = 10
+    for r in range(80):
+        results = []
+        for i in range(100):
+            u = np.full(dim, 2 / math.sqrt(dim))
+            within = float(np.linalg.norm(u) <= agg.clip_norm)
+            results.append(TrainResult(1, f"c{i}", u, 1, {"within_clip": within}))
+        ctx = _context(dim, 100, 1.0, seed=r)
+        agg.aggregate(results, ctx)
+        agg.after_round(results, ctx)
+    assert 1.5 < agg.clip_norm < 2.7
+    assert agg.clip_history[0] == 0.1 and len(agg.clip_history) == 81
+
+
+def test_adaptive_clipping_splits_the_noise_so_the_round_costs_z() -> None:
+    agg = DpAggregator(noise_multiplier=1.0, adaptive=AdaptiveClipping(count_noise=5.0))
+    z_update = agg.update_noise_multiplier(expected=100)
+    assert z_update > 1.0
+    assert (z_update**-2 + (2 * 5.0) ** -2) ** -0.5 == pytest.approx(1.0)
+    assert agg.round_event(sampling_probability=0.1) == PoissonSampledEvent(0.1, GaussianEvent(1.0))
+    tight = DpAggregator(noise_multiplier=3.0, adaptive=AdaptiveClipping(count_noise=1.0))
+    with pytest.raises(ConfigurationError, match="count_noise"):
+        tight.update_noise_multiplier(expected=20)
+
+
+def test_record_level_dp_charges_each_party_and_stops_when_all_are_spent(ledger) -> None:
+    data = synthetic([60, 90, 120])
+    dpsgd = DpSgd(noise_multiplier=1.0, clip_norm=1.0, batch_size=30)
+    per_round = {n: dpsgd.event(n, 1) for n in (60, 90, 120)}
+    # room for exactly 2 rounds of the smallest party (the largest q), more for the others
+    budget = PldAccountant().compose(per_round[60], 2).epsilon(1e-5) * 1.0001
+    for cid in data.client_ids:
+        ledger.set_budget(f"hospitals/record@{cid}", epsilon=budget, delta=1e-5)
+    sim = Simulation(
+        model=models.LogisticRegression(5, 1).double(),
+        data=data,
+        rounds=20,
+        config=TrainConfig(learning_rate=0.5),
+        record_dp=dpsgd,
+        ledger=ledger,
+        record_scope="hospitals/record",
+        seed=3,
+    )
+    result = sim.run()
+    assert result.stopped is not None and "every party" in result.stopped
+    assert result.rounds[0].completed == 3
+    for cid in data.client_ids:
+        status = ledger.status(f"hospitals/record@{cid}")
+        assert status.spent_epsilon <= budget
+        assert status.events >= 2
+    assert ledger.status("hospitals/record@c0").events == 2
+    assert result.rounds[-1].record_epsilon_max <= budget
+
+
+def test_dpsgd_samples_about_the_expected_batch(ledger) -> None:
+    from veil.federated import ParamLayout, train_dpsgd
+
+    data = synthetic([400])
+    layout = ParamLayout(models.LogisticRegression(5, 1).double())
+    out = train_dpsgd(
+        layout,
+        layout.vector(),
+        data.client(0),
+        TrainConfig(local_epochs=5),
+        DpSgd(noise_multiplier=1.0, batch_size=40),
+        rng=InsecureSeededRandom(0),
+    )
+    assert out.metrics["dp_steps"] == 50
+    assert 35 < out.metrics["mean_batch"] < 45
+
+
+def test_budget_errors_surface_before_training_when_nothing_fits(ledger) -> None:
+    ledger.set_budget("hospitals/client", epsilon=0.01, delta=1e-5)
+    result = _dp_sim(ledger, 3).run()
+    assert result.rounds == () and result.stopped is not None
+    assert ledger.status("hospitals/client").events == 0
+    with pytest.raises(BudgetExceededError):
+        ledger.reserve("hospitals/client", PoissonSampledEvent(0.5, GaussianEvent(1.0)))
