@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/privacy.md", "docs/ledger.md", "docs/analytics.md"]
+PAGES = [
+    "README.md",
+    "docs/privacy.md",
+    "docs/ledger.md",
+    "docs/analytics.md",
+    "docs/federated.md",
+]
 
 
 def _python_blocks(text: str) -> list[str]:

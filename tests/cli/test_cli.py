@@ -241,9 +241,13 @@ def test_demo_writes_a_report(capsys: pytest.CaptureFixture[str], tmp_path: Path
         "accounting.png",
         "ledger.sqlite",
         "ledger-history.json",
+        "federated-accuracy.png",
+        "federated-hospitals/metrics.json",
+        "federated-shakespeare/metrics.csv",
     ):
         assert (folder / name).stat().st_size > 0, name
     html = (folder / "report.html").read_text()
+    assert "Federated learning: three hospitals" in html
     assert "Nothing was released" in html  # the overspend was refused
     assert "does not link" in html or "was altered" in html  # tampering was caught
     assert f"report written to {folder}" in out

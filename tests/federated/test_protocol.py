@@ -167,3 +167,25 @@ def test_any_dropout_pattern_gives_the_weighted_mean_of_the_survivors(answered, 
         np.testing.assert_allclose(server.parameters, np.mean([v for _, v in survivors]), atol=1e-9)
     else:
         np.testing.assert_array_equal(server.parameters, 0.0)
+
+
+def test_the_simulator_counts_dropouts_and_still_trains() -> None:
+    import torch
+
+    from tests.federated.conftest import synthetic
+    from veil.federated import Simulation, models
+
+    torch.manual_seed(0)
+    sim = Simulation(
+        model=models.LogisticRegression(5, 1),
+        data=synthetic([20] * 20),
+        rounds=4,
+        config=TrainConfig(learning_rate=0.5),
+        dropout=0.3,
+        seed=4,
+    )
+    result = sim.run()
+    dropped = [r.dropped for r in result.rounds]
+    assert all(r.sampled == 20 and r.completed + r.dropped == 20 for r in result.rounds)
+    assert 0 < sum(dropped) < 80
+    assert result.rounds[-1].test_accuracy > 0.7

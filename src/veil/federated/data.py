@@ -252,7 +252,9 @@ def _tabular(
     if alpha is None:
         parts = iid(train.size, clients, rng=rng)
     else:
-        parts = dirichlet(y[train], clients, alpha=alpha, rng=rng, min_size=min_size)
+        # at least min_size each, or what many small clients can have (a third of a fair share)
+        least = max(1, min(min_size, train.size // (3 * clients)))
+        parts = dirichlet(y[train], clients, alpha=alpha, rng=rng, min_size=least)
     ids = tuple(names) if names is not None else tuple(f"client-{i}" for i in range(clients))
     if len(ids) != clients:
         raise ConfigurationError(f"{len(ids)} names for {clients} clients")

@@ -30,8 +30,8 @@ FloatVector = npt.NDArray[np.floating[Any]]
 
 
 def _frozen_vector(name: str, value: object, error: type[Exception]) -> FloatVector:
-    arr = np.asarray(value)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating):
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.ndim != 1 or arr.dtype.kind != "f":
         raise error(f"{name} must be a flat vector of floats, got {arr.dtype} of shape {arr.shape}")
     if arr.flags.writeable:
         arr = arr.view()
@@ -130,14 +130,15 @@ class TrainResult:
                 f"client {self.client_id!r} reported num_examples={self.num_examples!r}; "
                 "expected an integer >= 0"
             )
-        metrics = {}
-        for key, value in dict(self.metrics).items():
+        metrics = dict(self.metrics)
+        for key, value in metrics.items():
             if not isinstance(key, str) or not isinstance(value, int | float):
                 raise RemoteProtocolError(
                     f"client {self.client_id!r} sent a metric {key!r}={value!r}; "
                     "metrics are names with numbers"
                 )
-            metrics[key] = float(value)
+            if type(value) is not float:
+                metrics[key] = float(value)
         object.__setattr__(self, "metrics", MappingProxyType(metrics))
 
     @property

@@ -140,6 +140,7 @@ class FederatedServer:
         self.stage = Stage.IDLE
         self.round = 0
         self._sampled: tuple[str, ...] = ()
+        self._sampled_set: frozenset[str] = frozenset()
         self._results: dict[str, TrainResult] = {}
         self._failed: dict[str, str] = {}
         self._sent_bytes = 0
@@ -152,7 +153,7 @@ class FederatedServer:
     @property
     def waiting_for(self) -> frozenset[str]:
         """Sampled clients that have not answered this round."""
-        return frozenset(self._sampled) - self._results.keys() - self._failed.keys()
+        return self._sampled_set - self._results.keys() - self._failed.keys()
 
     def _expect(self, stage: Stage, action: str) -> None:
         if self.stage is not stage:
@@ -170,6 +171,7 @@ class FederatedServer:
         self._expect(Stage.IDLE, "start a round")
         self.round += 1
         self._sampled = self.sampling.sample(self.clients, rng)
+        self._sampled_set = frozenset(self._sampled)
         self._results = {}
         self._failed = {}
         config = self.strategy.configure(self.base_config)
@@ -190,7 +192,7 @@ class FederatedServer:
                 f"client {message.client_id!r} answered round {message.round} during round "
                 f"{self.round}"
             )
-        if message.client_id not in self._sampled:
+        if message.client_id not in self._sampled_set:
             raise RemoteProtocolError(f"client {message.client_id!r} was not sampled this round")
         if message.client_id in self._results or message.client_id in self._failed:
             raise RemoteProtocolError(f"client {message.client_id!r} already answered this round")

@@ -136,8 +136,8 @@ def _per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     log-sum-exp so that it is stable and has fast batching rules under ``vmap``."""
     if logits.shape[-1] == 1:
         z = logits[..., 0]
-        # log(1 + e^z) - y z, with log(1 + e^z) = max(z, 0) + log1p(e^-|z|)
-        return z.clamp(min=0) + torch.log1p(torch.exp(-z.abs())) - y.to(z.dtype) * z
+        # log(1 + e^z) - y z; softplus is stable (it returns z itself above z = 20)
+        return nn.functional.softplus(z) - y.to(z.dtype) * z
     log_p = torch.log_softmax(logits, dim=-1)
     return -log_p.gather(-1, y.long()[..., None])[..., 0]
 
@@ -220,6 +220,7 @@ def train_clients(
             loss_sum += (values.double() * active.double()).detach()
             loss_steps += active.double()
     updates = (flat.double() - start.double()).numpy()
+    updates.flags.writeable = False  # each client's row is handed out as a read-only view
     within: npt.NDArray[np.bool_] | None = None
     if config.clip_norm is not None:
         updates, within = clip_rows(updates, config.clip_norm)

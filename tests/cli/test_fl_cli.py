@@ -1,0 +1,103 @@
+"""``veil fl simulate``: a run writes its metrics and plots; DP runs spend a ledger; bad input
+is one readable line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from veil.cli.main import main
+from veil.ledger import Ledger
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_simulate_writes_metrics_and_plots(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys, "fl", "simulate", "--scenario", "hospitals", "--rounds", "3", "--out", str(out)
+    )
+    assert code == 0, err
+    assert "final test accuracy" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    (only,) = metrics
+    assert len(only["rounds"]) == 3
+    assert only["summary"]["clients"] == 3
+    assert only["central"]["accuracy"] > 0.8
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+    assert all(int(r["bytes_sent"]) > 0 for r in rows)
+    assert (out / "accuracy.png").stat().st_size > 1000
+    assert not (out / "epsilon.png").exists()
+
+
+def test_a_record_level_dp_run_is_charged_to_each_hospital(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "dp"
+    code, stdout, err = run(
+        capsys,
+        "fl",
+        "simulate",
+        "--scenario",
+        "hospitals",
+        "--rounds",
+        "2",
+        "--dp",
+        "record",
+        "--epsilon",
+        "2",
+        "--no-central",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    summary = json.loads((out / "metrics.json").read_text())[0]["summary"]
+    assert 0 < summary["epsilon_spent"] <= 2.0
+    assert (out / "epsilon.png").exists()
+    with Ledger(str(out / "ledger.sqlite"), create=False) as ledger:
+        scopes = {str(s) for s in ledger.scopes()}
+        assert all(0 < ledger.status(s).spent_epsilon <= 2.0 for s in scopes)
+    assert scopes == {
+        "breast-cancer/record@st-marys",
+        "breast-cancer/record@general",
+        "breast-cancer/record@childrens",
+    }
+
+
+def test_config_file_and_options(capsys, tmp_path: Path) -> None:
+    config = tmp_path / "fed.toml"
+    config.write_text('[simulate]\nscenario = "hospitals"\nrounds = 2\ncompare_central = false\n')
+    code, _, err = run(
+        capsys, "fl", "simulate", "--config", str(config), "--out", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "o" / "metrics.json").read_text())[0]["rounds"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "mars"], "unknown scenario 'mars'"),
+        (["--dp", "sometimes"], "--dp must be one of"),
+        (["--dp", "client"], "needs a target --epsilon"),
+        (["--rounds", "0"], "--rounds must be an integer >= 1"),
+    ],
+)
+def test_bad_input_is_one_readable_line(capsys, tmp_path: Path, args, message) -> None:
+    code, _, err = run(capsys, "fl", "simulate", "--out", str(tmp_path), *args)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_file_is_one_readable_line(capsys, tmp_path: Path) -> None:
+    config = tmp_path / "fed.toml"
+    config.write_text("rounds = 2\nwings = 3\n")
+    code, _, err = run(capsys, "fl", "simulate", "--config", str(config))
+    assert code != 0 and "unknown setting(s) wings" in err
