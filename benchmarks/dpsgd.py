@@ -4,7 +4,7 @@ Run from the repository root; ``--setup`` (needed the first time, harmless later
 updates Opacus's environment before measuring::
 
     .venv/bin/python benchmarks/dpsgd.py [--setup] [--models mlp,cnn] [--batch 256] [--steps 30]
-        [--repeats 3] [--peers opacus] [--timeout 600]
+        [--repeats 3] [--peers opacus] [--threads 1] [--timeout 600]
 
 The question: what does one DP-SGD step cost in veil, against the non-private step on the same
 model and batch (the issue's target: at most 2x) and against Opacus?
@@ -28,8 +28,8 @@ its steps, and the table shows the median and the best over the rounds:
   ``step()``;
 * veil: one call of ``veil.federated.train_dpsgd(layout, params, client, TrainConfig(
   local_epochs=1, learning_rate=0.1), dpsgd, rng=SecureRandom())`` with the 60,000-record client,
-  its wall time divided by its ``metrics["dp_steps"]``. A whole epoch would be n/B = 235 steps,
-  so ``dpsgd`` is a ``DpSgd(noise_multiplier=1.0, clip_norm=1.0, batch_size=B)`` whose
+  its wall time divided by its ``metrics["dp_steps"]``. A whole epoch would be ceil(n/B) = 235
+  steps, so ``dpsgd`` is a ``DpSgd(noise_multiplier=1.0, clip_norm=1.0, batch_size=B)`` whose
   ``steps()`` answers ``--steps``: the first ``--steps`` steps of that epoch, each one exactly as
   in the full epoch (q = B/n over all n records, secure Poisson sampling, per-sample gradients,
   clipping, discrete Gaussian noise, update). The call's own set-up (the float32 copy of the
@@ -41,8 +41,14 @@ its steps, and the table shows the median and the best over the rounds:
   gradients; ``dp.clip_rows`` and the sum; ``NoisySum.release`` for the model's dimension with
   ``SecureRandom``, divided by B; the update of the flat parameter vector. ``train_dpsgd``
   processes the sample in chunks of 512 records; with B = 256 a sample over 512 has probability
-  ~1e-40, so the pieces take it as one chunk. The sum of the pieces is shown beside the whole
+  below 1e-40, so the pieces take it as one chunk. The sum of the pieces is shown beside the whole
   step measured above.
+
+Every process runs ``--threads`` torch threads, 1 by default: on this 2-core machine, shared with
+other jobs, two threads per process oversubscribe the cores and a step's time swings by up to 10x
+from round to round (seen while writing this: the MLP's non-private step took 8 to 69 ms with two
+threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine. ``clip_rows`` and the noise
+are numpy, single-threaded at any count.
 
 Opacus runs in its own virtual environment, ``.bench-envs/opacus`` (``--setup`` creates it with
 ``pip install -c constraints.txt torch==2.13.0 opacus``: the latest Opacus that installs beside
@@ -266,7 +272,6 @@ def veil_pieces_run(
         marks = (t0, t1, t2, t3, t4, t5, t6)
         for key, begin, end in zip(PIECES, marks[:-1], marks[1:], strict=True):
             spent[key] += end - begin
-        del g, rows, clipped
     out = {key: seconds / steps for key, seconds in spent.items()}
     out["per_step"] = sum(spent.values()) / steps
     out["batch"] = taken / steps
@@ -701,10 +706,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapter", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=sorted(MODELS), help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in every process (1: steady on a shared machine; see the docstring)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1 or args.batch < 1:
-        parser.error("--repeats, --steps and --batch must be at least 1")
+    if args.repeats < 1 or args.steps < 1 or args.batch < 1 or args.threads < 1:
+        parser.error("--repeats, --steps, --batch and --threads must be at least 1")
     if args.batch > RECORDS:
         parser.error(f"--batch must be at most {RECORDS:,}")
     return args
@@ -719,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             opacus_adapter(args.model, args.batch, args.steps, args.threads)
         return 0
     started = time.perf_counter()
+    torch.set_num_threads(args.threads)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = sorted(set(names) - set(MODELS)) + sorted(set(peers) - set(PEERS))

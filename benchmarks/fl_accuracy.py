@@ -24,6 +24,7 @@ within 2 points of the central one without DP.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--epsilons", default="1,8")
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's dropped Rényi orders
+    logging.getLogger("veil.ledger").setLevel(logging.ERROR)  # the 80% budget alerts
     epsilons = [float(e) for e in args.epsilons.split(",") if e.strip()]
     spec = SCENARIOS[args.scenario]
     started = time.perf_counter()

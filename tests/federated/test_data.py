@@ -105,9 +105,7 @@ def test_fashion_mnist_missing_is_a_clear_error(tmp_path) -> None:
 def _idx(path, array: np.ndarray) -> None:
     import gzip
 
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.astype(np.uint8).tobytes())
 

@@ -171,8 +171,8 @@ def test_any_dropout_pattern_gives_the_weighted_mean_of_the_survivors(answered, 
 
 def test_the_simulator_counts_dropouts_and_still_trains() -> None:
     import torch
-
     from tests.federated.conftest import synthetic
+
     from veil.federated import Simulation, models
 
     torch.manual_seed(0)

@@ -31,6 +31,7 @@ _KEYS = {
     "out",
     "ledger",
     "compare_central",
+    "threads",
 }
 
 
@@ -85,6 +86,9 @@ def simulate(
     compare_central: bool | None = typer.Option(
         None, "--central/--no-central", help="Also train centrally on the pooled data."
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="PyTorch threads while simulating [default: 1]."
+    ),
     config: Path | None = typer.Option(  # noqa: B008
         None, "--config", help="A TOML file with these settings (options override it)."
     ),
@@ -102,6 +106,7 @@ def simulate(
         "out": out,
         "ledger": ledger,
         "compare_central": compare_central,
+        "threads": threads,
     }
     settings.update({k: v for k, v in given.items() if v is not None})
     sc = _federated()
@@ -118,6 +123,7 @@ def simulate(
     total = int(settings.get("rounds") or spec.rounds)
     _check_positive_int("rounds", settings.get("rounds"))
     _check_positive_int("clients", settings.get("clients"))
+    _check_positive_int("threads", settings.get("threads"))
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -147,6 +153,7 @@ def simulate(
             ledger_path=ledger_path if mode is not sc.DpMode.NONE else None,
             central_baseline=bool(settings.get("compare_central", True)),
             on_round=on_round,
+            threads=int(settings.get("threads", 1)),
         )
     written = sc.write_outputs([run], folder)
     _print_summary(run.summary())

@@ -183,6 +183,7 @@ def run_scenario(
     ledger_path: str | None = None,
     central_baseline: bool = True,
     on_round: Callable[[RoundRecord], None] | None = None,
+    threads: int | None = 1,
 ) -> FlRun:
     """Run ``scenario`` (see the module docstring). Under DP, ``epsilon`` is the target for the
     whole run (per client for client-level DP, per record at every party for record-level
@@ -249,6 +250,7 @@ def run_scenario(
             client_scope=client_scope,
             record_scope=record_scope,
             seed=seed,
+            threads=threads,
         )
         result = sim.run(central_baseline=central_baseline, on_round=on_round)
     finally:
