@@ -36,10 +36,12 @@ its steps, and the table shows the median and the best over the rounds:
   parameters, the noise's grid) is inside the figure, spread over the steps;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
   functions ``train_dpsgd`` calls, imported from veil: the Poisson sample
-  (``protocol.uniform`` with ``SecureRandom``) and the gather of the sampled records;
-  ``per_sample_gradients`` (``vmap(grad)`` over ``functional_call``); the float64 copy of the
-  gradients; ``dp.clip_rows`` and the sum; ``NoisySum.release`` for the model's dimension with
-  ``SecureRandom``, divided by B; the update of the flat parameter vector. ``train_dpsgd``
+  (``protocol.uniform`` with ``SecureRandom``) and the gather of the sampled records; the
+  per-sample gradients alone (``vmap(grad)`` over ``functional_call``, per named parameter),
+  then ``clipped_gradient_sum`` (the same gradients again, clipped in float32 and summed in
+  float64), whose time minus the gradients' is shown as the clipping and sum;
+  ``NoisySum.release`` for the model's dimension with ``SecureRandom``, divided by B; the update
+  of the flat parameter vector. The pieces' sum counts the gradients once. ``train_dpsgd``
   processes the sample in chunks of 512 records; with B = 256 a sample over 512 has probability
   below 1e-40, so the pieces take it as one chunk. The sum of the pieces is shown beside the whole
   step measured above.
@@ -47,8 +49,8 @@ its steps, and the table shows the median and the best over the rounds:
 Every process runs ``--threads`` torch threads, 1 by default: on this 2-core machine, shared with
 other jobs, two threads per process oversubscribe the cores and a step's time swings by up to 10x
 from round to round (seen while writing this: the MLP's non-private step took 8 to 69 ms with two
-threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine. ``clip_rows`` and the noise
-are numpy, single-threaded at any count.
+threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine. The noise is numpy,
+single-threaded at any count.
 
 Opacus runs in its own virtual environment, ``.bench-envs/opacus`` (``--setup`` creates it with
 ``pip install -c constraints.txt torch==2.13.0 opacus``: the latest Opacus that installs beside
@@ -222,9 +224,8 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
 
 PIECES = {
     "sample": "Poisson sample (`protocol.uniform`, SecureRandom, n draws) + gather",
-    "psg": "`per_sample_gradients` (vmap(grad) over functional_call)",
-    "float64": "float64 copy of the gradients (`g.double().numpy()`)",
-    "clip": "`clip_rows` + sum",
+    "psg": "per-sample gradients (vmap(grad) over functional_call, per named parameter)",
+    "clip": "clipping in float32 and the float64 sum (`clipped_gradient_sum` minus the above)",
     "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom) / B",
     "update": "update of the flat parameters",
 }
@@ -234,9 +235,9 @@ def veil_pieces_run(
     models: Any, name: str, client: Any, batch: int, steps: int
 ) -> dict[str, float]:
     """The pieces of ``steps`` DP-SGD steps, each timed on its own; seconds per step each."""
-    from veil.federated import NoisySum, ParamLayout, per_sample_gradients
-    from veil.federated.dp import clip_rows
+    from veil.federated import NoisySum, ParamLayout, clipped_gradient_sum
     from veil.federated.protocol import uniform
+    from veil.federated.training import _per_sample_grads
     from veil.privacy.random import SecureRandom
 
     layout = ParamLayout(build_model(models, name))
@@ -257,21 +258,20 @@ def veil_pieces_run(
         sel = torch.from_numpy(chosen)
         xb, yb = client.x[sel], client.y[sel]
         t1 = clock()
-        g = per_sample_gradients(layout, flat, xb, yb)
+        _per_sample_grads(layout, flat, xb, yb)  # timed alone, to split the next call
         t2 = clock()
-        rows = g.double().numpy()
+        total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
         t3 = clock()
-        clipped, _ = clip_rows(rows, dpsgd.clip_norm)
-        total = clipped.sum(axis=0)
-        t4 = clock()
         noisy = noise.release(total, rng) / dpsgd.batch_size
-        t5 = clock()
+        t4 = clock()
         flat = flat - LR * torch.as_tensor(noisy, dtype=flat.dtype)
-        t6 = clock()
+        t5 = clock()
         taken += chosen.size
-        marks = (t0, t1, t2, t3, t4, t5, t6)
-        for key, begin, end in zip(PIECES, marks[:-1], marks[1:], strict=True):
-            spent[key] += end - begin
+        spent["sample"] += t1 - t0
+        spent["psg"] += t2 - t1
+        spent["clip"] += max(0.0, (t3 - t2) - (t2 - t1))
+        spent["noise"] += t4 - t3
+        spent["update"] += t5 - t4
     out = {key: seconds / steps for key, seconds in spent.items()}
     out["per_step"] = sum(spent.values()) / steps
     out["batch"] = taken / steps
@@ -579,7 +579,10 @@ def print_report(
         if method == "nonprivate":
             notes = "fixed batch of B, shuffled order"
         elif method == "veil":
-            notes = "whole call / dp_steps; secure Poisson sample, float64 clipping, exact noise"
+            notes = (
+                "whole call / dp_steps; secure Poisson sample, float32 clipping with a "
+                "margin, float64 sums, exact noise"
+            )
         elif method == "pieces":
             notes = "separate run; see the breakdown below"
         elif method == "opacus":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite needs from the system, installed from Debian's packages when missing:
 # PostgreSQL's server binaries (the ledger's contract tests start a throw-away server) and a
-# headless Java runtime (the Spark engine's tests run Spark in local mode).
+# headless Java runtime (the Spark engine's tests run Spark in local mode); Fashion-MNIST (the
+# federated data loader's test reads the real files).
 set -euo pipefail
 missing=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
@@ -9,6 +10,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 if ! command -v java >/dev/null 2>&1; then
   missing+=(default-jre-headless)
+fi
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  missing+=(dataset-fashion-mnist)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

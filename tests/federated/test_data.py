@@ -124,3 +124,16 @@ def test_fashion_mnist_reads_the_debian_idx_files(tmp_path) -> None:
     np.testing.assert_allclose(fed.x[7].numpy(), images[7].reshape(-1) / 255.0, rtol=1e-6)
     assert fed.y.tolist() == labels.tolist()
     assert len(fed.test) == 50 and sum(fed.sizes()) == 200
+
+
+def test_the_real_fashion_mnist_from_debian() -> None:
+    import os
+
+    if not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        message = "dataset-fashion-mnist is not installed (scripts/ensure-system-deps.sh)"
+        if os.environ.get("VEIL_REQUIRE_ALL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    fed = data.fashion_mnist(clients=5, alpha=None, limit=1000)
+    assert fed.x.shape == (1000, 784) and len(fed.test) == 10_000
+    assert sorted(set(fed.y.tolist())) == list(range(10))

@@ -158,3 +158,29 @@ def test_clients_without_examples_in_a_cohort_do_not_move() -> None:
     )
     assert np.abs(out[0].update).max() > 0
     assert np.all(out[1].update == 0)
+
+
+def test_clipped_gradient_sum_matches_a_slow_float64_reference() -> None:
+    from veil.federated import clipped_gradient_sum
+
+    torch.manual_seed(5)
+    model = models.Mlp(12, 4, hidden=(8,))
+    layout = ParamLayout(model)
+    flat = torch.tensor(layout.vector(), dtype=torch.float32)
+    x = torch.randn(9, 12) * 5
+    y = torch.randint(0, 4, (9,))
+    clip = 0.3
+    fast = clipped_gradient_sum(layout, flat, x, y, clip)
+    slow = np.zeros(layout.size)
+    clipped_any = False
+    for i in range(9):
+        g = per_sample_gradients(layout, flat, x[i : i + 1], y[i : i + 1])[0].double().numpy()
+        norm = np.linalg.norm(g)
+        clipped_any |= norm > clip
+        slow += g * min(1.0, clip / norm)
+    assert clipped_any
+    # the same up to the safety margin of 2**-10 that keeps every clipped norm below C
+    np.testing.assert_allclose(fast, slow, rtol=2e-3, atol=1e-6)
+    for i in range(9):
+        one = clipped_gradient_sum(layout, flat, x[i : i + 1], y[i : i + 1], clip)
+        assert np.linalg.norm(one) < clip

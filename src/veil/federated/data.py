@@ -236,8 +236,7 @@ def _sklearn() -> object:
 
 def _tabular(
     name: str,
-    x: npt.NDArray[np.float64],
-    y: npt.NDArray[np.int64],
+    loader: str,
     *,
     clients: int,
     alpha: float | None,
@@ -246,6 +245,9 @@ def _tabular(
     names: Sequence[str] | None,
     min_size: int,
 ) -> FederatedData:
+    bunch = getattr(_sklearn(), loader)()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target, dtype=np.int64)
     rng = np.random.default_rng(seed)
     train, test = _split_test(y.size, test_fraction, rng)
     xtr, xte = _standardise(x[train], x[test])
@@ -281,11 +283,9 @@ def breast_cancer(
     """Wisconsin breast cancer (569 patients, 30 features, malignant or benign), standardised on
     the training part and split among ``clients`` hospitals (Dirichlet label skew unless
     ``alpha=None``)."""
-    data = _sklearn().load_breast_cancer()  # type: ignore[attr-defined]
     return _tabular(
         "breast-cancer",
-        np.asarray(data.data, dtype=np.float64),
-        np.asarray(data.target, dtype=np.int64),
+        "load_breast_cancer",
         clients=clients,
         alpha=alpha,
         seed=seed,
@@ -304,11 +304,9 @@ def digits(
     names: Sequence[str] | None = None,
 ) -> FederatedData:
     """Handwritten digits (1,797 8x8 images, 10 classes), split among ``clients``."""
-    data = _sklearn().load_digits()  # type: ignore[attr-defined]
     return _tabular(
         "digits",
-        np.asarray(data.data, dtype=np.float64),
-        np.asarray(data.target, dtype=np.int64),
+        "load_digits",
         clients=clients,
         alpha=alpha,
         seed=seed,

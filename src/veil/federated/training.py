@@ -36,6 +36,7 @@ __all__ = [
     "Cohort",
     "LocalOutcome",
     "ParamLayout",
+    "clipped_gradient_sum",
     "evaluate",
     "per_sample_gradients",
     "train_central",
@@ -234,18 +235,58 @@ def train_clients(
     return outcomes
 
 
+def _per_sample_grads(
+    layout: ParamLayout, parameters: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Each example's gradient, per named parameter: ``{name: (examples, *shape)}``. Taking
+    the gradient with respect to the named tensors (not the flat vector they are views of)
+    lets autograd skip the scatter into one big buffer: about 4x faster on an MLP."""
+    module = layout.module
+    params = layout.unflatten(parameters)
+
+    def single(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(module, p, (xi[None],))
+        return _per_example_loss(logits, yi[None]).sum()
+
+    grads: dict[str, torch.Tensor] = vmap(
+        grad(single), in_dims=(None, 0, 0), randomness="different"
+    )(params, x, y)
+    return grads
+
+
 def per_sample_gradients(
     layout: ParamLayout, parameters: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
     """The gradient of each example's loss, one row per example: ``(examples, size)``."""
-    loss = _loss_fn(layout, 0.0)
-    one = torch.ones(1, dtype=parameters.dtype)
+    return layout.flatten(_per_sample_grads(layout, parameters, x, y), lead=1)
 
-    def single(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = grad(loss)(parameters, xi[None], yi[None], one, parameters)
-        return out
 
-    return vmap(single, randomness="different")(x, y)
+# Per-sample gradients are clipped in the model's precision (float32) to this fraction of C: the
+# norms are accumulated in float64 from float32 squares (relative error below 1e-7), and each
+# scaled float32 gradient is within one rounding (6e-8) of exact, so every clipped gradient has
+# an L2 norm below C however the float32 arithmetic rounds. The sums are accumulated in float64.
+_CLIP_MARGIN = 1.0 - 2.0**-10
+
+
+def clipped_gradient_sum(
+    layout: ParamLayout,
+    parameters: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip_norm: float,
+) -> npt.NDArray[np.float64]:
+    """The sum over examples of each per-sample gradient clipped to L2 norm ``clip_norm``
+    (float64, ``(size,)``), without a float64 copy of the per-sample gradients."""
+    grads = _per_sample_grads(layout, parameters, x, y)
+    b = x.shape[0]
+    flat = [grads[name].reshape(b, -1) for name in layout.names]
+    squares = torch.zeros(b, dtype=torch.float64)
+    for g in flat:
+        squares += g.square().sum(dim=1, dtype=torch.float64)
+    factors = (clip_norm * _CLIP_MARGIN / squares.sqrt().clamp(min=1e-300)).clamp(max=1.0)
+    f = factors.to(flat[0].dtype)[:, None]
+    parts = [(g * f).sum(dim=0, dtype=torch.float64) for g in flat]
+    return torch.cat(parts).numpy()
 
 
 def train_dpsgd(
@@ -282,9 +323,9 @@ def train_dpsgd(
         total = np.zeros(layout.size)
         for lo in range(0, chosen.size, chunk):
             sel = torch.from_numpy(chosen[lo : lo + chunk])
-            g = per_sample_gradients(layout, flat, client.x[sel], client.y[sel])
-            clipped, _ = clip_rows(g.double().numpy(), dpsgd.clip_norm)
-            total += clipped.sum(axis=0)
+            total += clipped_gradient_sum(
+                layout, flat, client.x[sel], client.y[sel], dpsgd.clip_norm
+            )
         taken += chosen.size
         noisy = noise.release(total, rng) / dpsgd.batch_size
         step = torch.as_tensor(noisy, dtype=dtype)
