@@ -57,7 +57,6 @@ import json
 import math
 import operator
 import os
-import platform
 import queue
 import shutil
 import signal
@@ -75,6 +74,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _harness import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -875,26 +876,6 @@ def save_raw(n: int, local: dict[str, Measured], peers: dict[str, Measured], tru
     return path
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import duckdb
-
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, {memory:.0f} GiB; Python "
-        f"{platform.python_version()}, DuckDB {duckdb.__version__}, veil "
-        f"{metadata.version('veil')}, numpy {np.__version__}"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -946,7 +927,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"setup {name}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
             if problem is not None:
                 problems[name] = f"could not be installed: {problem}"
-    print(f"Machine: {machine()}")
+    import duckdb
+
+    versions = (
+        f"DuckDB {duckdb.__version__}",
+        f"veil {metadata.version('veil')}",
+        f"numpy {np.__version__}",
+    )
+    print(f"Machine: {machine(*versions)}")
     print(f"Load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for n in sizes:
         path = ensure_data(n)

@@ -79,7 +79,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -92,6 +91,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from _harness import machine, pip_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -287,17 +288,6 @@ def opacus_python() -> Path:
     return ENV_DIR / "opacus" / "bin" / "python"
 
 
-def _tail(text: str, lines: int = 3) -> str:
-    kept = [
-        line
-        for line in text.splitlines()
-        if line.strip()
-        and not line.startswith("WARNING: Location")
-        and "dependency resolver does not currently" not in line
-    ]
-    return " / ".join(kept[-lines:])
-
-
 def setup_opacus() -> str | None:
     """Create ``.bench-envs/opacus`` and install Opacus beside veil's torch; the problem, or
     None."""
@@ -314,7 +304,7 @@ def setup_opacus() -> str | None:
         done = subprocess.run(step, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return f"{what} failed: " + (
-                _tail(done.stderr + done.stdout) or f"exit {done.returncode}"
+                pip_tail(done.stderr + done.stdout) or f"exit {done.returncode}"
             )
     check = subprocess.run(
         [str(opacus_python()), __file__, "--adapter", "opacus", "--check"],
@@ -323,7 +313,7 @@ def setup_opacus() -> str | None:
         check=False,
     )
     if check.returncode != 0:
-        return f"installed, but the import fails: {_tail(check.stderr, 1) or check.returncode}"
+        return f"installed, but the import fails: {pip_tail(check.stderr, 1) or check.returncode}"
     return None
 
 
@@ -428,7 +418,7 @@ def run_opacus_once(name: str, batch: int, steps: int, timeout: float) -> dict[s
         return {"problem": f"timeout: no result within {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     if done.returncode != 0 or not lines:
-        tail = _tail(done.stderr, 1)
+        tail = pip_tail(done.stderr, 1)
         return {"problem": "failed: " + (tail or f"exit code {done.returncode}")}
     run = json.loads(lines[-1][len(RESULT) :])
     return {
@@ -667,24 +657,6 @@ def save_raw(batch: int, steps: int, all_results: dict[str, dict[str, Measured]]
     return path
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, {memory:.0f} GiB; Python "
-        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), numpy {np.__version__}, veil {metadata.version('veil')}"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -747,7 +719,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"setup opacus: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if "opacus" in peers and problem is None and not opacus_python().exists():
         problem = f"not installed (run with --setup): no {opacus_python()}"
-    print(f"Machine: {machine()}")
+    versions = (
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"numpy {np.__version__}",
+        f"veil {metadata.version('veil')}",
+    )
+    print(f"Machine: {machine(*versions)}")
     print(f"Load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     t0 = time.perf_counter()
     x, y = generate()

@@ -5,6 +5,7 @@ updates Flower's environment before measuring::
 
     .venv/bin/python benchmarks/fl_simulation.py [--clients 100,1000] [--rounds 10] [--setup]
         [--peers flower] [--repeats 3] [--timeout 600] [--flower-cpus-per-client 1]
+        [--veil-threads 1]
 
 The question: how much does a federated-learning simulator cost over the arithmetic it
 simulates? veil's simulator should stay close to a plain numpy loop and far ahead of Flower.
@@ -55,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import shutil
 import signal
@@ -71,6 +71,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _harness import machine, pip_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -167,8 +169,11 @@ def vectorised_floor(design: np.ndarray, labels: np.ndarray, rounds: int, lr: fl
 # ============================================================================================
 
 
+VEIL_THREADS = [1]  # set from --veil-threads
+
+
 def veil_fedavg(
-    features: np.ndarray, labels: np.ndarray, *, rounds: int, lr: float
+    features: np.ndarray, labels: np.ndarray, *, rounds: int, lr: float, threads: int = 1
 ) -> tuple[np.ndarray, float]:
     """Run the workload above with veil's federated simulator.
 
@@ -211,6 +216,7 @@ def veil_fedavg(
         config=TrainConfig(local_epochs=1, learning_rate=lr),
         evaluate_every=0,  # the floors do not evaluate either
         seed=0,
+        threads=threads,
     )
     started = time.perf_counter()
     result = sim.run()
@@ -254,7 +260,7 @@ def time_local(
     out = {name: Measured() for name in LOCAL}
 
     def veil_run() -> tuple[np.ndarray, float]:
-        return veil_fedavg(features, labels, rounds=rounds, lr=LR)
+        return veil_fedavg(features, labels, rounds=rounds, lr=LR, threads=VEIL_THREADS[0])
 
     for round_ in range(repeats + 1):  # round 0 is the warm-up
         for name in LOCAL:
@@ -331,17 +337,6 @@ def flower_python() -> Path:
     return ENV_DIR / "flower" / "bin" / "python"
 
 
-def _tail(text: str, lines: int = 3) -> str:
-    kept = [
-        line
-        for line in text.splitlines()
-        if line.strip()
-        and not line.startswith("WARNING: Location")
-        and "dependency resolver does not currently" not in line
-    ]
-    return " / ".join(kept[-lines:])
-
-
 def setup_flower() -> str | None:
     """Create ``.bench-envs/flower`` and install Flower; the problem, or None."""
     env = ENV_DIR / "flower"
@@ -357,7 +352,7 @@ def setup_flower() -> str | None:
         done = subprocess.run(step, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return f"{what} failed: " + (
-                _tail(done.stderr + done.stdout) or f"exit {done.returncode}"
+                pip_tail(done.stderr + done.stdout) or f"exit {done.returncode}"
             )
     check = subprocess.run(
         [str(flower_python()), __file__, "--adapter", "flower", "--check"],
@@ -367,7 +362,7 @@ def setup_flower() -> str | None:
         env={**os.environ, **QUIET_ENV},
     )
     if check.returncode != 0:
-        return f"installed, but the import fails: {_tail(check.stderr, 1) or check.returncode}"
+        return f"installed, but the import fails: {pip_tail(check.stderr, 1) or check.returncode}"
     return None
 
 
@@ -735,23 +730,6 @@ def save_raw(clients: int, rounds: int, results: dict[str, Measured]) -> Path:
     return path
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, {memory:.0f} GiB; Python "
-        f"{platform.python_version()}, numpy {np.__version__}, veil {metadata.version('veil')}"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -774,6 +752,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="Ray CPUs per simulated client: 1 gives one actor per core (Flower's default is 2)",
     )
+    parser.add_argument(
+        "--veil-threads",
+        type=int,
+        default=1,
+        help="PyTorch threads for veil's simulator (its default, 1; 2 helps on an idle machine)",
+    )
     parser.add_argument("--setup", action="store_true", help="create Flower's environment")
     # Hidden mode: the Flower adapter.
     parser.add_argument("--adapter", choices=PEERS, help=argparse.SUPPRESS)
@@ -794,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
             flower_adapter(args.data, int(args.clients), args.rounds, args.flower_cpus_per_client)
         return 0
     started = time.perf_counter()
+    VEIL_THREADS[0] = args.veil_threads
     sizes = [int(s.replace("_", "")) for s in args.clients.split(",") if s.strip()]
     names = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = sorted(set(names) - set(PEERS))
@@ -806,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = setup_flower()
         status = "ready" if problem is None else f"NOT ready: {problem}"
         print(f"setup flower: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(f"Machine: {machine()}")
+    versions = (f"numpy {np.__version__}", f"veil {metadata.version('veil')}")
+    print(f"Machine: {machine(*versions)}")
     print(f"Load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for clients in sizes:
         t0 = time.perf_counter()

@@ -143,23 +143,25 @@ def _per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -log_p.gather(-1, y.long()[..., None])[..., 0]
 
 
-def _loss_fn(
-    layout: ParamLayout, mu: float
-) -> Any:  # a function of (flat params, x, y, mask, global flat)
+def _loss_fn(layout: ParamLayout, mu: float, masked: bool) -> Any:
+    """The local loss of one client as a function of its named parameters, its batch, the
+    batch's mask (which positions are real examples; ignored when ``masked`` is False) and the
+    global model's named parameters (FedProx's anchor)."""
     module = layout.module
 
     def loss(
-        flat: torch.Tensor,
+        params: dict[str, torch.Tensor],
         x: torch.Tensor,
         y: torch.Tensor,
         mask: torch.Tensor,
-        anchor: torch.Tensor,
+        anchor: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        logits = functional_call(module, layout.unflatten(flat), (x,))
+        logits = functional_call(module, params, (x,))
         per = _per_example_loss(logits, y)
-        value = (per * mask).sum() / mask.sum().clamp(min=1.0)
+        value = (per * mask).sum() / mask.sum().clamp(min=1.0) if masked else per.mean()
         if mu:
-            value = value + 0.5 * mu * ((flat - anchor) ** 2).sum()
+            prox = sum(((params[n] - anchor[n]) ** 2).sum() for n in layout.names)
+            value = value + 0.5 * mu * prox
         return value
 
     return loss
@@ -193,11 +195,16 @@ def train_clients(
     valid = positions[None, :] < sizes[:, None]
     batch = config.batch_size or n_max
     steps = math.ceil(n_max / batch)
-    loss = _loss_fn(layout, config.proximal_mu)
+    # Masks are needed only when some batch holds padding: unequal clients, or a last batch
+    # shorter than the others.
+    masked = not (bool(valid.all()) and n_max % batch == 0)
+    loss = _loss_fn(layout, config.proximal_mu, masked)
     value_and_grad = vmap(
         torch.func.grad_and_value(loss), in_dims=(0, 0, 0, 0, None), randomness="different"
     )
-    flat = start.expand(k, -1).clone()
+    anchor = layout.unflatten(start)
+    # gradients with respect to the named tensors, not one flat vector (no scatter in backward)
+    params = {n: t.expand(k, *t.shape).clone() for n, t in anchor.items()}
     loss_sum = torch.zeros(k, dtype=torch.float64)
     loss_steps = torch.zeros(k, dtype=torch.float64)
     lr = config.learning_rate
@@ -215,11 +222,19 @@ def train_clients(
             else:
                 idx = order[:, s * batch : (s + 1) * batch]
                 xb, yb, mask = x[rows, idx], y[rows, idx], valid[rows, idx].to(dtype)
-            grads, values = value_and_grad(flat, xb, yb, mask, start)
-            active = (mask.sum(dim=1) > 0).to(dtype)
-            flat = flat - lr * active[:, None] * grads
-            loss_sum += (values.double() * active.double()).detach()
-            loss_steps += active.double()
+            grads, values = value_and_grad(params, xb, yb, mask, anchor)
+            if masked:
+                active = (mask.sum(dim=1) > 0).to(dtype)
+                for n, g in grads.items():
+                    params[n] = params[n] - lr * active.reshape(k, *[1] * (g.dim() - 1)) * g
+                loss_sum += (values.double() * active.double()).detach()
+                loss_steps += active.double()
+            else:
+                for n, g in grads.items():
+                    params[n] = params[n] - lr * g
+                loss_sum += values.double().detach()
+                loss_steps += 1.0
+    flat = layout.flatten(params, lead=1)
     updates = (flat.double() - start.double()).numpy()
     updates.flags.writeable = False  # each client's row is handed out as a read-only view
     within: npt.NDArray[np.bool_] | None = None
