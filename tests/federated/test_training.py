@@ -184,3 +184,41 @@ def test_clipped_gradient_sum_matches_a_slow_float64_reference() -> None:
     for i in range(9):
         one = clipped_gradient_sum(layout, flat, x[i : i + 1], y[i : i + 1], clip)
         assert np.linalg.norm(one) < clip
+
+
+class _Shared(nn.Module):
+    """One linear layer applied twice: the shortcut does not hold, the vmap path must run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.layer(torch.tanh(self.layer(x)))))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: models.Mlp(12, 4, hidden=(8, 5)),
+        lambda: models.LogisticRegression(12, 1),
+        lambda: _Shared(),
+    ],
+    ids=["mlp", "logistic", "shared-layer"],
+)
+def test_linear_models_clip_without_per_sample_gradients_and_agree(make) -> None:
+    from veil.federated import clipped_gradient_sum, clipped_gradient_sum_vmap
+
+    torch.manual_seed(6)
+    model = make()
+    layout = ParamLayout(model)
+    flat = torch.tensor(layout.vector(), dtype=torch.float32)
+    features = 6 if isinstance(model, _Shared) else 12
+    x = torch.randn(40, features) * 3
+    classes = 1 if isinstance(model, models.LogisticRegression) else 3
+    y = torch.randint(0, max(classes, 2), (40,))
+    fast = clipped_gradient_sum(layout, flat, x, y, 0.2)
+    reference = clipped_gradient_sum_vmap(layout, flat, x, y, 0.2)
+    np.testing.assert_allclose(fast, reference, rtol=1e-3, atol=1e-6)
+    assert np.linalg.norm(reference) > 0.2  # clipping happened and the sum is not trivial

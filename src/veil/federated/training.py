@@ -37,6 +37,7 @@ __all__ = [
     "LocalOutcome",
     "ParamLayout",
     "clipped_gradient_sum",
+    "clipped_gradient_sum_vmap",
     "evaluate",
     "per_sample_gradients",
     "train_central",
@@ -291,7 +292,88 @@ def clipped_gradient_sum(
     clip_norm: float,
 ) -> npt.NDArray[np.float64]:
     """The sum over examples of each per-sample gradient clipped to L2 norm ``clip_norm``
-    (float64, ``(size,)``), without a float64 copy of the per-sample gradients."""
+    (float64, ``(size,)``).
+
+    Models made only of linear layers (logistic regression, MLPs) never build the per-sample
+    gradients: their norms come from the layers' inputs and output gradients, and one more
+    backward pass of the loss weighted by the clipping factors gives the sum
+    (:func:`_ghost_clipped_sum`). Other models take per-sample gradients with ``vmap``.
+    """
+    if _all_linear(layout.module):
+        return _ghost_clipped_sum(layout, parameters, x, y, clip_norm)
+    return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+
+
+def _all_linear(module: nn.Module) -> bool:
+    """Whether every parameter belongs to an ``nn.Linear`` (weights and biases only)."""
+    owned = {id(p) for m in module.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+    return all(id(p) in owned for p in module.parameters())
+
+
+def _ghost_clipped_sum(
+    layout: ParamLayout,
+    parameters: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip_norm: float,
+) -> npt.NDArray[np.float64]:
+    """Clipped gradient sum for models of linear layers, without per-sample gradients.
+
+    For a linear layer applied to one example, with input ``a`` and output gradient ``g``, the
+    example's weight gradient is ``g aᵀ``, whose squared norm is ``‖g‖² ‖a‖²``, and its bias
+    gradient is ``g``; summing over layers gives each example's squared gradient norm (in
+    float64, from the float32 tensors). With ``f_i = min(1, C'/‖∇ℓ_i‖)`` the gradient of
+    ``Σ f_i ℓ_i`` is the sum of the clipped per-sample gradients (Goodfellow 2015; Lee and
+    Kifer 2021). That last backward pass sums over the batch in float32; its rounding moves
+    the sum by at most ``2 γ_B Σ_i ‖f_i ∇ℓ_i‖ ≤ 2 B² u C`` (``u = 2⁻²⁴``) between neighbouring
+    batches, so ``C' = C (1 - 2⁻¹⁰ - 2 B² u)`` keeps the sensitivity below ``C``.
+    """
+    module = layout.module
+    params = {n: t.detach().requires_grad_(True) for n, t in layout.unflatten(parameters).items()}
+    inputs: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+    biased: list[bool] = []
+
+    def keep(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        inputs.append(args[0])
+        outputs.append(out)
+        biased.append(getattr(mod, "bias", None) is not None)
+
+    handles = [m.register_forward_hook(keep) for m in module.modules() if isinstance(m, nn.Linear)]
+    try:
+        logits = functional_call(module, params, (x,))
+    finally:
+        for h in handles:
+            h.remove()
+    layers = sum(1 for m in module.modules() if isinstance(m, nn.Linear))
+    if len(inputs) != layers or any(a.dim() != 2 for a in inputs):
+        # a layer used twice, or applied along a sequence: its per-sample gradient is a sum of
+        # outer products, whose norm has no such shortcut
+        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+    losses = _per_example_loss(logits, y)
+    grads_out = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
+    b = x.shape[0]
+    squares = torch.zeros(b, dtype=torch.float64)
+    for a, g, has_bias in zip(inputs, grads_out, biased, strict=True):
+        g_sq = g.detach().double().square().sum(dim=1)
+        squares += a.detach().double().square().sum(dim=1) * g_sq
+        if has_bias:
+            squares += g_sq
+    margin = _CLIP_MARGIN - 2.0 * b * b * 2.0**-24
+    factors = (clip_norm * margin / squares.sqrt().clamp(min=1e-300)).clamp(max=1.0)
+    weighted = (losses * factors.to(losses.dtype)).sum()
+    grads = torch.autograd.grad(weighted, [params[n] for n in layout.names])
+    return torch.cat([g.reshape(-1).double() for g in grads]).numpy()
+
+
+def clipped_gradient_sum_vmap(
+    layout: ParamLayout,
+    parameters: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip_norm: float,
+) -> npt.NDArray[np.float64]:
+    """:func:`clipped_gradient_sum` through per-sample gradients, for any model."""
     grads = _per_sample_grads(layout, parameters, x, y)
     b = x.shape[0]
     flat = [grads[name].reshape(b, -1) for name in layout.names]
