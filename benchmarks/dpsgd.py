@@ -36,12 +36,13 @@ its steps, and the table shows the median and the best over the rounds:
   parameters, the noise's grid) is inside the figure, spread over the steps;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
   functions ``train_dpsgd`` calls, imported from veil: the Poisson sample
-  (``protocol.uniform`` with ``SecureRandom``) and the gather of the sampled records; the
-  per-sample gradients alone (``vmap(grad)`` over ``functional_call``, per named parameter),
-  then ``clipped_gradient_sum`` (the same gradients again, clipped in float32 and summed in
-  float64), whose time minus the gradients' is shown as the clipping and sum;
+  (``protocol.uniform`` with ``SecureRandom``) and the gather of the sampled records;
+  ``clipped_gradient_sum`` (for the MLP, made of linear layers, per-sample norms from each
+  layer's inputs and output gradients and one backward pass of the weighted loss; for the CNN,
+  per-sample gradients with ``vmap(grad)`` per named parameter, clipped in float32 and summed in
+  float64);
   ``NoisySum.release`` for the model's dimension with ``SecureRandom``, divided by B; the update
-  of the flat parameter vector. The pieces' sum counts the gradients once. ``train_dpsgd``
+  of the flat parameter vector. ``train_dpsgd``
   processes the sample in chunks of 512 records; with B = 256 a sample over 512 has probability
   below 1e-40, so the pieces take it as one chunk. The sum of the pieces is shown beside the whole
   step measured above.
@@ -225,8 +226,7 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
 
 PIECES = {
     "sample": "Poisson sample (`protocol.uniform`, SecureRandom, n draws) + gather",
-    "psg": "per-sample gradients (vmap(grad) over functional_call, per named parameter)",
-    "clip": "clipping in float32 and the float64 sum (`clipped_gradient_sum` minus the above)",
+    "clip": "per-sample norms, clipping and the sum (`clipped_gradient_sum`)",
     "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom) / B",
     "update": "update of the flat parameters",
 }
@@ -238,7 +238,6 @@ def veil_pieces_run(
     """The pieces of ``steps`` DP-SGD steps, each timed on its own; seconds per step each."""
     from veil.federated import NoisySum, ParamLayout, clipped_gradient_sum
     from veil.federated.protocol import uniform
-    from veil.federated.training import _per_sample_grads
     from veil.privacy.random import SecureRandom
 
     layout = ParamLayout(build_model(models, name))
@@ -258,8 +257,6 @@ def veil_pieces_run(
         chosen = np.flatnonzero(uniform(rng, n) < q)
         sel = torch.from_numpy(chosen)
         xb, yb = client.x[sel], client.y[sel]
-        t1 = clock()
-        _per_sample_grads(layout, flat, xb, yb)  # timed alone, to split the next call
         t2 = clock()
         total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
         t3 = clock()
@@ -268,9 +265,8 @@ def veil_pieces_run(
         flat = flat - LR * torch.as_tensor(noisy, dtype=flat.dtype)
         t5 = clock()
         taken += chosen.size
-        spent["sample"] += t1 - t0
-        spent["psg"] += t2 - t1
-        spent["clip"] += max(0.0, (t3 - t2) - (t2 - t1))
+        spent["sample"] += t2 - t0
+        spent["clip"] += t3 - t2
         spent["noise"] += t4 - t3
         spent["update"] += t5 - t4
     out = {key: seconds / steps for key, seconds in spent.items()}

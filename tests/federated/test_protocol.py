@@ -189,3 +189,30 @@ def test_the_simulator_counts_dropouts_and_still_trains() -> None:
     assert all(r.sampled == 20 and r.completed + r.dropped == 20 for r in result.rounds)
     assert 0 < sum(dropped) < 80
     assert result.rounds[-1].test_accuracy > 0.7
+
+
+def test_the_simulator_trains_at_most_max_parallel_clients_at_once(monkeypatch) -> None:
+    import torch
+
+    import veil.federated.simulation as simulation
+    from tests.federated.conftest import synthetic
+    from veil.federated import Simulation, models
+
+    seen: list[int] = []
+    real = simulation.train_clients
+
+    def spy(layout, parameters, clients, config, *, generator):  # type: ignore[no-untyped-def]
+        seen.append(clients.size)
+        return real(layout, parameters, clients, config, generator=generator)
+
+    monkeypatch.setattr(simulation, "train_clients", spy)
+    torch.manual_seed(0)
+    Simulation(
+        model=models.LogisticRegression(5, 1),
+        data=synthetic([10] * 20),
+        rounds=2,
+        config=TrainConfig(),
+        max_parallel=8,
+        seed=0,
+    ).run()
+    assert seen == [8, 8, 4, 8, 8, 4]
