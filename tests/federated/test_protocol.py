@@ -193,9 +193,9 @@ def test_the_simulator_counts_dropouts_and_still_trains() -> None:
 
 def test_the_simulator_trains_at_most_max_parallel_clients_at_once(monkeypatch) -> None:
     import torch
+    from tests.federated.conftest import synthetic
 
     import veil.federated.simulation as simulation
-    from tests.federated.conftest import synthetic
     from veil.federated import Simulation, models
 
     seen: list[int] = []
