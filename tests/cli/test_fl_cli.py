@@ -58,6 +58,7 @@ def test_a_record_level_dp_run_is_charged_to_each_hospital(capsys, tmp_path: Pat
     )
     assert code == 0, err
     summary = json.loads((out / "metrics.json").read_text())[0]["summary"]
+    assert summary["rounds_run"] == 2 and summary["stopped"] is None
     assert 0 < summary["epsilon_spent"] <= 2.0
     assert (out / "epsilon.png").exists()
     with Ledger(str(out / "ledger.sqlite"), create=False) as ledger:
@@ -68,6 +69,33 @@ def test_a_record_level_dp_run_is_charged_to_each_hospital(capsys, tmp_path: Pat
         "breast-cancer/record@general",
         "breast-cancer/record@childrens",
     }
+
+
+def test_a_client_level_dp_run_over_phones(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "phones"
+    code, _, err = run(
+        capsys,
+        "fl",
+        "simulate",
+        "--scenario",
+        "phones",
+        "--rounds",
+        "2",
+        "--dp",
+        "client",
+        "--epsilon",
+        "4",
+        "--no-central",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    (only,) = json.loads((out / "metrics.json").read_text())
+    assert only["summary"]["rounds_run"] == 2 and only["summary"]["stopped"] is None
+    assert 0 < only["summary"]["epsilon_spent"] <= 4.0
+    assert all(r["sampled"] is None for r in only["rounds"])  # who took part is withheld
+    with Ledger(str(out / "ledger.sqlite"), create=False) as ledger:
+        assert ledger.status("digits/client").events == 2
 
 
 def test_config_file_and_options(capsys, tmp_path: Path) -> None:
@@ -96,8 +124,19 @@ def test_bad_input_is_one_readable_line(capsys, tmp_path: Path, args, message) -
     assert "Traceback" not in err
 
 
-def test_bad_config_file_is_one_readable_line(capsys, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rounds = 2\nwings = 3\n", "unknown setting(s) wings"),
+        ('epsilon = "2"\n', "epsilon must be a number, found str"),
+        ('compare_central = "no"\n', "compare_central must be true or false"),
+        ("rounds = true\n", "rounds must be an integer, found bool"),
+        ("epsilon = 2.0\n", "--epsilon applies only to a private run"),
+    ],
+)
+def test_bad_config_file_is_one_readable_line(capsys, tmp_path: Path, text, message) -> None:
     config = tmp_path / "fed.toml"
-    config.write_text("rounds = 2\nwings = 3\n")
-    code, _, err = run(capsys, "fl", "simulate", "--config", str(config))
-    assert code != 0 and "unknown setting(s) wings" in err
+    config.write_text(text)
+    code, _, err = run(capsys, "fl", "simulate", "--config", str(config), "--out", str(tmp_path))
+    assert code == 1, err
+    assert message in err and "Traceback" not in err

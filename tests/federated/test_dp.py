@@ -264,3 +264,184 @@ def test_budget_errors_surface_before_training_when_nothing_fits(ledger) -> None
     assert ledger.status("hospitals/client").events == 0
     with pytest.raises(BudgetExceededError):
         ledger.reserve("hospitals/client", PoissonSampledEvent(0.5, GaussianEvent(1.0)))
+
+
+# --------------------------------------------------------------------------------------------
+# The noise that DP-SGD and adaptive clipping actually draw
+# --------------------------------------------------------------------------------------------
+
+
+def _dpsgd_noise_sd(z: float = 1.0, clip: float = 1.0) -> tuple[float, float, int]:
+    """One DP-SGD step with every record sampled (n = B, q = 1) and learning rate 1: the
+    update is minus the noisy clipped sum over B, so the noise is recovered exactly from it.
+    Returns the noise's sample standard deviation, the calibrated one, and the coordinates."""
+    from veil.federated import ClientData, ParamLayout, clipped_gradient_sum, train_dpsgd
+
+    torch.manual_seed(11)
+    model = models.Mlp(10, 10, hidden=(1000,))
+    layout = ParamLayout(model)
+    x = torch.randn(64, 10) * 4
+    y = torch.randint(0, 10, (64,))
+    dpsgd = DpSgd(noise_multiplier=z, clip_norm=clip, batch_size=64)
+    start = layout.vector()
+    out = train_dpsgd(
+        layout,
+        start,
+        ClientData(x, y),
+        TrainConfig(learning_rate=1.0),
+        dpsgd,
+        rng=InsecureSeededRandom(3),
+    )
+    assert out.metrics["dp_steps"] == 1 and out.metrics["mean_batch"] == 64
+    flat = torch.tensor(start, dtype=torch.float32)
+    exact = clipped_gradient_sum(layout, flat, x, y, clip)
+    grid = NoisySum(clip_norm=clip, noise_multiplier=z, dimension=layout.size)
+    rounded = np.rint(exact / grid.granularity) * grid.granularity
+    noise = -out.update * 64 - rounded
+    return float(noise.std()), grid.sigma, layout.size
+
+
+def _sd_ok(measured: float, expected: float, n: int) -> bool:
+    lo, hi = stats.chi2.ppf([5e-5, 1 - 5e-5], n - 1) / (n - 1)
+    return lo <= (measured / expected) ** 2 <= hi
+
+
+def test_dpsgd_noise_has_the_calibrated_standard_deviation() -> None:
+    measured, expected, n = _dpsgd_noise_sd()
+    assert _sd_ok(measured, expected, n), f"sd {measured:.5f}, expected {expected:.5f}"
+
+
+def test_the_dpsgd_check_catches_noise_scaled_for_the_averaged_gradient(monkeypatch) -> None:
+    import veil.federated.training as training
+
+    class ForTheMean(NoisySum):  # the bug: sensitivity of the mean, C/B, on the sum
+        def __init__(self, *, clip_norm: float, noise_multiplier: float, dimension: int) -> None:
+            super().__init__(
+                clip_norm=clip_norm / 64, noise_multiplier=noise_multiplier, dimension=dimension
+            )
+
+    monkeypatch.setattr(training, "NoisySum", ForTheMean)
+    measured, _, n = _dpsgd_noise_sd()
+    expected = NoisySum(clip_norm=1.0, noise_multiplier=1.0, dimension=n).sigma
+    assert not _sd_ok(measured, expected, n)
+
+
+def _adaptive_fraction_sd(trials: int = 3000) -> float:
+    """The noise in the released fraction of clients within the clip norm, recovered from the
+    clip norm's geometric step: b̃ = γ - log(C₁/C₀)/η."""
+    agg = DpAggregator(
+        noise_multiplier=1.0,
+        adaptive=AdaptiveClipping(
+            initial_clip_norm=1.0, learning_rate=0.5, target_quantile=0.5, count_noise=5.0
+        ),
+    )
+    results = [TrainResult(1, f"c{i}", np.zeros(3), 1, {"within_clip": 1.0}) for i in range(100)]
+    fractions = []
+    rng = InsecureSeededRandom(9)
+    for _ in range(trials):
+        agg.reset()
+        agg.after_round(results, RoundContext(1, 3, 100, 100, 1.0, rng))
+        fractions.append(0.5 - math.log(agg.clip_norm) / 0.5)
+    assert abs(np.mean(fractions) - 1.0) < 0.01  # every client was within: unbiased around 1
+    return float(np.std(fractions))
+
+
+def test_adaptive_clipping_count_noise_is_calibrated() -> None:
+    # noise on Σ(2b - 1) is 2σ_b; on the fraction it is 2σ_b / (2 E) = σ_b / E = 0.05
+    assert _sd_ok(_adaptive_fraction_sd(), 5.0 / 100, 3000)
+
+
+def test_the_adaptive_check_catches_half_the_count_noise(monkeypatch) -> None:
+    import veil.federated.dp as dp
+
+    real = dp.discrete_gaussian
+    monkeypatch.setattr(
+        dp, "discrete_gaussian", lambda rng, n, *, sigma: real(rng, n, sigma=sigma / 2)
+    )
+    assert not _sd_ok(_adaptive_fraction_sd(), 5.0 / 100, 3000)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings refused before anything is spent
+# --------------------------------------------------------------------------------------------
+
+
+def test_dp_with_a_sampling_the_accountant_does_not_describe_is_refused(ledger) -> None:
+    with pytest.raises(ConfigurationError, match="Poisson"):
+        Simulation(
+            model=models.LogisticRegression(5, 1),
+            data=synthetic([10] * 10),
+            rounds=1,
+            config=TrainConfig(),
+            strategy=Strategy(DpAggregator(noise_multiplier=1.0, clip_norm=1.0), Sgd()),
+            sampling=ClientSampling(fraction=0.3),  # fixed size, not Poisson
+            ledger=ledger,
+            client_scope="hospitals/client",
+        )
+
+
+def test_adaptive_clipping_without_enough_count_noise_is_refused_before_any_spend(ledger) -> None:
+    ledger.set_budget("hospitals/client", epsilon=100.0, delta=1e-5)
+    with pytest.raises(ConfigurationError, match="count_noise"):
+        Simulation(
+            model=models.LogisticRegression(5, 1),
+            data=synthetic([10] * 10),
+            rounds=1,
+            config=TrainConfig(),
+            strategy=Strategy(
+                DpAggregator(noise_multiplier=1.0, adaptive=AdaptiveClipping()), Sgd()
+            ),
+            sampling=ClientSampling(fraction=1.0),
+            ledger=ledger,
+            client_scope="hospitals/client",
+        )
+    assert ledger.status("hospitals/client").events == 0
+
+
+def test_a_private_round_does_not_start_unpaid(ledger) -> None:
+    from veil.errors import LocalProtocolError
+    from veil.federated import FederatedServer
+
+    server = FederatedServer(
+        parameters=np.zeros(3),
+        clients=[f"c{i}" for i in range(10)],
+        strategy=Strategy(DpAggregator(noise_multiplier=1.0, clip_norm=1.0), Sgd()),
+        config=TrainConfig(),
+        rounds=1,
+        sampling=ClientSampling(fraction=0.5, poisson=True),
+    )
+    rng = InsecureSeededRandom(0)
+    with pytest.raises(LocalProtocolError, match="paid"):
+        server.start_round(rng)
+    ledger.set_budget("hospitals/client", epsilon=100.0, delta=1e-5)
+    wrong = ledger.reserve("hospitals/client", PoissonSampledEvent(0.5, GaussianEvent(2.0)))
+    with pytest.raises(LocalProtocolError, match="paid"):
+        server.start_round(rng, reservation=wrong)
+    wrong.commit()
+    right = ledger.reserve("hospitals/client", server.round_event())
+    server.start_round(rng, reservation=right)
+    right.commit()
+
+
+def test_client_level_dp_withholds_who_took_part(ledger) -> None:
+    ledger.set_budget("hospitals/client", epsilon=100.0, delta=1e-5)
+    result = _dp_sim(ledger, 2).run()
+    for r in result.rounds:
+        assert r.sampled is None and r.completed is None and r.dropped is None
+        assert r.bytes_sent is None and r.bytes_received is None
+        assert math.isnan(r.train_loss)
+        assert 0 <= r.test_accuracy <= 1
+
+
+def test_ghost_clipping_keeps_every_contribution_within_c_for_large_batches() -> None:
+    from veil.federated import ParamLayout, clipped_gradient_sum
+
+    torch.manual_seed(2)
+    layout = ParamLayout(models.LogisticRegression(5, 1))
+    flat = torch.tensor(layout.vector(), dtype=torch.float32)
+    x = (torch.randn(1, 5) * 10).repeat(5000, 1)  # one example, 5,000 times
+    y = torch.ones(5000, dtype=torch.long)
+    one = clipped_gradient_sum(layout, flat, x[:1], y[:1], 1.0)
+    many = clipped_gradient_sum(layout, flat, x, y, 1.0) / 5000
+    assert 0.98 < np.linalg.norm(many) < 1.0
+    assert float(np.dot(many, one)) > 0.98 * float(np.dot(one, one))  # same direction

@@ -22,11 +22,11 @@ from veil.federated import (
 from veil.privacy import InsecureSeededRandom
 
 
-def _server(clients: int = 4, rounds: int = 2, **kw) -> FederatedServer:
+def _server(clients: int = 4, rounds: int = 2, strategy_=None, **kw) -> FederatedServer:
     return FederatedServer(
         parameters=np.zeros(3),
         clients=[f"c{i}" for i in range(clients)],
-        strategy=fedavg(),
+        strategy=strategy_ or fedavg(),
         config=TrainConfig(),
         rounds=rounds,
         **kw,
@@ -216,3 +216,48 @@ def test_the_simulator_trains_at_most_max_parallel_clients_at_once(monkeypatch) 
         seed=0,
     ).run()
     assert seen == [8, 8, 4, 8, 8, 4]
+
+
+def test_krum_needs_enough_clients_and_skips_thin_rounds() -> None:
+    from veil.errors import ConfigurationError
+    from veil.federated import Krum
+
+    with pytest.raises(ConfigurationError, match="at least 4 updates"):
+        FederatedServer(
+            parameters=np.zeros(3),
+            clients=["a", "b", "c"],
+            strategy=fedavg(Krum(byzantine=1)),
+            config=TrainConfig(),
+            rounds=1,
+        )
+    server = _server(clients=6, rounds=1, strategy_=fedavg(Krum(byzantine=1)))
+    rng = InsecureSeededRandom(0)
+    server.start_round(rng)
+    for cid in ("c0", "c1", "c2"):  # three answers: Krum(f=1) needs four
+        server.receive(_result(server, cid, 1.0))
+    outcome = server.close_round(rng)
+    assert not outcome.aggregated
+    np.testing.assert_array_equal(server.parameters, 0.0)
+
+
+def test_a_strategy_starts_afresh_in_each_run() -> None:
+    import torch
+    from tests.federated.conftest import synthetic
+
+    from veil.federated import Simulation, fedadam, models
+
+    strategy = fedadam(learning_rate=0.1)
+    finals = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        sim = Simulation(
+            model=models.LogisticRegression(5, 1).double(),
+            data=synthetic([20] * 4),
+            rounds=3,
+            config=TrainConfig(learning_rate=0.5),
+            strategy=strategy,
+            seed=0,
+        )
+        finals.append(sim.run().parameters)
+    np.testing.assert_array_equal(finals[0], finals[1])
+    assert set(sim.server.state()) == {"round", "parameters", "optimizer", "aggregator"}

@@ -466,7 +466,9 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
                 f"{s['final_test_accuracy']:.3f}",
                 "-" if s["epsilon_spent"] is None else f"{s['epsilon_spent']:.3f}",
                 f"{s['rounds_run']}",
-                f"{(s['bytes_sent'] + s['bytes_received']) / 1e6:.2f}",
+                f"{(s['bytes_sent'] + s['bytes_received']) / 1e6:.2f}"
+                if s["bytes_sent"] is not None and s["bytes_received"] is not None
+                else "withheld",
             ]
         )
     report.table(

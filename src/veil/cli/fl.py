@@ -20,18 +20,27 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_KEYS = {
-    "scenario",
-    "rounds",
-    "clients",
-    "dp",
-    "epsilon",
-    "delta",
-    "seed",
-    "out",
-    "ledger",
-    "compare_central",
-    "threads",
+# Each setting of a TOML file, and the type its value must have.
+_KEYS: dict[str, tuple[type, ...]] = {
+    "scenario": (str,),
+    "rounds": (int,),
+    "clients": (int,),
+    "dp": (str,),
+    "epsilon": (int, float),
+    "delta": (int, float),
+    "seed": (int,),
+    "out": (str,),
+    "ledger": (str,),
+    "compare_central": (bool,),
+    "threads": (int,),
+}
+
+
+_TYPE_NAMES = {
+    (str,): "a string",
+    (int,): "an integer",
+    (int, float): "a number",
+    (bool,): "true or false",
 }
 
 
@@ -52,11 +61,18 @@ def _config(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
     table = raw.get("simulate", raw)
-    unknown = sorted(set(table) - _KEYS)
+    unknown = sorted(set(table) - set(_KEYS))
     if unknown:
         raise ConfigurationError(
             f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
         )
+    for key, value in table.items():
+        types = _KEYS[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            expected = _TYPE_NAMES[types]
+            raise ConfigurationError(
+                f"{path}: {key} must be {expected}, found {type(value).__name__} {value!r}"
+            )
     return dict(table)
 
 
@@ -117,6 +133,12 @@ def simulate(
         )
     spec = sc.SCENARIOS[name]
     mode = parse_enum(sc.DpMode, str(settings.get("dp", "none")), "--dp")
+    if mode is sc.DpMode.NONE:
+        extra = [k for k in ("epsilon", "delta", "ledger") if settings.get(k) is not None]
+        if extra:
+            raise ConfigurationError(
+                f"--{extra[0]} applies only to a private run: add --dp client or --dp record"
+            )
     folder = Path(settings.get("out", "veil-fl")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     ledger_path = settings.get("ledger") or str(folder / "ledger.sqlite")

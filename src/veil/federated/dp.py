@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -173,7 +174,20 @@ class DpAggregator(Aggregator):
             "clip_norm",
             clip_norm if clip_norm is not None else adaptive.initial_clip_norm,  # type: ignore[union-attr]
         )
+        self._initial_clip = self.clip_norm
         self.clip_history: list[float] = [self.clip_norm]
+
+    def reset(self) -> None:
+        self.clip_norm = self._initial_clip
+        self.clip_history = [self.clip_norm]
+
+    def state(self) -> dict[str, Any]:
+        return {"clip_norm": self.clip_norm, "clip_history": list(self.clip_history)}
+
+    def check(self, *, population: int, sampling_probability: float) -> None:
+        if sampling_probability <= 0:
+            raise ConfigurationError("client-level DP needs a sampling probability > 0")
+        self.update_noise_multiplier(sampling_probability * population)
 
     def configure(self, config: TrainConfig) -> TrainConfig:
         return dataclasses.replace(config, clip_norm=self.clip_norm)

@@ -7,7 +7,7 @@ reads a clock or starts a thread; a driver (the simulator, or the gRPC coordinat
 stage       call                                 next stage  what happens
 ==========  ===================================  ==========  ====================================
 IDLE        ``round_event()``                    IDLE        the privacy cost of the next round
-IDLE        ``start_round(rng)``                 TRAINING    sample clients; one instruction each
+IDLE        ``start_round(rng, reservation=)``   TRAINING    sample clients; one instruction each
 TRAINING    ``receive(TrainResult|Failure)``     TRAINING    record the answer of a sampled client
 TRAINING    ``close_round(rng)``                 IDLE        whoever has not answered is dropped;
                                                  or FINISHED aggregate; move the model
@@ -16,7 +16,11 @@ TRAINING    ``close_round(rng)``                 IDLE        whoever has not ans
 A driver calls ``close_round`` when every sampled client has answered or when its deadline
 passes; stragglers that answer later are refused (:class:`~veil.errors.RemoteProtocolError`).
 The privacy cost of a round is known before it starts, so a driver reserves it in the ledger
-first and never draws noise for a round the budget cannot pay for.
+first and never draws noise for a round the budget cannot pay for; a private round does not
+start without the pending reservation of exactly that cost. Settings that cannot work (DP with
+a sampling the accountant does not describe, adaptive clipping with too little count noise,
+Krum with fewer clients than it needs) are refused when the server is built, before anything
+is spent.
 
 Client sampling (:class:`ClientSampling`) is Poisson (each client independently with
 probability ``q``, as DP amplification assumes) or a uniform sample of fixed size; its randomness
@@ -36,6 +40,7 @@ import numpy.typing as npt
 from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
 from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
 from veil.federated.strategies import RoundContext, Strategy
+from veil.ledger import Reservation
 from veil.privacy.events import Event
 from veil.privacy.random import RandomSource
 
@@ -137,6 +142,22 @@ class FederatedServer:
         self.sampling = sampling or ClientSampling()
         self.min_completed = min_completed
         self.wire_dtype = np.dtype(wire_dtype)
+        aggregator = strategy.aggregator
+        self.private = aggregator.round_event(sampling_probability=1.0) is not None
+        if self.private and not (self.sampling.poisson or self.sampling.fraction == 1.0):
+            raise ConfigurationError(
+                "client-level DP is accounted for Poisson sampling of clients: use "
+                "ClientSampling(fraction=q, poisson=True) (or every client, fraction=1)"
+            )
+        if len(ids) < aggregator.min_results:
+            raise ConfigurationError(
+                f"{aggregator.describe()} needs at least {aggregator.min_results} updates per "
+                f"round; the federation has {len(ids)} clients"
+            )
+        aggregator.check(population=len(ids), sampling_probability=self.sampling.fraction)
+        aggregator.reset()
+        strategy.optimizer.reset()
+        self._paid: object | None = None
         self.stage = Stage.IDLE
         self.round = 0
         self._sampled: tuple[str, ...] = ()
@@ -166,9 +187,27 @@ class FederatedServer:
         self._expect(Stage.IDLE, "ask for the next round's cost")
         return self.strategy.aggregator.round_event(sampling_probability=self.sampling.fraction)
 
-    def start_round(self, rng: RandomSource) -> tuple[TrainInstruction, ...]:
-        """Sample the round's clients and return one instruction for each."""
+    def start_round(
+        self, rng: RandomSource, *, reservation: Reservation | None = None
+    ) -> tuple[TrainInstruction, ...]:
+        """Sample the round's clients and return one instruction for each.
+
+        A private round must be paid for first: pass the ledger's pending ``reservation`` of
+        exactly :meth:`round_event`.
+        """
         self._expect(Stage.IDLE, "start a round")
+        if self.private:
+            expected = self.round_event()
+            if reservation is None or reservation.event != expected:
+                raise LocalProtocolError(
+                    "a private round must be paid for before it starts: reserve "
+                    f"{expected.describe() if expected else ''} in the ledger and pass the "
+                    "reservation to start_round"
+                )
+            if reservation.status != "pending":
+                raise LocalProtocolError(
+                    f"the reservation for this round is {reservation.status}, not pending"
+                )
         self.round += 1
         self._sampled = self.sampling.sample(self.clients, rng)
         self._sampled_set = frozenset(self._sampled)
@@ -222,8 +261,8 @@ class FederatedServer:
             rng=rng,
         )
         aggregator = self.strategy.aggregator
-        private = aggregator.round_event(sampling_probability=self.sampling.fraction) is not None
-        enough = len(results) >= self.min_completed
+        private = self.private
+        enough = len(results) >= max(self.min_completed, aggregator.min_results)
         # A private aggregator releases a noisy sum even of nothing: skipping the round would
         # say that nobody (or too few) took part.
         aggregated = (bool(results) and enough) or private
@@ -249,6 +288,7 @@ class FederatedServer:
             "round": self.round,
             "parameters": self.parameters,
             "optimizer": self.strategy.optimizer.state(),
+            "aggregator": self.strategy.aggregator.state(),
         }
 
 

@@ -22,7 +22,7 @@ import enum
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +163,22 @@ class FlRun:
             else (
                 last.epsilon_spent if last.epsilon_spent is not None else last.record_epsilon_max
             ),
-            "bytes_sent": sum(r.bytes_sent for r in self.result.rounds),
-            "bytes_received": sum(r.bytes_received for r in self.result.rounds),
+            "bytes_sent": _total(r.bytes_sent for r in self.result.rounds),
+            "bytes_received": _total(r.bytes_received for r in self.result.rounds),
             "seconds": self.seconds,
             "stopped": self.result.stopped,
             "ledger": self.ledger,
         }
+
+
+def _total(values: Iterable[int | None]) -> int | None:
+    """The sum, or None if any is withheld (client-level DP)."""
+    total = 0
+    for v in values:
+        if v is None:
+            return None
+        total += v
+    return total
 
 
 def run_scenario(

@@ -50,17 +50,24 @@ __all__ = ["RoundRecord", "Simulation", "SimulationResult"]
 
 @dataclasses.dataclass(frozen=True)
 class RoundRecord:
-    """One round as the simulator saw it."""
+    """One round as the simulator saw it.
+
+    Under client-level DP the fields that describe who took part (``sampled``, ``completed``,
+    ``dropped``, the byte counts, which follow from them) and the clients' exact training loss
+    are None and NaN: with Poisson sampling, how many clients took part says who did, and the
+    guarantee covers only the noisy model. Test metrics come from the server's own held-out
+    data, which no guarantee covers.
+    """
 
     round: int
-    sampled: int
-    completed: int
-    dropped: int
+    sampled: int | None
+    completed: int | None
+    dropped: int | None
     train_loss: float
     test_loss: float
     test_accuracy: float
-    bytes_sent: int
-    bytes_received: int
+    bytes_sent: int | None
+    bytes_received: int | None
     seconds: float
     epsilon_spent: float | None
     """Client-level spend of the run so far (the ledger's bound), if it is private."""
@@ -217,7 +224,10 @@ class Simulation:
                 self.layout, ins.parameters, client, ins.config, self.record_dp, rng=self.rng
             )
         update = out.update.astype(ins.parameters.dtype, copy=False)
-        return TrainResult(ins.round, ins.client_id, update, out.num_examples, out.metrics)
+        # the realised Poisson batch sizes stay with the party (dividing by the public B hides
+        # them); only the clipping indicator travels. The record count is treated as public.
+        sent = {k: v for k, v in out.metrics.items() if k == "within_clip"}
+        return TrainResult(ins.round, ins.client_id, update, out.num_examples, sent)
 
     def run(
         self,
@@ -256,7 +266,7 @@ class Simulation:
                     stopped = f"round {server.round + 1} not run: {exc}"
                     break
             try:
-                instructions = server.start_round(self.rng)
+                instructions = server.start_round(self.rng, reservation=reservation)
                 for answer in self._answers(instructions):
                     server.receive(answer)
                 outcome = server.close_round(self.rng)
@@ -270,16 +280,17 @@ class Simulation:
                 server.round % self.evaluate_every == 0 or server.round == server.rounds
             ):
                 last_eval = evaluate(self.layout, server.parameters, self.data.test)
+            withheld = server.private  # see RoundRecord
             record = RoundRecord(
                 round=outcome.round,
-                sampled=len(outcome.sampled),
-                completed=len(outcome.completed),
-                dropped=len(outcome.dropped),
-                train_loss=outcome.metrics.get("train_loss", math.nan),
+                sampled=None if withheld else len(outcome.sampled),
+                completed=None if withheld else len(outcome.completed),
+                dropped=None if withheld else len(outcome.dropped),
+                train_loss=math.nan if withheld else outcome.metrics.get("train_loss", math.nan),
                 test_loss=last_eval["loss"],
                 test_accuracy=last_eval["accuracy"],
-                bytes_sent=outcome.bytes_sent,
-                bytes_received=outcome.bytes_received,
+                bytes_sent=None if withheld else outcome.bytes_sent,
+                bytes_received=None if withheld else outcome.bytes_received,
                 seconds=time.perf_counter() - started,
                 epsilon_spent=None if reservation is None else reservation.spent_epsilon,
                 record_epsilon_max=self._record_spend(),

@@ -94,6 +94,22 @@ class Aggregator(abc.ABC):
     def after_round(self, results: Sequence[TrainResult], context: RoundContext) -> None:  # noqa: B027
         """Update internal state after a round (adaptive clipping)."""
 
+    @property
+    def min_results(self) -> int:
+        """The fewest updates it can combine; a round with fewer leaves the model as it is."""
+        return 1
+
+    def check(self, *, population: int, sampling_probability: float) -> None:  # noqa: B027
+        """Refuse, before anything is spent or trained, settings that cannot work for this
+        federation (raise :class:`~veil.errors.ConfigurationError`)."""
+
+    def reset(self) -> None:  # noqa: B027
+        """Forget what earlier runs taught it (a new server starts from the initial state)."""
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep to resume."""
+        return {}
+
     def describe(self) -> str:
         return type(self).__name__
 
@@ -147,6 +163,10 @@ class Krum(Aggregator):
         self.byzantine = byzantine
         self.multi = multi
 
+    @property
+    def min_results(self) -> int:
+        return self.byzantine + 3
+
     def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> Vector:
         stacked = _stack(results)
         n = stacked.shape[0]
@@ -182,6 +202,9 @@ class ServerOptimizer(abc.ABC):
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep to resume (moment estimates)."""
         return {}
+
+    def reset(self) -> None:  # noqa: B027
+        """Forget the moments of an earlier run."""
 
     def describe(self) -> str:
         return type(self).__name__
@@ -239,6 +262,10 @@ class _Adaptive(ServerOptimizer):
 
     def state(self) -> dict[str, Any]:
         return {"m": self._m, "v": self._v}
+
+    def reset(self) -> None:
+        self._m = None
+        self._v = None
 
     def describe(self) -> str:
         return f"{type(self).__name__}(η={self.learning_rate:g}, τ={self.tau:g})"

@@ -282,6 +282,9 @@ def per_sample_gradients(
 # scaled float32 gradient is within one rounding (6e-8) of exact, so every clipped gradient has
 # an L2 norm below C however the float32 arithmetic rounds. The sums are accumulated in float64.
 _CLIP_MARGIN = 1.0 - 2.0**-10
+# The weighted backward pass of ghost clipping sums over at most this many examples at once
+# (its float32 rounding is covered by a margin that grows with the square of the batch).
+_GHOST_BATCH = 256
 
 
 def clipped_gradient_sum(
@@ -326,8 +329,15 @@ def _ghost_clipped_sum(
     ``Σ f_i ℓ_i`` is the sum of the clipped per-sample gradients (Goodfellow 2015; Lee and
     Kifer 2021). That last backward pass sums over the batch in float32; its rounding moves
     the sum by at most ``2 γ_B Σ_i ‖f_i ∇ℓ_i‖ ≤ 2 B² u C`` (``u = 2⁻²⁴``) between neighbouring
-    batches, so ``C' = C (1 - 2⁻¹⁰ - 2 B² u)`` keeps the sensitivity below ``C``.
+    batches, so ``C' = C (1 - 2⁻¹⁰ - 2 B² u)`` keeps the sensitivity below ``C``. Larger batches
+    are cut into pieces of at most 256 examples (``C' >= 0.995 C``) whose sums add in float64.
     """
+    if x.shape[0] > _GHOST_BATCH:  # keep the float32 batch sums short (see the margin)
+        total = np.zeros(layout.size)
+        for lo in range(0, x.shape[0], _GHOST_BATCH):
+            piece = slice(lo, lo + _GHOST_BATCH)
+            total += _ghost_clipped_sum(layout, parameters, x[piece], y[piece], clip_norm)
+        return total
     module = layout.module
     params = {n: t.detach().requires_grad_(True) for n, t in layout.unflatten(parameters).items()}
     inputs: list[torch.Tensor] = []
@@ -359,7 +369,7 @@ def _ghost_clipped_sum(
         squares += a.detach().double().square().sum(dim=1) * g_sq
         if has_bias:
             squares += g_sq
-    margin = _CLIP_MARGIN - 2.0 * b * b * 2.0**-24
+    margin = _CLIP_MARGIN - 2.0 * b * b * 2.0**-24  # at least 0.995 for b <= _GHOST_BATCH
     factors = (clip_norm * margin / squares.sqrt().clamp(min=1e-300)).clamp(max=1.0)
     weighted = (losses * factors.to(losses.dtype)).sum()
     grads = torch.autograd.grad(weighted, [params[n] for n in layout.names])
