@@ -57,14 +57,11 @@ import json
 import math
 import operator
 import os
-import queue
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -75,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from _harness import machine
+from _harness import Adapter, AdapterTimeoutError, machine, ratio_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -644,59 +641,38 @@ def run_peer(peer: Peer, path: Path, repeats: int, timeout: float) -> Measured:
     if not python.exists():
         return Measured(problem=f"not installed (run with --setup): no {python}")
     command = [str(python), __file__, "--adapter", peer.name, "--data", str(path)]
-    proc = subprocess.Popen(
-        [*command, "--repeats", str(repeats)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, killed as one on timeout
-    )
-    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
-
-    def pump(tag: str, stream: Any) -> None:
-        for line in stream:
-            lines.put((tag, line))
-        lines.put((tag, None))
-
-    for tag, stream in (("out", proc.stdout), ("err", proc.stderr)):
-        threading.Thread(target=pump, args=(tag, stream), daemon=True).start()
+    adapter = Adapter([*command, "--repeats", str(repeats)], timeout=timeout)
     out: list[str] = []
     err: list[str] = []
     measured = Measured()
     partial: list[float] = []
-    open_streams = 2
-    deadline = time.monotonic() + timeout
     phase = "loading the data"
-    while open_streams:
-        try:
-            tag, line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            measured.timed_out = True
-            done = ", ".join(f"{s:.1f} s" for s in partial)
-            measured.problem = f"timeout: no answer within {timeout:.0f} s while {phase}" + (
-                f" (finished runs: {done})" if done else ""
-            )
-            measured.seconds = partial
-            return measured
-        if line is None:
-            open_streams -= 1
-        elif tag == "err" and line.startswith(PROGRESS):
-            event = json.loads(line[len(PROGRESS) :])
-            deadline = time.monotonic() + timeout
-            if "setup" in event:
-                measured.setup = event["setup"]
-                phase = "running the warm-up"
-            elif "warm_up" in event:
-                phase = "running a timed run"
+    try:
+        for tag, line in adapter.lines():
+            if tag == "err" and line.startswith(PROGRESS):
+                event = json.loads(line[len(PROGRESS) :])
+                adapter.progress()
+                if "setup" in event:
+                    measured.setup = event["setup"]
+                    phase = "running the warm-up"
+                elif "warm_up" in event:
+                    phase = "running a timed run"
+                else:
+                    partial.append(event["seconds"])
+                    phase = "running a timed run"
+            elif tag == "err":
+                err.append(line)
             else:
-                partial.append(event["seconds"])
-                phase = "running a timed run"
-        elif tag == "err":
-            err.append(line)
-        else:
-            out.append(line)
+                out.append(line)
+    except AdapterTimeoutError:
+        measured.timed_out = True
+        done = ", ".join(f"{s:.1f} s" for s in partial)
+        measured.problem = f"timeout: no answer within {timeout:.0f} s while {phase}" + (
+            f" (finished runs: {done})" if done else ""
+        )
+        measured.seconds = partial
+        return measured
+    proc = adapter.process
     if proc.wait() != 0 or not out:
         tail = [e.strip() for e in err if e.strip()]
         measured.problem = "failed: " + (tail[-1] if tail else f"exit code {proc.returncode}")
@@ -735,13 +711,6 @@ LOCAL_GUARANTEES = {
 
 def _mb(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:,.0f}"
-
-
-def _ratio(value: float | None, floor: float | None) -> str:
-    if value is None or not floor:
-        return "-"
-    r = value / floor
-    return f"{r:,.1f}" if r >= 10 else f"{r:.2f}"
 
 
 def accuracy(measured: Measured, truth: Truth) -> tuple[str, str]:
@@ -787,7 +756,8 @@ def print_report(
         if m.problem is not None:
             seconds += f" (**{m.problem}**)"
         print(
-            f"| {label} | {seconds} | {_ratio(median, floor_a)} | {_ratio(median, floor_b)} | "
+            f"| {label} | {seconds} | {ratio_text(median, floor_a)} | "
+            f"{ratio_text(median, floor_b)} | "
             f"{setup} | {mae} | {rel} | {_mb(m.peak_kb)} | {guarantee} |"
         )
     print(
@@ -812,11 +782,11 @@ def print_report(
     r_b = bounded / floor_b if bounded and floor_b else None
     r_r = row / floor_a if row and floor_a else None
     print(
-        f"* veil-bounded / floor B = {_ratio(bounded, floor_b)} (target <= {TARGET_BOUNDED}): "
+        f"* veil-bounded / floor B = {ratio_text(bounded, floor_b)} (target <= {TARGET_BOUNDED}): "
         + verdict(None if r_b is None else r_b <= TARGET_BOUNDED)
     )
     print(
-        f"* veil-row / floor A = {_ratio(row, floor_a)} (target <= {TARGET_ROW}): "
+        f"* veil-row / floor A = {ratio_text(row, floor_a)} (target <= {TARGET_ROW}): "
         + verdict(None if r_r is None else r_r <= TARGET_ROW)
     )
     candidates = []  # (seconds, name, is a lower bound)

@@ -93,7 +93,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _harness import machine, pip_tail
+from _harness import machine, pip_tail, ratio_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -525,13 +525,6 @@ LABELS = {
 }
 
 
-def _ratio(value: float | None, floor: float | None) -> str:
-    if value is None or not floor:
-        return "-"
-    r = value / floor
-    return f"{r:,.0f}" if r >= 100 else f"{r:,.1f}" if r >= 10 else f"{r:.2f}"
-
-
 def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -579,14 +572,14 @@ def print_report(
         if m.problem:
             notes = f"**{m.problem}** " + notes
         print(
-            f"| {label} | {_ms(m.median)} | {_ms(m.best)} | {_ratio(m.median, floor)} | "
+            f"| {label} | {_ms(m.median)} | {_ms(m.best)} | {ratio_text(m.median, floor)} | "
             f"{statistics.fmean(m.batch):.1f} | {notes} |"
         )
         if method == "opacus":
             loading = m.extra_median("with_loading")
             print(
                 f"| Opacus, with the data loader's `next()` | {_ms(loading)} | "
-                f"{_ms(min(m.extra['with_loading']))} | {_ratio(loading, floor)} | | "
+                f"{_ms(min(m.extra['with_loading']))} | {ratio_text(loading, floor)} | | "
                 "+ Poisson sample, per-record fetch and collate: what veil's figure includes |"
             )
 
@@ -616,7 +609,7 @@ def print_report(
         )
     else:
         print(
-            f"* veil DP-SGD step / non-private step = {_ratio(whole, floor)} "
+            f"* veil DP-SGD step / non-private step = {ratio_text(whole, floor)} "
             f"(target <= {TARGET_NONPRIVATE:g}): {verdict(whole / floor <= TARGET_NONPRIVATE)}"
         )
     opacus = results.get("opacus")
@@ -627,9 +620,10 @@ def print_report(
         print(f"* veil / Opacus (context, no target): n/a, {why}")
         return
     print(
-        f"* veil / Opacus (context, no target) = {_ratio(whole, opacus.median)} against Opacus's "
-        f"step, {_ratio(whole, opacus.extra_median('with_loading'))} against its step with "
-        f"data loading; Opacus / non-private = {_ratio(opacus.median, floor)}"
+        "* veil / Opacus (context, no target) = "
+        f"{ratio_text(whole, opacus.median)} against Opacus's "
+        f"step, {ratio_text(whole, opacus.extra_median('with_loading'))} against its step with "
+        f"data loading; Opacus / non-private = {ratio_text(opacus.median, floor)}"
     )
 
 

@@ -56,14 +56,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -72,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from _harness import machine, pip_tail
+from _harness import Adapter, AdapterTimeoutError, machine, pip_tail, ratio_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -524,54 +521,32 @@ def run_flower_once(
         "--flower-cpus-per-client",
         str(cpus_per_client),
     ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **QUIET_ENV},
-        start_new_session=True,  # its own process group, killed as one on timeout
-    )
-    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
-
-    def pump(tag: str, stream: Any) -> None:
-        for line in stream:
-            lines.put((tag, line))
-        lines.put((tag, None))
-
-    for tag, stream in (("out", proc.stdout), ("err", proc.stderr)):
-        threading.Thread(target=pump, args=(tag, stream), daemon=True).start()
+    adapter = Adapter(command, timeout=timeout, env={**os.environ, **QUIET_ENV})
     out: list[str] = []
     err: list[str] = []
     finished: list[float] = []
-    open_streams = 2
-    deadline = time.monotonic() + timeout
     phase = "starting"
-    while open_streams:
-        try:
-            tag, line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            done = ", ".join(f"{s:.2f} s" for s in finished)
-            return {
-                "problem": f"timeout: nothing within {timeout:.0f} s while {phase}"
-                + (f" (finished rounds: {done})" if done else "")
-            }
-        if line is None:
-            open_streams -= 1
-        elif tag == "err" and line.startswith(PROGRESS):
-            event = json.loads(line[len(PROGRESS) :])
-            deadline = time.monotonic() + timeout
-            if "round" in event:
-                finished.append(event["seconds"])
-                phase = f"running round {event['round'] + 1}"
-            else:
-                phase = "starting Ray and running round 1"
-        elif tag == "err":
-            err.append(line)
-        elif line.startswith(RESULT):
-            out.append(line[len(RESULT) :])
+    try:
+        for tag, line in adapter.lines():
+            if tag == "err" and line.startswith(PROGRESS):
+                event = json.loads(line[len(PROGRESS) :])
+                adapter.progress()
+                if "round" in event:
+                    finished.append(event["seconds"])
+                    phase = f"running round {event['round'] + 1}"
+                else:
+                    phase = "starting Ray and running round 1"
+            elif tag == "err":
+                err.append(line)
+            elif line.startswith(RESULT):
+                out.append(line[len(RESULT) :])
+    except AdapterTimeoutError:
+        done = ", ".join(f"{s:.2f} s" for s in finished)
+        return {
+            "problem": f"timeout: nothing within {timeout:.0f} s while {phase}"
+            + (f" (finished rounds: {done})" if done else "")
+        }
+    proc = adapter.process
     if proc.wait() != 0 or not out:
         tail = [e.strip() for e in err if e.strip()]
         return {"problem": "failed: " + (tail[-1] if tail else f"exit code {proc.returncode}")}
@@ -611,13 +586,6 @@ LABELS = {
     "veil": "veil simulator",
     "flower": "Flower run_simulation (Ray)",
 }
-
-
-def _ratio(value: float | None, floor: float | None) -> str:
-    if value is None or not floor:
-        return "-"
-    r = value / floor
-    return f"{r:,.0f}" if r >= 100 else f"{r:,.1f}" if r >= 10 else f"{r:.2f}"
 
 
 def _seconds(value: float | None) -> str:
@@ -675,7 +643,7 @@ def print_report(
             notes = f"**{m.problem}** " + notes
         print(
             f"| {label} | {_seconds(total)} | {_seconds(m.best)} | {_seconds(per_round)} | "
-            f"{_ratio(total, floor_total)} | {_ratio(per_round, floor_round)} | "
+            f"{ratio_text(total, floor_total)} | {ratio_text(per_round, floor_round)} | "
             f"{max_diff(m, reference)} | {notes} |"
         )
 
@@ -694,8 +662,8 @@ def print_report(
         return
     r_floor = veil_total / floor_total
     print(
-        f"* veil / loop floor = {_ratio(veil_total, floor_total)} (target <= {TARGET_FLOOR:g}): "
-        + verdict(r_floor <= TARGET_FLOOR)
+        f"* veil / loop floor = {ratio_text(veil_total, floor_total)} "
+        f"(target <= {TARGET_FLOOR:g}): " + verdict(r_floor <= TARGET_FLOOR)
     )
     if flower is None or not flower.steady:
         why = "Flower not run" if flower is None else (flower.problem or "under 2 rounds")
@@ -705,9 +673,9 @@ def print_report(
     steady = statistics.median(flower.steady)
     flower_total = flower.median
     print(
-        f"* Flower steady s/round / veil s/round = {_ratio(steady, veil_round)} "
+        f"* Flower steady s/round / veil s/round = {ratio_text(steady, veil_round)} "
         f"(target >= {TARGET_FLOWER:g}): {verdict(steady / veil_round >= TARGET_FLOWER)}; "
-        f"for context, end to end (Ray start included): {_ratio(flower_total, veil_total)}"
+        f"for context, end to end (Ray start included): {ratio_text(flower_total, veil_total)}"
     )
 
 

@@ -23,8 +23,6 @@ It prints samples per second (``n`` / median time) and the ratios veil/numpy and
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from _harness import machine
 from veil.privacy.random import SecureRandom
 from veil.privacy.samplers import discrete_gaussian, discrete_laplace
 
@@ -110,19 +109,10 @@ def opendp_round_trip(dp: Any, n: int, repeats: int) -> float:
 
 
 def machine_summary(dp: Any | None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = f"Python {platform.python_version()}, numpy {np.__version__}"
+    versions = [f"numpy {np.__version__}"]
     if dp is not None:
-        versions += f", opendp {metadata.version('opendp')}"
-    return f"{cpu}, {os.cpu_count()} logical cores; {versions}"
+        versions.append(f"opendp {metadata.version('opendp')}")
+    return machine(*versions)
 
 
 def format_rate(rate: float) -> str:
