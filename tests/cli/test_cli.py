@@ -248,6 +248,11 @@ def test_demo_writes_a_report(capsys: pytest.CaptureFixture[str], tmp_path: Path
         assert (folder / name).stat().st_size > 0, name
     html = (folder / "report.html").read_text()
     assert "Federated learning: three hospitals" in html
+    runs = json.loads((folder / "federated-hospitals" / "metrics.json").read_text())
+    assert [r["summary"]["dp"] for r in runs] == ["none", "record", "record"]
+    for r in runs:  # every run trained all its rounds (none was stopped by an old spend)
+        assert r["summary"]["rounds_run"] == 30 and r["summary"]["stopped"] is None
+        assert r["summary"]["final_test_accuracy"] > 0.7
     assert "Nothing was released" in html  # the overspend was refused
     assert "does not link" in html or "was altered" in html  # tampering was caught
     assert f"report written to {folder}" in out

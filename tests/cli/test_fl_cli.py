@@ -140,3 +140,13 @@ def test_bad_config_file_is_one_readable_line(capsys, tmp_path: Path, text, mess
     code, _, err = run(capsys, "fl", "simulate", "--config", str(config), "--out", str(tmp_path))
     assert code == 1, err
     assert message in err and "Traceback" not in err
+
+
+def test_a_ledger_with_earlier_spends_is_refused_not_silently_reused(capsys, tmp_path) -> None:
+    out = tmp_path / "dp"
+    args = ["fl", "simulate", "--rounds", "1", "--dp", "record", "--epsilon", "2", "--no-central"]
+    code, _, err = run(capsys, *args, "--out", str(out))
+    assert code == 0, err
+    code, _, err = run(capsys, *args, "--out", str(out))
+    assert code == 1
+    assert "already has" in err and "a ledger of its own" in err

@@ -425,7 +425,7 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
                     SCENARIOS["hospitals"],
                     dp=mode,
                     epsilon=eps,
-                    ledger_path=str(folder / "ledger.sqlite") if eps else None,
+                    ledger_path=str(folder / f"ledger-epsilon-{eps:g}.sqlite") if eps else None,
                     central_baseline=mode is DpMode.NONE,
                     on_round=lambda _: progress.advance(task),
                 )

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import enum
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from veil.errors import ConfigurationError
+from veil.errors import ConfigurationError, ScopeNotFoundError
 from veil.federated import data as fdata
 from veil.federated import models
 from veil.federated.dp import DpAggregator, DpSgd
@@ -171,6 +172,22 @@ class FlRun:
         }
 
 
+def _fresh_budget(ledger: Ledger, scope: str, epsilon: float, delta: float) -> None:
+    """Set the run's budget on a scope that has spent nothing yet; a scope with earlier spends
+    would stop the run at once (or mix two runs' spends), so it is refused."""
+    try:
+        spent = ledger.status(scope)
+    except ScopeNotFoundError:
+        spent = None
+    if spent is not None and (spent.events or spent.pending):
+        ledger.close()
+        raise ConfigurationError(
+            f"scope {scope} in this ledger already has {spent.events} spends; give this "
+            "run a ledger of its own (--ledger, or another --out)"
+        )
+    ledger.set_budget(scope, epsilon=epsilon, delta=delta)
+
+
 def _total(values: Iterable[int | None]) -> int | None:
     """The sum, or None if any is withheld (client-level DP)."""
     total = 0
@@ -229,7 +246,7 @@ def run_scenario(
         sampling = ClientSampling(fraction=q, poisson=True)
         ledger = Ledger(str(ledger_path), actor="veil fl simulate")
         client_scope = f"{data.name}/client"
-        ledger.set_budget(client_scope, epsilon=epsilon, delta=delta)
+        _fresh_budget(ledger, client_scope, epsilon, delta)
     elif dp is DpMode.RECORD:
         assert epsilon is not None
         smallest = min(data.sizes())
@@ -245,8 +262,13 @@ def run_scenario(
         ledger = Ledger(str(ledger_path), actor="veil fl simulate")
         record_scope = f"{data.name}/record"
         for cid in data.client_ids:
-            ledger.set_budget(f"{record_scope}@{cid}", epsilon=epsilon, delta=delta)
+            _fresh_budget(ledger, f"{record_scope}@{cid}", epsilon, delta)
     started = time.perf_counter()
+    # The budgets above are the run's target, so the ledger's 80% alerts would fire in every
+    # private run; the summary reports the spend instead.
+    ledger_log = logging.getLogger("veil.ledger")
+    level = ledger_log.level
+    ledger_log.setLevel(logging.ERROR)
     try:
         sim = Simulation(
             model=model,
@@ -264,6 +286,7 @@ def run_scenario(
         )
         result = sim.run(central_baseline=central_baseline, on_round=on_round)
     finally:
+        ledger_log.setLevel(level)
         if ledger is not None:
             ledger.close()
     return FlRun(
