@@ -11,7 +11,8 @@ from veil import errors
 
 
 @pytest.mark.parametrize(
-    "package", ["veil", "veil.privacy", "veil.ledger", "veil.analytics", "veil.federated"]
+    "package",
+    ["veil", "veil.privacy", "veil.ledger", "veil.analytics", "veil.federated", "veil.secagg"],
 )
 def test_every_exported_name_exists(package: str) -> None:
     module = importlib.import_module(package)
@@ -54,6 +55,7 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.federated.simulation",
             ],
         ),
+        ("veil.secagg", ["veil.secagg.crypto", "veil.secagg.shamir"]),
     ],
 )
 def test_packages_export_everything_their_modules_make_public(
@@ -80,5 +82,7 @@ def test_error_families_are_also_the_builtins_a_caller_would_catch() -> None:
     assert issubclass(errors.UnsupportedEventError, TypeError)
     assert issubclass(errors.ScopeNotFoundError, KeyError)
     assert issubclass(errors.BudgetExceededError, errors.PrivacyError)
+    assert issubclass(errors.AuthenticationError, errors.RemoteProtocolError)
+    assert issubclass(errors.RemoteProtocolError, errors.ProtocolError)
     hint = errors.MissingDependencyError("psycopg", "postgres")
     assert "pip install 'veil[postgres]'" in str(hint)

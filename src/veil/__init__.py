@@ -14,6 +14,7 @@ The parts (see ``docs/``): :mod:`veil.privacy` (events, secure noise, mechanisms
 
 from veil._version import __version__
 from veil.errors import (
+    AuthenticationError,
     BudgetExceededError,
     ConfigurationError,
     DataError,
@@ -43,6 +44,7 @@ from veil.privacy import (
 
 __all__ = [
     "AccountingMethod",
+    "AuthenticationError",
     "Budget",
     "BudgetExceededError",
     "BudgetStatus",

@@ -17,6 +17,7 @@ know veil still handles veil's errors sensibly::
     └── ProtocolError                          a federated or cryptographic protocol went wrong
         ├── LocalProtocolError                 our own code used a state machine out of order
         └── RemoteProtocolError                a peer sent a message the protocol does not allow
+            └── AuthenticationError            a ciphertext or signature did not verify (opaque)
 
 Messages say what was expected, what was found, and what to do. They never contain secrets
 (keys, seeds, raw records).
@@ -25,6 +26,7 @@ Messages say what was expected, what was found, and what to do. They never conta
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "BudgetExceededError",
     "ConfigurationError",
     "DataError",
@@ -146,3 +148,8 @@ class LocalProtocolError(ProtocolError):
 class RemoteProtocolError(ProtocolError):
     """A peer sent a message the protocol does not allow in its current state (late, duplicate,
     malformed, or from a party that was not asked)."""
+
+
+class AuthenticationError(RemoteProtocolError):
+    """A sealed message failed to open or a signature did not verify. Deliberately opaque: it
+    never says which check failed."""
