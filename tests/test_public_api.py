@@ -55,7 +55,15 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.federated.simulation",
             ],
         ),
-        ("veil.secagg", ["veil.secagg.crypto", "veil.secagg.shamir", "veil.secagg.quantize"]),
+        (
+            "veil.secagg",
+            [
+                "veil.secagg.crypto",
+                "veil.secagg.shamir",
+                "veil.secagg.quantize",
+                "veil.secagg.protocol",
+            ],
+        ),
     ],
 )
 def test_packages_export_everything_their_modules_make_public(

@@ -1,0 +1,338 @@
+"""Secure aggregation (Bonawitz et al., CCS 2017) over a neighbour graph (Bell et al., CCS 2020),
+semi-honest server, as state machines with no I/O.
+
+Clients are numbered ``1..n``. Every message goes through the server. Stages, and the set of
+clients still present after each (``U1 ⊇ U2 ⊇ U3``):
+
+==================  ============================================  ==============================
+stage               client sends                                  server answers
+==================  ============================================  ==============================
+advertise keys      two X25519 public keys                        the directory of U1's keys
+share keys          Shamir shares of its self-mask seed ``b_u``   each client's ciphertexts
+                    and of its mask private key, sealed for each  from its neighbours in U2
+                    neighbour
+masked input        ``y_u = x_u + PRG(b_u) + Σ ±PRG(s_uv)``       who survived (U3) and who
+                    over its neighbours ``v`` in U2               dropped (U2 \\ U3)
+unmask              shares of ``b_v`` for survivors, of the mask  (the server reconstructs and
+                    key for the dropped: never both for one ``v`` outputs ``Σ_{U3} x_u``)
+==================  ============================================  ==============================
+
+Pairwise masks cancel between two survivors; the server removes a survivor's self mask with its
+reconstructed ``b_u`` and a dropped client's pairwise masks with its reconstructed key. The
+round aborts when fewer than ``threshold`` clients are left at any stage. Keys are derived for
+this session and round only, shares are sealed with the sender, recipient, session and round as
+associated data, and a client refuses a survivor list that overlaps the dropped list, duplicate
+public keys, or a threshold it cannot meet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from veil.secagg import crypto, shamir
+
+__all__ = [
+    "AdvertiseKeys",
+    "ClientStage",
+    "KeyDirectory",
+    "MaskedInput",
+    "SecAggClient",
+    "SecAggServer",
+    "ShareKeys",
+    "SharesForYou",
+    "UnmaskRequest",
+    "UnmaskShares",
+    "neighbours_complete",
+]
+
+Vector = npt.NDArray[np.uint32]
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvertiseKeys:
+    client: int
+    mask_key: bytes
+    share_key: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDirectory:
+    keys: Mapping[int, tuple[bytes, bytes]]
+    """U1: client -> (mask public key, share public key)."""
+    neighbours: Mapping[int, frozenset[int]]
+    threshold: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareKeys:
+    client: int
+    sealed: Mapping[int, bytes]
+    """recipient -> sealed (b_u share, mask-key share)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SharesForYou:
+    sealed: Mapping[int, bytes]
+    """sender (in U2) -> the ciphertext it sealed for this client."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedInput:
+    client: int
+    vector: Vector
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmaskRequest:
+    survivors: frozenset[int]
+    dropped: frozenset[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmaskShares:
+    client: int
+    seed_shares: Mapping[int, int]
+    """survivor v -> this client's share of b_v."""
+    key_shares: Mapping[int, int]
+    """dropped v -> this client's share of v's mask private key."""
+
+
+def neighbours_complete(clients: range | list[int]) -> dict[int, frozenset[int]]:
+    """Plain SecAgg: every client is every other's neighbour."""
+    ids = list(clients)
+    return {u: frozenset(v for v in ids if v != u) for u in ids}
+
+
+def _aad(session: bytes, round: int, sender: int, recipient: int) -> bytes:
+    return b"veil-secagg-share|" + session + struct.pack(">QQQ", round, sender, recipient)
+
+
+def _pair_mask(secret: bytes, session: bytes, round: int, u: int, v: int, size: int) -> Vector:
+    low, high = min(u, v), max(u, v)
+    seed = crypto.derive(secret, session=session, round=round, purpose=f"pair/{low}/{high}")
+    return crypto.mask(seed, size)
+
+
+def _self_mask(seed: bytes, session: bytes, round: int, size: int) -> Vector:
+    return crypto.mask(crypto.derive(seed, session=session, round=round, purpose="self"), size)
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+class ClientStage(enum.Enum):
+    ADVERTISE = "advertise"
+    SHARE = "share"
+    MASK = "mask"
+    UNMASK = "unmask"
+    DONE = "done"
+
+
+class SecAggClient:
+    """One client's side of one round: ``advertise``, then answer each server message."""
+
+    def __init__(self, client: int, *, session: bytes, round: int, vector: npt.ArrayLike) -> None:
+        if not isinstance(client, int) or client < 1:
+            raise ConfigurationError(f"client ids are integers >= 1, got {client!r}")
+        self.client = client
+        self.session = bytes(session)
+        self.round = round
+        self.vector = np.asarray(vector, dtype=np.uint32).reshape(-1)
+        self.stage = ClientStage.ADVERTISE
+        self._mask_key = crypto.AgreementKey()
+        self._share_key = crypto.AgreementKey()
+        self._directory: KeyDirectory | None = None
+        self._received: dict[int, tuple[int, int]] = {}  # owner -> (b share, key share)
+
+    def _expect(self, stage: ClientStage) -> None:
+        if self.stage is not stage:
+            raise LocalProtocolError(f"client {self.client} is at {self.stage.value}")
+
+    def advertise(self) -> AdvertiseKeys:
+        self._expect(ClientStage.ADVERTISE)
+        self.stage = ClientStage.SHARE
+        return AdvertiseKeys(self.client, self._mask_key.public, self._share_key.public)
+
+    def _channel_key(self, peer: int) -> bytes:
+        assert self._directory is not None
+        shared = self._share_key.exchange(self._directory.keys[peer][1])
+        low, high = min(self.client, peer), max(self.client, peer)
+        return crypto.derive(
+            shared, session=self.session, round=self.round, purpose=f"share/{low}/{high}"
+        )
+
+    def share_keys(self, directory: KeyDirectory) -> ShareKeys:
+        self._expect(ClientStage.SHARE)
+        mine = directory.neighbours.get(self.client)
+        if mine is None or self.client not in directory.keys:
+            raise RemoteProtocolError(f"the directory leaves out client {self.client}")
+        present = frozenset(v for v in mine if v in directory.keys)
+        if len(present) + 1 < directory.threshold:
+            raise RemoteProtocolError(
+                f"client {self.client} has {len(present)} neighbours left; the threshold "
+                f"{directory.threshold} cannot be met"
+            )
+        if directory.threshold < 2:
+            raise RemoteProtocolError("a threshold below 2 would let one share reveal a secret")
+        publics = [k for pair in directory.keys.values() for k in pair]
+        if len(set(publics)) != len(publics):
+            raise RemoteProtocolError("the directory holds duplicate public keys")
+        self._directory = directory
+        seed = crypto.AgreementKey().private_bytes()  # 32 uniform bytes: the self-mask seed
+        self._self_seed = seed
+        holders = sorted(present | {self.client})
+        b_shares = shamir.split(seed, threshold=directory.threshold, holders=holders)
+        k_shares = shamir.split(
+            self._mask_key.private_bytes(), threshold=directory.threshold, holders=holders
+        )
+        self._received[self.client] = (b_shares[self.client], k_shares[self.client])
+        sealed = {}
+        for v in sorted(present):
+            plain = b_shares[v].to_bytes(33, "big") + k_shares[v].to_bytes(33, "big")
+            sealed[v] = crypto.seal(
+                self._channel_key(v),
+                plain,
+                associated_data=_aad(self.session, self.round, self.client, v),
+            )
+        self.stage = ClientStage.MASK
+        return ShareKeys(self.client, sealed)
+
+    def masked_input(self, shares: SharesForYou) -> MaskedInput:
+        self._expect(ClientStage.MASK)
+        assert self._directory is not None
+        neighbours = self._directory.neighbours[self.client]
+        for sender, blob in shares.sealed.items():
+            if sender not in neighbours or sender not in self._directory.keys:
+                raise RemoteProtocolError(f"a share from {sender}, who is not a neighbour")
+            plain = crypto.open_sealed(
+                self._channel_key(sender),
+                blob,
+                associated_data=_aad(self.session, self.round, sender, self.client),
+            )
+            self._received[sender] = (
+                int.from_bytes(plain[:33], "big"),
+                int.from_bytes(plain[33:], "big"),
+            )
+        self._u2 = frozenset(shares.sealed)
+        y = self.vector + _self_mask(self._self_seed, self.session, self.round, self.vector.size)
+        for v in sorted(self._u2):
+            secret = self._mask_key.exchange(self._directory.keys[v][0])
+            m = _pair_mask(secret, self.session, self.round, self.client, v, y.size)
+            y = y + m if self.client < v else y - m
+        self.stage = ClientStage.UNMASK
+        return MaskedInput(self.client, y)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        self._expect(ClientStage.UNMASK)
+        assert self._directory is not None
+        if request.survivors & request.dropped:
+            raise RemoteProtocolError("the server lists a client as both surviving and dropped")
+        if self.client not in request.survivors:
+            raise RemoteProtocolError("the server asks a client it lists as dropped")
+        if len(request.survivors) < self._directory.threshold:
+            raise RemoteProtocolError("fewer survivors than the threshold: the round aborts")
+        known = self._u2 | {self.client}
+        if not (request.survivors | request.dropped) <= known | set(self._directory.keys):
+            raise RemoteProtocolError("the server names clients that never took part")
+        seed_shares = {v: self._received[v][0] for v in request.survivors if v in self._received}
+        key_shares = {v: self._received[v][1] for v in request.dropped if v in self._received}
+        self.stage = ClientStage.DONE
+        return UnmaskShares(self.client, seed_shares, key_shares)
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+class SecAggServer:
+    """The server's side of one round. Each ``collect_*`` takes the messages that arrived before
+    the stage's deadline (the clients missing from them have dropped out) and returns what to
+    send next; :meth:`finish` returns the sum of the survivors' vectors in ``Z_2^32``."""
+
+    def __init__(
+        self,
+        *,
+        session: bytes,
+        round: int,
+        threshold: int,
+        dimension: int,
+        neighbours: Mapping[int, frozenset[int]],
+    ) -> None:
+        n = len(neighbours)
+        if not isinstance(threshold, int) or not 2 <= threshold <= n:
+            raise ConfigurationError(f"threshold must be in [2, {n}], got {threshold!r}")
+        for u, vs in neighbours.items():
+            if u in vs or any(u not in neighbours.get(v, ()) for v in vs):
+                raise ConfigurationError("the neighbour graph must be symmetric without loops")
+        self.session = bytes(session)
+        self.round = round
+        self.threshold = threshold
+        self.dimension = dimension
+        self.neighbours = {u: frozenset(vs) for u, vs in neighbours.items()}
+
+    def _enough(self, clients: set[int] | frozenset[int], stage: str) -> None:
+        if len(clients) < self.threshold:
+            raise RemoteProtocolError(
+                f"only {len(clients)} clients left after {stage}; the threshold is "
+                f"{self.threshold}: the round aborts"
+            )
+
+    def collect_keys(self, messages: list[AdvertiseKeys]) -> KeyDirectory:
+        keys = {
+            m.client: (m.mask_key, m.share_key) for m in messages if m.client in self.neighbours
+        }
+        self._enough(set(keys), "advertising keys")
+        self.keys = keys
+        return KeyDirectory(keys, self.neighbours, self.threshold)
+
+    def collect_shares(self, messages: list[ShareKeys]) -> dict[int, SharesForYou]:
+        sealed = {m.client: dict(m.sealed) for m in messages if m.client in self.keys}
+        self.u2 = frozenset(sealed)
+        self._enough(self.u2, "sharing keys")
+        return {
+            v: SharesForYou(
+                {u: box[v] for u, box in sealed.items() if v in box and u in self.neighbours[v]}
+            )
+            for v in self.u2
+        }
+
+    def collect_masked(self, messages: list[MaskedInput]) -> UnmaskRequest:
+        inputs = {m.client: m.vector for m in messages if m.client in self.u2}
+        for u, y in inputs.items():
+            if y.dtype != np.uint32 or y.shape != (self.dimension,):
+                raise RemoteProtocolError(f"client {u} sent a vector of the wrong shape or type")
+        self.inputs = inputs
+        survivors = frozenset(inputs)
+        self._enough(survivors, "sending masked inputs")
+        self.request = UnmaskRequest(survivors, self.u2 - survivors)
+        return self.request
+
+    def finish(self, messages: list[UnmaskShares]) -> Vector:
+        answers = [m for m in messages if m.client in self.request.survivors]
+        self._enough({m.client for m in answers}, "unmasking")
+        total = np.zeros(self.dimension, dtype=np.uint32)
+        for y in self.inputs.values():
+            total += y
+        for u in self.request.survivors:
+            shares = {m.client: m.seed_shares[u] for m in answers if u in m.seed_shares}
+            seed = shamir.combine(shares, threshold=self.threshold)
+            total -= _self_mask(seed, self.session, self.round, self.dimension)
+        for v in self.request.dropped:
+            shares = {m.client: m.key_shares[v] for m in answers if v in m.key_shares}
+            key = crypto.AgreementKey.from_private_bytes(
+                shamir.combine(shares, threshold=self.threshold)
+            )
+            for u in self.neighbours[v] & self.request.survivors:
+                secret = key.exchange(self.keys[u][0])
+                m = _pair_mask(secret, self.session, self.round, u, v, self.dimension)
+                total = total - m if u < v else total + m
+        return total

@@ -1,0 +1,186 @@
+"""SecAgg rounds with dropouts at every stage: the sum of the survivors, or an abort exactly
+when fewer than the threshold remain; and the refusals a client makes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veil.errors import AuthenticationError, RemoteProtocolError
+from veil.secagg.protocol import (
+    SecAggClient,
+    SecAggServer,
+    UnmaskRequest,
+    neighbours_complete,
+)
+
+
+def _round(
+    n: int, threshold: int, drops: list[set[int]], dim: int = 16, seed: int = 0
+) -> tuple[np.ndarray | None, set[int], dict[int, np.ndarray]]:
+    """Run one round; ``drops[k]`` are the clients that vanish before stage k (0: advertise,
+    1: share, 2: masked input, 3: unmask). Returns the output (None if it aborted), the
+    clients whose input it must contain, and the inputs."""
+    rng = np.random.default_rng(seed)
+    inputs = {
+        u: rng.integers(0, 2**32, size=dim, dtype=np.uint64).astype(np.uint32)
+        for u in range(1, n + 1)
+    }
+    clients = {u: SecAggClient(u, session=b"S", round=7, vector=x) for u, x in inputs.items()}
+    server = SecAggServer(
+        session=b"S",
+        round=7,
+        threshold=threshold,
+        dimension=dim,
+        neighbours=neighbours_complete(range(1, n + 1)),
+    )
+    alive = set(clients)
+    try:
+        alive -= drops[0]
+        directory = server.collect_keys([clients[u].advertise() for u in sorted(alive)])
+        alive -= drops[1]
+        routed = server.collect_shares([clients[u].share_keys(directory) for u in sorted(alive)])
+        alive -= drops[2]
+        request = server.collect_masked([clients[u].masked_input(routed[u]) for u in sorted(alive)])
+        survivors = set(request.survivors)
+        alive -= drops[3]
+        out = server.finish([clients[u].unmask(request) for u in sorted(alive)])
+    except RemoteProtocolError as exc:
+        aborted = str(exc)
+    else:
+        return out, survivors, inputs
+    assert "threshold" in aborted or "cannot reconstruct" in aborted, aborted
+    return None, set(), inputs
+
+
+def test_a_round_without_dropouts_gives_the_exact_sum() -> None:
+    out, survivors, inputs = _round(5, 3, [set(), set(), set(), set()])
+    assert survivors == {1, 2, 3, 4, 5}
+    expected = np.zeros(16, dtype=np.uint32)
+    for x in inputs.values():
+        expected += x
+    np.testing.assert_array_equal(out, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(3, 7),
+    data=st.data(),
+)
+def test_random_dropouts_at_every_stage(n, data) -> None:
+    threshold = data.draw(st.integers(2, n))
+    everyone = list(range(1, n + 1))
+    drops = [set(data.draw(st.lists(st.sampled_from(everyone), max_size=2))) for _ in range(4)]
+    out, survivors, inputs = _round(n, threshold, drops, seed=data.draw(st.integers(0, 99)))
+    left = [set(everyone)]
+    for d in drops:
+        left.append(left[-1] - d)
+    if min(len(s) for s in left[1:]) < threshold:
+        assert out is None  # aborted, exactly when fewer than t remained at some stage
+        return
+    assert out is not None
+    assert survivors == left[3]
+    expected = np.zeros(16, dtype=np.uint32)
+    for u in survivors:
+        expected += inputs[u]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_the_masked_vector_looks_uniform_whatever_the_input() -> None:
+    """A zero input and an all-ones input, masked: each byte of the masked words is uniform
+    (chi-square over 256 values, 40,000 bytes, false alarm 1e-4)."""
+    from scipy import stats
+
+    for value in (0, 2**32 - 1):
+        server = SecAggServer(
+            session=b"S",
+            round=1,
+            threshold=2,
+            dimension=10_000,
+            neighbours=neighbours_complete(range(1, 4)),
+        )
+        clients = [
+            SecAggClient(u, session=b"S", round=1, vector=np.full(10_000, value, dtype=np.uint32))
+            for u in (1, 2, 3)
+        ]
+        directory = server.collect_keys([c.advertise() for c in clients])
+        routed = server.collect_shares([c.share_keys(directory) for c in clients])
+        y = clients[0].masked_input(routed[1]).vector
+        counts = np.bincount(y.view(np.uint8), minlength=256)
+        assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def _to_masking(n: int = 4, threshold: int = 3):  # type: ignore[no-untyped-def]
+    clients = {
+        u: SecAggClient(u, session=b"S", round=1, vector=np.arange(4, dtype=np.uint32))
+        for u in range(1, n + 1)
+    }
+    server = SecAggServer(
+        session=b"S",
+        round=1,
+        threshold=threshold,
+        dimension=4,
+        neighbours=neighbours_complete(range(1, n + 1)),
+    )
+    directory = server.collect_keys([c.advertise() for c in clients.values()])
+    shares = [c.share_keys(directory) for c in clients.values()]
+    return clients, server, directory, shares
+
+
+def test_a_client_refuses_to_reveal_both_shares_of_one_peer() -> None:
+    clients, server, _, shares = _to_masking()
+    routed = server.collect_shares(shares)
+    for u, c in clients.items():
+        c.masked_input(routed[u])
+    with pytest.raises(RemoteProtocolError, match="both surviving and dropped"):
+        clients[1].unmask(UnmaskRequest(frozenset({1, 2, 3}), frozenset({3})))
+
+
+def test_a_client_refuses_fewer_survivors_than_the_threshold() -> None:
+    clients, server, _, shares = _to_masking()
+    routed = server.collect_shares(shares)
+    for u, c in clients.items():
+        c.masked_input(routed[u])
+    with pytest.raises(RemoteProtocolError, match="fewer survivors"):
+        clients[1].unmask(UnmaskRequest(frozenset({1, 2}), frozenset({3, 4})))
+
+
+def test_duplicate_keys_and_thresholds_below_two_are_refused() -> None:
+    clients = {
+        u: SecAggClient(u, session=b"S", round=1, vector=np.zeros(2, dtype=np.uint32))
+        for u in (1, 2, 3)
+    }
+    adverts = [c.advertise() for c in clients.values()]
+    adverts[2] = dataclasses.replace(adverts[2], mask_key=adverts[0].mask_key)
+    server = SecAggServer(
+        session=b"S", round=1, threshold=2, dimension=2, neighbours=neighbours_complete(range(1, 4))
+    )
+    directory = server.collect_keys(adverts)
+    with pytest.raises(RemoteProtocolError, match="duplicate"):
+        clients[1].share_keys(directory)
+    low = dataclasses.replace(directory, threshold=1)
+    fresh = SecAggClient(2, session=b"S", round=1, vector=np.zeros(2, dtype=np.uint32))
+    fresh.advertise()
+    with pytest.raises(RemoteProtocolError):
+        fresh.share_keys(low)
+
+
+def test_a_share_replayed_into_another_round_or_rerouted_fails_to_open() -> None:
+    clients, server, _, shares = _to_masking()
+    routed = server.collect_shares(shares)
+    # re-route: give client 2 the ciphertext that client 1 sealed for client 3
+    stolen = dataclasses.replace(routed[2], sealed={**routed[2].sealed, 1: routed[3].sealed[1]})
+    with pytest.raises(AuthenticationError):
+        clients[2].masked_input(stolen)
+    # replay into another round: a client of round 2 with the same keys cannot open round 1's
+    other = SecAggClient(3, session=b"S", round=2, vector=np.zeros(4, dtype=np.uint32))
+    other._mask_key, other._share_key = clients[3]._mask_key, clients[3]._share_key
+    other.stage = clients[3].stage
+    other._directory = clients[3]._directory
+    other._self_seed = clients[3]._self_seed
+    with pytest.raises(AuthenticationError):
+        other.masked_input(routed[3])
