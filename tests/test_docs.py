@@ -14,6 +14,7 @@ PAGES = [
     "docs/ledger.md",
     "docs/analytics.md",
     "docs/federated.md",
+    "docs/secagg.md",
 ]
 
 
