@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.errors import AuthenticationError, RemoteProtocolError
+from veil.errors import AuthenticationError, ConfigurationError, RemoteProtocolError
 from veil.secagg.protocol import (
     SecAggClient,
     SecAggServer,
@@ -184,3 +184,43 @@ def test_a_share_replayed_into_another_round_or_rerouted_fails_to_open() -> None
     other._self_seed = clients[3]._self_seed
     with pytest.raises(AuthenticationError):
         other.masked_input(routed[3])
+
+
+def test_the_secagg_plus_graph_is_symmetric_and_regular() -> None:
+    from veil.privacy import InsecureSeededRandom
+    from veil.secagg.protocol import neighbours_harary
+
+    graph = neighbours_harary(range(1, 31), degree=6, rng=InsecureSeededRandom(0))
+    assert all(len(vs) == 6 and u not in vs for u, vs in graph.items())
+    assert all(u in graph[v] for u, vs in graph.items() for v in vs)
+    other = neighbours_harary(range(1, 31), degree=6, rng=InsecureSeededRandom(1))
+    assert graph != other  # the labelling is random
+    with pytest.raises(ConfigurationError, match="even integer"):
+        neighbours_harary(range(1, 31), degree=5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), data=st.data())
+def test_a_secagg_plus_round_with_dropouts_sums_the_survivors(seed, data) -> None:
+    from veil.privacy import InsecureSeededRandom
+    from veil.secagg.protocol import neighbours_harary
+
+    n, degree, threshold = 12, 6, 4
+    rng = np.random.default_rng(seed)
+    inputs = {
+        u: rng.integers(0, 2**32, size=8, dtype=np.uint64).astype(np.uint32)
+        for u in range(1, n + 1)
+    }
+    graph = neighbours_harary(range(1, n + 1), degree=degree, rng=InsecureSeededRandom(seed))
+    clients = {u: SecAggClient(u, session=b"S", round=1, vector=x) for u, x in inputs.items()}
+    server = SecAggServer(session=b"S", round=1, threshold=threshold, dimension=8, neighbours=graph)
+    dropped = set(data.draw(st.lists(st.integers(1, n), max_size=1)))
+    directory = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.collect_shares([c.share_keys(directory) for c in clients.values()])
+    alive = [u for u in clients if u not in dropped]
+    request = server.collect_masked([clients[u].masked_input(routed[u]) for u in alive])
+    out = server.finish([clients[u].unmask(request) for u in alive])
+    expected = np.zeros(8, dtype=np.uint32)
+    for u in alive:
+        expected += inputs[u]
+    np.testing.assert_array_equal(out, expected)

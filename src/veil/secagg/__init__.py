@@ -22,6 +22,7 @@ from veil.secagg.protocol import (
     UnmaskRequest,
     UnmaskShares,
     neighbours_complete,
+    neighbours_harary,
 )
 from veil.secagg.quantize import Quantizer
 from veil.secagg.shamir import PRIME, SECRET_BYTES, combine, lagrange_at_zero, split
@@ -48,6 +49,7 @@ __all__ = [
     "lagrange_at_zero",
     "mask",
     "neighbours_complete",
+    "neighbours_harary",
     "open_sealed",
     "seal",
     "shamir",

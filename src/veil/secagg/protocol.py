@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from veil.privacy.random import RandomSource, default_random
 from veil.secagg import crypto, shamir
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskShares",
     "neighbours_complete",
+    "neighbours_harary",
 ]
 
 Vector = npt.NDArray[np.uint32]
@@ -111,6 +113,31 @@ def neighbours_complete(clients: range | list[int]) -> dict[int, frozenset[int]]
     """Plain SecAgg: every client is every other's neighbour."""
     ids = list(clients)
     return {u: frozenset(v for v in ids if v != u) for u in ids}
+
+
+def neighbours_harary(
+    clients: range | list[int], *, degree: int, rng: RandomSource | None = None
+) -> dict[int, frozenset[int]]:
+    """SecAgg+ (Bell et al. 2020): a randomly relabelled Harary graph, each client joined to
+    the ``degree / 2`` clients on either side of it on a random cycle (``degree`` even). With
+    ``degree`` of order ``log n`` the cost per client no longer grows with ``n``. The random
+    order comes from ``rng`` (the CSPRNG by default): the server must not choose it freely."""
+    ids = list(clients)
+    n = len(ids)
+    if not isinstance(degree, int) or degree < 2 or degree % 2 or degree >= n:
+        raise ConfigurationError(
+            f"degree must be an even integer in [2, {n - 1}] for {n} clients, got {degree!r}"
+        )
+    source = default_random(rng)
+    keys = source.words(n)
+    order = [ids[i] for i in np.argsort(keys, kind="stable")]
+    graph: dict[int, set[int]] = {u: set() for u in ids}
+    for i, u in enumerate(order):
+        for step in range(1, degree // 2 + 1):
+            v = order[(i + step) % n]
+            graph[u].add(v)
+            graph[v].add(u)
+    return {u: frozenset(vs) for u, vs in graph.items()}
 
 
 def _aad(session: bytes, round: int, sender: int, recipient: int) -> bytes:
