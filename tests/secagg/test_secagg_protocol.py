@@ -162,11 +162,23 @@ def test_duplicate_keys_and_thresholds_below_two_are_refused() -> None:
     directory = server.collect_keys(adverts)
     with pytest.raises(RemoteProtocolError, match="duplicate"):
         clients[1].share_keys(directory)
-    low = dataclasses.replace(directory, threshold=1)
+    clean = SecAggServer(
+        session=b"S", round=1, threshold=2, dimension=2, neighbours=neighbours_complete(range(1, 4))
+    ).collect_keys(
+        [
+            c.advertise()
+            for c in (
+                SecAggClient(u, session=b"S", round=1, vector=np.zeros(2, dtype=np.uint32))
+                for u in (1, 2, 3)
+            )
+        ]
+    )
     fresh = SecAggClient(2, session=b"S", round=1, vector=np.zeros(2, dtype=np.uint32))
     fresh.advertise()
-    with pytest.raises(RemoteProtocolError):
-        fresh.share_keys(low)
+    keys = dict(clean.keys)
+    keys[2] = (fresh._mask_key.public, fresh._share_key.public)
+    with pytest.raises(RemoteProtocolError, match="below 2"):
+        fresh.share_keys(dataclasses.replace(clean, keys=keys, threshold=1))
 
 
 def test_a_share_replayed_into_another_round_or_rerouted_fails_to_open() -> None:
@@ -224,3 +236,110 @@ def test_a_secagg_plus_round_with_dropouts_sums_the_survivors(seed, data) -> Non
     for u in alive:
         expected += inputs[u]
     np.testing.assert_array_equal(out, expected)
+
+
+def test_a_reflected_share_fails_to_open_because_of_the_associated_data() -> None:
+    """Client 1's ciphertext for client 2, handed back to client 1 as if 2 had sent it: the
+    channel key is the same both ways, only the associated data (sender, recipient) differs."""
+    clients, server, _, shares = _to_masking()
+    routed = server.collect_shares(shares)
+    mine_for_2 = next(s for s in shares if s.client == 1).sealed[2]
+    reflected = dataclasses.replace(routed[1], sealed={**routed[1].sealed, 2: mine_for_2})
+    with pytest.raises(AuthenticationError):
+        clients[1].masked_input(reflected)
+
+
+def test_the_server_runs_each_stage_once() -> None:
+    from veil.errors import LocalProtocolError
+
+    clients, server, _, shares = _to_masking()
+    routed = server.collect_shares(shares)
+    masked = [c.masked_input(routed[u]) for u, c in clients.items()]
+    server.collect_masked(masked[:3])
+    with pytest.raises(LocalProtocolError):  # a second request could mix seed and key shares
+        server.collect_masked(masked)
+
+
+def test_clients_refuse_survivors_split_into_pieces() -> None:
+    """On a cycle, dropping two opposite clients leaves two arcs whose masks cancel inside
+    each: the server could sum an arc. The clients refuse to unmask."""
+    from veil.privacy import InsecureSeededRandom
+    from veil.secagg.protocol import neighbours_harary
+
+    graph = neighbours_harary(range(1, 9), degree=2, rng=InsecureSeededRandom(4))
+    order = [1]
+    while len(order) < 8:
+        order.append(next(v for v in graph[order[-1]] if v not in order))
+    cut = {order[0], order[4]}
+    clients = {
+        u: SecAggClient(u, session=b"S", round=1, vector=np.full(2, u, dtype=np.uint32))
+        for u in graph
+    }
+    server = SecAggServer(session=b"S", round=1, threshold=2, dimension=2, neighbours=graph)
+    directory = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.collect_shares([c.share_keys(directory) for c in clients.values()])
+    alive = [u for u in clients if u not in cut]
+    request = server.collect_masked([clients[u].masked_input(routed[u]) for u in alive])
+    for u in alive:
+        with pytest.raises(RemoteProtocolError, match=r"connected|neighbours"):
+            clients[u].unmask(request)
+
+
+def test_a_corrupted_share_aborts_instead_of_corrupting_the_sum() -> None:
+    clients, server, _, shares = _to_masking(n=5, threshold=3)
+    routed = server.collect_shares(shares)
+    request = server.collect_masked([clients[u].masked_input(routed[u]) for u in (1, 2, 3, 4)])
+    answers = [clients[u].unmask(request) for u in (1, 2, 3, 4)]
+    bad = dict(answers[0].key_shares)
+    bad[5] = (bad[5] + 1) % 2**256
+    answers[0] = dataclasses.replace(answers[0], key_shares=bad)
+    with pytest.raises(RemoteProtocolError, match="inconsistent"):
+        server.finish(answers)
+
+
+def test_the_server_view_keeps_pairwise_masks_after_removing_the_self_mask() -> None:
+    """Even with every b_u rebuilt, y_u - PRG(b_u) is x_u plus pairwise masks: not x_u, and
+    uniform (chi-square over bytes, false alarm 1e-4)."""
+    from scipy import stats
+
+    from veil.secagg import shamir
+    from veil.secagg.protocol import _pair_mask, _self_mask
+
+    assert np.array_equal(
+        _pair_mask(b"k" * 32, b"S", 1, 1, 2, 8), _pair_mask(b"k" * 32, b"S", 1, 2, 1, 8)
+    )
+    assert np.any(_pair_mask(b"k" * 32, b"S", 1, 1, 2, 8))
+    dim = 10_000
+    clients = {
+        u: SecAggClient(u, session=b"S", round=1, vector=np.zeros(dim, dtype=np.uint32))
+        for u in (1, 2, 3)
+    }
+    server = SecAggServer(
+        session=b"S",
+        round=1,
+        threshold=2,
+        dimension=dim,
+        neighbours=neighbours_complete(range(1, 4)),
+    )
+    directory = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.collect_shares([c.share_keys(directory) for c in clients.values()])
+    masked = {u: clients[u].masked_input(routed[u]) for u in clients}
+    request = server.collect_masked(list(masked.values()))
+    answers = [clients[u].unmask(request) for u in clients]
+    seed = shamir.combine({a.client: a.seed_shares[1] for a in answers}, threshold=2)
+    seen = masked[1].vector - _self_mask(seed, b"S", 1, dim)
+    assert np.any(seen != 0)
+    assert stats.chisquare(np.bincount(seen.view(np.uint8), minlength=256)).pvalue > 1e-4
+
+
+def test_float_vectors_and_non_canonical_keys_are_refused() -> None:
+    from veil.errors import DataError
+    from veil.secagg import crypto
+
+    with pytest.raises(DataError, match="Quantizer"):
+        SecAggClient(1, session=b"S", round=1, vector=np.array([0.5, -0.25]))
+    key = crypto.AgreementKey()
+    other = bytearray(crypto.AgreementKey().public)
+    other[31] |= 0x80  # the same point to X25519, another byte string
+    with pytest.raises(RemoteProtocolError, match="canonical"):
+        key.exchange(bytes(other))

@@ -9,7 +9,16 @@ federated round, the active-adversary mode, and distributed DP.
 """
 
 from veil.secagg import crypto, shamir
-from veil.secagg.crypto import AgreementKey, SigningKey, derive, mask, open_sealed, seal, verify
+from veil.secagg.crypto import (
+    AgreementKey,
+    SigningKey,
+    derive,
+    mask,
+    open_sealed,
+    random_seed,
+    seal,
+    verify,
+)
 from veil.secagg.protocol import (
     AdvertiseKeys,
     ClientStage,
@@ -51,6 +60,7 @@ __all__ = [
     "neighbours_complete",
     "neighbours_harary",
     "open_sealed",
+    "random_seed",
     "seal",
     "shamir",
     "split",

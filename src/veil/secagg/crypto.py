@@ -41,6 +41,7 @@ __all__ = [
     "derive",
     "mask",
     "open_sealed",
+    "random_seed",
     "seal",
     "verify",
 ]
@@ -52,10 +53,19 @@ _RAW = serialization.Encoding.Raw
 _RAW_PUBLIC = serialization.PublicFormat.Raw
 
 
-def _public_bytes(value: object, what: str) -> bytes:
+def _public_bytes(value: object, what: str, *, x25519: bool = False) -> bytes:
     if not isinstance(value, bytes | bytearray) or len(value) != KEY_BYTES:
         raise RemoteProtocolError(f"{what} must be {KEY_BYTES} raw bytes")
+    if x25519 and int.from_bytes(value, "little") >= 2**255 - 19:
+        # X25519 ignores the top bit: a second spelling of the same key would pass a
+        # duplicate-key check made on bytes. Only the canonical encoding is accepted.
+        raise RemoteProtocolError(f"{what} is not a canonical X25519 public key")
     return bytes(value)
+
+
+def random_seed() -> bytes:
+    """32 uniform bytes from the operating system's CSPRNG (a mask seed)."""
+    return os.urandom(KEY_BYTES)
 
 
 class AgreementKey:
@@ -80,7 +90,9 @@ class AgreementKey:
 
     def exchange(self, peer_public: bytes) -> bytes:
         """The raw X25519 shared secret with ``peer_public``; feed it to :func:`derive`."""
-        peer = X25519PublicKey.from_public_bytes(_public_bytes(peer_public, "a public key"))
+        peer = X25519PublicKey.from_public_bytes(
+            _public_bytes(peer_public, "a public key", x25519=True)
+        )
         try:
             shared = self._private.exchange(peer)
         except ValueError:  # OpenSSL refuses the all-zero result of a low-order point

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import struct
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
 
-from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from veil.errors import ConfigurationError, DataError, LocalProtocolError, RemoteProtocolError
 from veil.privacy.random import RandomSource, default_random
 from veil.secagg import crypto, shamir
 
@@ -78,8 +80,10 @@ class KeyDirectory:
 @dataclasses.dataclass(frozen=True)
 class ShareKeys:
     client: int
-    sealed: Mapping[int, bytes]
+    sealed: Mapping[int, bytes] = dataclasses.field(repr=False)
     """recipient -> sealed (b_u share, mask-key share)."""
+    seed_commitment: bytes = b""
+    """SHA-256 of the session, round and self-mask seed: the server checks what it rebuilds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +107,9 @@ class UnmaskRequest:
 @dataclasses.dataclass(frozen=True)
 class UnmaskShares:
     client: int
-    seed_shares: Mapping[int, int]
+    seed_shares: Mapping[int, int] = dataclasses.field(repr=False)
     """survivor v -> this client's share of b_v."""
-    key_shares: Mapping[int, int]
+    key_shares: Mapping[int, int] = dataclasses.field(repr=False)
     """dropped v -> this client's share of v's mask private key."""
 
 
@@ -150,6 +154,27 @@ def _pair_mask(secret: bytes, session: bytes, round: int, u: int, v: int, size: 
     return crypto.mask(seed, size)
 
 
+def _commit(seed: bytes, session: bytes, round: int) -> bytes:
+    return hashlib.sha256(b"veil-secagg-seed|" + session + struct.pack(">Q", round) + seed).digest()
+
+
+def _connected(nodes: frozenset[int], graph: Mapping[int, frozenset[int]]) -> bool:
+    """Whether ``nodes`` form one connected piece of ``graph`` (a split would let the server
+    sum each piece on its own: the pairwise masks cancel inside every piece)."""
+    if not nodes:
+        return True
+    start = next(iter(nodes))
+    seen = {start}
+    todo = [start]
+    while todo:
+        u = todo.pop()
+        for v in graph.get(u, ()):
+            if v in nodes and v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return seen == set(nodes)
+
+
 def _self_mask(seed: bytes, session: bytes, round: int, size: int) -> Vector:
     return crypto.mask(crypto.derive(seed, session=session, round=round, purpose="self"), size)
 
@@ -174,7 +199,13 @@ class SecAggClient:
         self.client = client
         self.session = bytes(session)
         self.round = round
-        self.vector = np.asarray(vector, dtype=np.uint32).reshape(-1)
+        arr = np.asarray(vector)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(
+                f"a client's vector must be integers in Z_2^32 (encode floats with Quantizer), "
+                f"got {arr.dtype}"
+            )
+        self.vector = arr.astype(np.uint32).reshape(-1)
         self.stage = ClientStage.ADVERTISE
         self._mask_key = crypto.AgreementKey()
         self._share_key = crypto.AgreementKey()
@@ -215,7 +246,7 @@ class SecAggClient:
         if len(set(publics)) != len(publics):
             raise RemoteProtocolError("the directory holds duplicate public keys")
         self._directory = directory
-        seed = crypto.AgreementKey().private_bytes()  # 32 uniform bytes: the self-mask seed
+        seed = crypto.random_seed()
         self._self_seed = seed
         holders = sorted(present | {self.client})
         b_shares = shamir.split(seed, threshold=directory.threshold, holders=holders)
@@ -232,7 +263,7 @@ class SecAggClient:
                 associated_data=_aad(self.session, self.round, self.client, v),
             )
         self.stage = ClientStage.MASK
-        return ShareKeys(self.client, sealed)
+        return ShareKeys(self.client, sealed, _commit(seed, self.session, self.round))
 
     def masked_input(self, shares: SharesForYou) -> MaskedInput:
         self._expect(ClientStage.MASK)
@@ -268,9 +299,17 @@ class SecAggClient:
             raise RemoteProtocolError("the server asks a client it lists as dropped")
         if len(request.survivors) < self._directory.threshold:
             raise RemoteProtocolError("fewer survivors than the threshold: the round aborts")
-        known = self._u2 | {self.client}
-        if not (request.survivors | request.dropped) <= known | set(self._directory.keys):
+        if not (request.survivors | request.dropped) <= set(self._directory.keys):
             raise RemoteProtocolError("the server names clients that never took part")
+        mine = self._directory.neighbours[self.client]
+        if len(request.survivors & mine) + 1 < self._directory.threshold:
+            raise RemoteProtocolError(
+                "too few of this client's neighbours survive to keep its input hidden"
+            )
+        if not _connected(request.survivors, self._directory.neighbours):
+            raise RemoteProtocolError(
+                "the survivors do not form one connected group: the server could sum a part"
+            )
         seed_shares = {v: self._received[v][0] for v in request.survivors if v in self._received}
         key_shares = {v: self._received[v][1] for v in request.dropped if v in self._received}
         self.stage = ClientStage.DONE
@@ -300,11 +339,25 @@ class SecAggServer:
         for u, vs in neighbours.items():
             if u in vs or any(u not in neighbours.get(v, ()) for v in vs):
                 raise ConfigurationError("the neighbour graph must be symmetric without loops")
+        least = min(len(vs) for vs in neighbours.values()) + 1
+        if threshold > least:
+            raise ConfigurationError(
+                f"threshold {threshold} exceeds the smallest neighbourhood ({least} with the "
+                "client itself): no client could share its secrets"
+            )
         self.session = bytes(session)
         self.round = round
         self.threshold = threshold
         self.dimension = dimension
         self.neighbours = {u: frozenset(vs) for u, vs in neighbours.items()}
+        self._done: list[str] = []
+
+    def _stage(self, name: str, previous: str | None) -> None:
+        """Each stage runs once, in order: a second unmask request would let the server ask
+        some clients for a peer's seed share and others for its key share."""
+        if name in self._done or (previous is not None and self._done[-1:] != [previous]):
+            raise LocalProtocolError(f"the server cannot {name} now (done: {self._done})")
+        self._done.append(name)
 
     def _enough(self, clients: set[int] | frozenset[int], stage: str) -> None:
         if len(clients) < self.threshold:
@@ -314,15 +367,20 @@ class SecAggServer:
             )
 
     def collect_keys(self, messages: list[AdvertiseKeys]) -> KeyDirectory:
+        self._stage("collect keys", None)
         keys = {
             m.client: (m.mask_key, m.share_key) for m in messages if m.client in self.neighbours
         }
         self._enough(set(keys), "advertising keys")
         self.keys = keys
-        return KeyDirectory(keys, self.neighbours, self.threshold)
+        return KeyDirectory(
+            MappingProxyType(dict(keys)), MappingProxyType(dict(self.neighbours)), self.threshold
+        )
 
     def collect_shares(self, messages: list[ShareKeys]) -> dict[int, SharesForYou]:
+        self._stage("collect shares", "collect keys")
         sealed = {m.client: dict(m.sealed) for m in messages if m.client in self.keys}
+        self.commitments = {m.client: m.seed_commitment for m in messages if m.client in sealed}
         self.u2 = frozenset(sealed)
         self._enough(self.u2, "sharing keys")
         return {
@@ -333,6 +391,7 @@ class SecAggServer:
         }
 
     def collect_masked(self, messages: list[MaskedInput]) -> UnmaskRequest:
+        self._stage("collect masked inputs", "collect shares")
         inputs = {m.client: m.vector for m in messages if m.client in self.u2}
         for u, y in inputs.items():
             if y.dtype != np.uint32 or y.shape != (self.dimension,):
@@ -344,6 +403,7 @@ class SecAggServer:
         return self.request
 
     def finish(self, messages: list[UnmaskShares]) -> Vector:
+        self._stage("finish", "collect masked inputs")
         answers = [m for m in messages if m.client in self.request.survivors]
         self._enough({m.client for m in answers}, "unmasking")
         total = np.zeros(self.dimension, dtype=np.uint32)
@@ -352,13 +412,20 @@ class SecAggServer:
         for u in self.request.survivors:
             shares = {m.client: m.seed_shares[u] for m in answers if u in m.seed_shares}
             seed = shamir.combine(shares, threshold=self.threshold)
+            if _commit(seed, self.session, self.round) != self.commitments.get(u):
+                raise RemoteProtocolError(f"the shares of client {u}'s seed are inconsistent")
             total -= _self_mask(seed, self.session, self.round, self.dimension)
         for v in self.request.dropped:
+            partners = self.neighbours[v] & self.request.survivors
+            if not partners:  # nobody carries a mask shared with v
+                continue
             shares = {m.client: m.key_shares[v] for m in answers if v in m.key_shares}
             key = crypto.AgreementKey.from_private_bytes(
                 shamir.combine(shares, threshold=self.threshold)
             )
-            for u in self.neighbours[v] & self.request.survivors:
+            if key.public != self.keys[v][0]:
+                raise RemoteProtocolError(f"the shares of client {v}'s key are inconsistent")
+            for u in partners:
                 secret = key.exchange(self.keys[u][0])
                 m = _pair_mask(secret, self.session, self.round, u, v, self.dimension)
                 total = total - m if u < v else total + m
