@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 
 def machine(*versions: str) -> str:
@@ -107,3 +108,15 @@ class Adapter:
 
     def wait(self) -> int:
         return self.process.wait()
+
+
+def write_raw(folder: Path, stem: str, payload: object) -> Path:
+    """Write ``payload`` as JSON to ``<folder>/<stem>_<timestamp>.json``; the path."""
+    import json
+    import time
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(payload))
+    return out

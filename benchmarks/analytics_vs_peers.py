@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from _harness import Adapter, AdapterTimeoutError, machine, ratio_text
+from _harness import Adapter, AdapterTimeoutError, machine, ratio_text, write_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -841,9 +841,8 @@ def save_raw(n: int, local: dict[str, Measured], peers: dict[str, Measured], tru
             "errors": [truth.errors(e) for e in m.estimates],
             "estimates": [[None if math.isnan(v) else v for v in e.tolist()] for e in m.estimates],
         }
-    path = DATA_DIR / f"analytics_vs_peers_n{n}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"n": n, "truth": truth.mean.tolist(), "results": out}))
-    return path
+    payload = {"n": n, "truth": truth.mean.tolist(), "results": out}
+    return write_raw(DATA_DIR, f"analytics_vs_peers_n{n}", payload)
 
 
 # --------------------------------------------------------------------------------------------

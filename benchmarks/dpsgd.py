@@ -93,7 +93,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _harness import machine, pip_tail, ratio_text
+from _harness import machine, pip_tail, ratio_text, write_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -641,10 +641,8 @@ def save_raw(batch: int, steps: int, all_results: dict[str, dict[str, Measured]]
         }
         for model, results in all_results.items()
     }
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    path = DATA_DIR / f"dpsgd_b{batch}_s{steps}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"batch": batch, "steps": steps, "results": out}))
-    return path
+    payload = {"batch": batch, "steps": steps, "results": out}
+    return write_raw(DATA_DIR, f"dpsgd_b{batch}_s{steps}", payload)
 
 
 # --------------------------------------------------------------------------------------------

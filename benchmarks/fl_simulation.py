@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from _harness import Adapter, AdapterTimeoutError, machine, pip_tail, ratio_text
+from _harness import Adapter, AdapterTimeoutError, machine, pip_tail, ratio_text, write_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -692,10 +692,8 @@ def save_raw(clients: int, rounds: int, results: dict[str, Measured]) -> Path:
             "problem": m.problem,
             "params": [p.tolist() for p in m.params],
         }
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    path = DATA_DIR / f"fl_simulation_c{clients}_r{rounds}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"clients": clients, "rounds": rounds, "results": out}))
-    return path
+    payload = {"clients": clients, "rounds": rounds, "results": out}
+    return write_raw(DATA_DIR, f"fl_simulation_c{clients}_r{rounds}", payload)
 
 
 # --------------------------------------------------------------------------------------------
