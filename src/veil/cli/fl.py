@@ -33,6 +33,7 @@ _KEYS: dict[str, tuple[type, ...]] = {
     "ledger": (str,),
     "compare_central": (bool,),
     "threads": (int,),
+    "secure_aggregation": (str,),
 }
 
 
@@ -86,7 +87,17 @@ def simulate(
         None, "--clients", help="Clients [default: the scenario's]."
     ),
     dp: str | None = typer.Option(
-        None, "--dp", help="none, client (DP-FedAvg) or record (DP-SGD per party) [default: none]."
+        None,
+        "--dp",
+        help=(
+            "none, client (DP-FedAvg), record (DP-SGD per party) or distributed (clients add "
+            "the noise under secure aggregation) [default: none]."
+        ),
+    ),
+    secure_aggregation: str | None = typer.Option(
+        None,
+        "--secure-aggregation",
+        help="none, secagg or secagg+: the server sees only the sum [default: none].",
     ),
     epsilon: float | None = typer.Option(None, "--epsilon", help="Target epsilon under DP."),
     delta: float | None = typer.Option(None, "--delta", help="Target delta [default: 1e-5]."),
@@ -123,6 +134,7 @@ def simulate(
         "ledger": ledger,
         "compare_central": compare_central,
         "threads": threads,
+        "secure_aggregation": secure_aggregation,
     }
     settings.update({k: v for k, v in given.items() if v is not None})
     sc = _federated()
@@ -176,6 +188,7 @@ def simulate(
             central_baseline=bool(settings.get("compare_central", True)),
             on_round=on_round,
             threads=int(settings.get("threads", 1)),
+            secure_aggregation=str(settings.get("secure_aggregation", "none")),
         )
     written = sc.write_outputs([run], folder)
     _print_summary(run.summary())

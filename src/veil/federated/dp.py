@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from veil.errors import ConfigurationError
 from veil.federated.messages import TrainConfig, TrainResult
-from veil.federated.strategies import Aggregator, RoundContext
+from veil.federated.strategies import Aggregator, RoundContext, SummedUpdates
 from veil.privacy.events import Event, GaussianEvent, PoissonSampledEvent, SelfComposedEvent
 from veil.privacy.random import RandomSource
 from veil.privacy.samplers import discrete_gaussian
@@ -230,13 +230,40 @@ class DpAggregator(Aggregator):
         )
         return noise.release(total, context.rng) / expected
 
+    summable = True
+
+    def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
+        """The secure sum of the clipped updates, noised here unless the clients already added
+        distributed noise, divided by the expected number of clients."""
+        expected = context.sampling_probability * context.population
+        if expected <= 0:
+            raise ConfigurationError("client-level DP needs a sampling probability > 0")
+        if summed.noised:
+            return np.asarray(summed.update / expected)
+        noise = NoisySum(
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.update_noise_multiplier(expected),
+            dimension=context.dimension,
+        )
+        return noise.release(summed.update, context.rng) / expected
+
     def after_round(self, results: Sequence[TrainResult], context: RoundContext) -> None:
         if self.adaptive is None:
             return
-        expected = context.sampling_probability * context.population
-        sigma_b = self._count_noise(expected)
         # centred bits 2b - 1 in {-1, +1}: an integer sum of sensitivity 1, noise 2σ_b
         centred = sum(2 * int(r.metrics.get("within_clip", 0.0) >= 0.5) - 1 for r in results)
+        self._move_clip(centred, context)
+
+    def after_round_sum(self, summed: SummedUpdates, context: RoundContext) -> None:
+        if self.adaptive is None:
+            return
+        within = round(summed.metrics.get("within_clip", 0.0))
+        self._move_clip(2 * within - len(summed.contributors), context)
+
+    def _move_clip(self, centred: int, context: RoundContext) -> None:
+        assert self.adaptive is not None
+        expected = context.sampling_probability * context.population
+        sigma_b = self._count_noise(expected)
         noisy = centred + int(discrete_gaussian(context.rng, 1, sigma=2.0 * sigma_b)[0])
         # b̃ = Σ(b - 1/2)/E + 1/2 with E the expected count: the number of clients that
         # reported is not released (with Poisson sampling it would say who took part)

@@ -17,12 +17,15 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from veil.federated.secure import SecureRoundSpec
 
 __all__ = ["TrainConfig", "TrainFailure", "TrainInstruction", "TrainResult"]
 
@@ -99,6 +102,8 @@ class TrainInstruction:
     client_id: str
     parameters: FloatVector
     config: TrainConfig
+    secure: SecureRoundSpec | None = None
+    """Under secure aggregation: the round's clients, graph, threshold and encoding."""
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -107,8 +112,10 @@ class TrainInstruction:
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes of the model vector: what any transport must carry at least."""
-        return int(self.parameters.nbytes)
+        """Bytes of the model vector (and the secure round's spec): what any transport must
+        carry at least."""
+        spec = 0 if self.secure is None else self.secure.payload_bytes
+        return int(self.parameters.nbytes) + spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,10 +39,12 @@ import numpy.typing as npt
 
 from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
 from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
-from veil.federated.strategies import RoundContext, Strategy
+from veil.federated.secure import Encoding, SecureAggregation, make_spec
+from veil.federated.strategies import RoundContext, Strategy, SummedUpdates
 from veil.ledger import Reservation
 from veil.privacy.events import Event
 from veil.privacy.random import RandomSource
+from veil.secagg import crypto
 
 __all__ = ["ClientSampling", "FederatedServer", "RoundOutcome", "Stage"]
 
@@ -121,6 +123,7 @@ class FederatedServer:
         sampling: ClientSampling | None = None,
         min_completed: int = 1,
         wire_dtype: type[np.floating[Any]] = np.float32,
+        secure_aggregation: SecureAggregation | None = None,
     ) -> None:
         params = np.array(parameters, dtype=np.float64).reshape(-1)
         if params.size == 0 or not np.all(np.isfinite(params)):
@@ -143,8 +146,16 @@ class FederatedServer:
         self.min_completed = min_completed
         self.wire_dtype = np.dtype(wire_dtype)
         aggregator = strategy.aggregator
+        self.secure = secure_aggregation
+        self.encoding = None if self.secure is None else self.secure.encoding(aggregator)
+        self.session = crypto.random_seed()[:16]
         self.private = aggregator.round_event(sampling_probability=1.0) is not None
-        if self.private and not (self.sampling.poisson or self.sampling.fraction == 1.0):
+        distributed = self.encoding is Encoding.DISTRIBUTED_DP
+        if (
+            self.private
+            and not distributed
+            and not (self.sampling.poisson or self.sampling.fraction == 1.0)
+        ):
             raise ConfigurationError(
                 "client-level DP is accounted for Poisson sampling of clients: use "
                 "ClientSampling(fraction=q, poisson=True) (or every client, fraction=1)"
@@ -185,7 +196,9 @@ class FederatedServer:
     def round_event(self) -> Event | None:
         """The privacy cost of the next round, or None if the strategy is not private."""
         self._expect(Stage.IDLE, "ask for the next round's cost")
-        return self.strategy.aggregator.round_event(sampling_probability=self.sampling.fraction)
+        # Distributed DP is not amplified by sampling: the server knows who took part.
+        q = 1.0 if self.encoding is Encoding.DISTRIBUTED_DP else self.sampling.fraction
+        return self.strategy.aggregator.round_event(sampling_probability=q)
 
     def start_round(
         self, rng: RandomSource, *, reservation: Reservation | None = None
@@ -216,8 +229,24 @@ class FederatedServer:
         config = self.strategy.configure(self.base_config)
         model = self._parameters.astype(self.wire_dtype)
         model.flags.writeable = False
+        spec = None
+        if self.secure is not None:
+            if len(self._sampled) < 3:
+                # too few for a sum to hide anyone: nobody trains, the model does not move
+                self._sampled, self._sampled_set = (), frozenset()
+            else:
+                spec = make_spec(
+                    self.secure,
+                    session=self.session,
+                    round=self.round,
+                    clients=self._sampled,
+                    dimension=int(self._parameters.size),
+                    aggregator=self.strategy.aggregator,
+                    config=config,
+                )
+        self.spec = spec
         instructions = tuple(
-            TrainInstruction(self.round, cid, model, config) for cid in self._sampled
+            TrainInstruction(self.round, cid, model, config, spec) for cid in self._sampled
         )
         self._sent_bytes = sum(i.payload_bytes for i in instructions)
         self.stage = Stage.TRAINING
@@ -238,6 +267,11 @@ class FederatedServer:
         if isinstance(message, TrainFailure):
             self._failed[message.client_id] = message.reason
             return
+        if self.secure is not None:
+            raise LocalProtocolError(
+                "under secure aggregation an update reaches the server only inside the masked "
+                "sum: pass the SecureServerRound's sums to close_round"
+            )
         if message.update.size != self._parameters.size:
             raise RemoteProtocolError(
                 f"client {message.client_id!r} sent {message.update.size} values; "
@@ -247,19 +281,22 @@ class FederatedServer:
             raise RemoteProtocolError(f"client {message.client_id!r} sent a non-finite update")
         self._results[message.client_id] = message
 
-    def close_round(self, rng: RandomSource) -> RoundOutcome:
-        """End the round: clients still awaited are dropped; aggregate what arrived."""
+    def close_round(
+        self, rng: RandomSource, *, summed: SummedUpdates | None = None
+    ) -> RoundOutcome:
+        """End the round: clients still awaited are dropped; aggregate what arrived.
+
+        Under secure aggregation pass the secure round's sums as ``summed`` (None when the
+        secure round aborted: the model does not move).
+        """
         self._expect(Stage.TRAINING, "close a round")
+        if self.secure is not None:
+            return self._close_secure(rng, summed)
+        if summed is not None:
+            raise LocalProtocolError("sums are for secure aggregation, which is not configured")
         results = [self._results[c] for c in self._sampled if c in self._results]
         dropped = tuple(c for c in self._sampled if c not in self._results)
-        context = RoundContext(
-            round=self.round,
-            dimension=int(self._parameters.size),
-            population=len(self.clients),
-            sampled=len(self._sampled),
-            sampling_probability=self.sampling.fraction,
-            rng=rng,
-        )
+        context = self._context(rng)
         aggregator = self.strategy.aggregator
         private = self.private
         enough = len(results) >= max(self.min_completed, aggregator.min_results)
@@ -279,6 +316,53 @@ class FederatedServer:
             metrics=_weighted_metrics(results),
             bytes_sent=self._sent_bytes,
             bytes_received=sum(r.payload_bytes for r in results),
+            aggregated=aggregated,
+        )
+
+    def _context(self, rng: RandomSource) -> RoundContext:
+        return RoundContext(
+            round=self.round,
+            dimension=int(self._parameters.size),
+            population=len(self.clients),
+            sampled=len(self._sampled),
+            sampling_probability=self.sampling.fraction,
+            rng=rng,
+        )
+
+    def _close_secure(self, rng: RandomSource, summed: SummedUpdates | None) -> RoundOutcome:
+        aggregator = self.strategy.aggregator
+        context = self._context(rng)
+        completed: tuple[str, ...] = ()
+        metrics: dict[str, float] = {}
+        aggregated = False
+        if summed is not None:
+            unknown = set(summed.contributors) - self._sampled_set
+            if unknown:
+                raise LocalProtocolError(f"sums over clients not sampled: {sorted(unknown)}")
+            completed = summed.contributors
+            update = aggregator.from_sum(summed, context)
+            self._parameters = self.strategy.optimizer.step(self._parameters, update)
+            aggregator.after_round_sum(summed, context)
+            aggregated = True
+            if summed.weight > 0 and not self.private:
+                metrics = {k: v / summed.weight for k, v in sorted(summed.metrics.items())}
+        elif self.private and self.encoding is Encoding.CENTRAL_DP:
+            # as without secure aggregation: a private round releases its noise even of nothing
+            empty = SummedUpdates(np.zeros(self._parameters.size), 0.0, {}, ())
+            update = aggregator.from_sum(empty, context)
+            self._parameters = self.strategy.optimizer.step(self._parameters, update)
+            aggregator.after_round_sum(empty, context)
+            aggregated = True
+        self.stage = Stage.FINISHED if self.round >= self.rounds else Stage.IDLE
+        done = set(completed)
+        return RoundOutcome(
+            round=self.round,
+            sampled=self._sampled,
+            completed=completed,
+            dropped=tuple(c for c in self._sampled if c not in done),
+            metrics=metrics,
+            bytes_sent=self._sent_bytes,
+            bytes_received=0,
             aggregated=aggregated,
         )
 

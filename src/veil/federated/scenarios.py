@@ -36,6 +36,7 @@ from veil.federated import models
 from veil.federated.dp import DpAggregator, DpSgd
 from veil.federated.messages import TrainConfig
 from veil.federated.protocol import ClientSampling
+from veil.federated.secure import SecureAggregation
 from veil.federated.simulation import RoundRecord, Simulation, SimulationResult
 from veil.federated.strategies import Sgd, Strategy, fedavg
 from veil.ledger import Ledger
@@ -48,6 +49,8 @@ class DpMode(enum.Enum):
     NONE = "none"
     CLIENT = "client"
     RECORD = "record"
+    DISTRIBUTED = "distributed"
+    """Client-level DP whose noise the clients add before secure aggregation masks it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +146,14 @@ class FlRun:
     seconds: float
     parameters: int
     ledger: str | None
+    secure_aggregation: str = "none"
 
     def summary(self) -> dict[str, Any]:
         last = self.result.rounds[-1] if self.result.rounds else None
         return {
             "scenario": self.scenario,
             "dp": self.dp.value,
+            "secure_aggregation": self.secure_aggregation,
             "epsilon_target": self.epsilon,
             "delta": self.delta,
             "noise_multiplier": self.noise_multiplier,
@@ -211,12 +216,23 @@ def run_scenario(
     central_baseline: bool = True,
     on_round: Callable[[RoundRecord], None] | None = None,
     threads: int | None = 1,
+    secure_aggregation: str = "none",
 ) -> FlRun:
     """Run ``scenario`` (see the module docstring). Under DP, ``epsilon`` is the target for the
     whole run (per client for client-level DP, per record at every party for record-level
-    DP) and the noise multiplier is calibrated to it with the PLD accountant."""
+    DP) and the noise multiplier is calibrated to it with the PLD accountant.
+
+    ``secure_aggregation`` is ``none``, ``secagg`` or ``secagg+``; distributed DP needs one of
+    the last two (``secagg+`` if not given) and is calibrated without amplification by
+    sampling (see :mod:`veil.federated.secure`)."""
     rounds = rounds or scenario.rounds
     clients = clients or scenario.clients
+    if secure_aggregation not in ("none", "secagg", "secagg+"):
+        raise ConfigurationError(
+            f"--secure-aggregation must be none, secagg or secagg+, got {secure_aggregation!r}"
+        )
+    if dp is DpMode.DISTRIBUTED and secure_aggregation == "none":
+        secure_aggregation = "secagg+"
     if dp is not DpMode.NONE and (epsilon is None or not epsilon > 0):
         raise ConfigurationError(f"--dp {dp.value} needs a target --epsilon > 0")
     if dp is not DpMode.NONE and ledger_path is None:
@@ -232,11 +248,15 @@ def run_scenario(
     z: float | None = None
     ledger: Ledger | None = None
     client_scope = record_scope = None
-    if dp is DpMode.CLIENT:
+    if dp in (DpMode.CLIENT, DpMode.DISTRIBUTED):
         q = scenario.sampling_fraction
         assert epsilon is not None
         z = dpsgd_noise_multiplier(
-            epsilon=epsilon, delta=delta, sampling_probability=q, steps=rounds
+            epsilon=epsilon,
+            delta=delta,
+            # distributed DP: the server knows who took part, so no amplification
+            sampling_probability=q if dp is DpMode.CLIENT else 1.0,
+            steps=rounds,
         )
         strategy = Strategy(
             DpAggregator(noise_multiplier=z, clip_norm=scenario.client_clip),
@@ -283,6 +303,12 @@ def run_scenario(
             record_scope=record_scope,
             seed=seed,
             threads=threads,
+            secure_aggregation=None
+            if secure_aggregation == "none"
+            else SecureAggregation(
+                graph=secure_aggregation,  # type: ignore[arg-type]
+                distributed_dp=dp is DpMode.DISTRIBUTED,
+            ),
         )
         result = sim.run(central_baseline=central_baseline, on_round=on_round)
     finally:
@@ -300,6 +326,7 @@ def run_scenario(
         seconds=time.perf_counter() - started,
         parameters=sim.layout.size,
         ledger=ledger_path,
+        secure_aggregation=secure_aggregation,
     )
 
 
@@ -335,9 +362,13 @@ def write_outputs(runs: list[FlRun], out: Path, *, plots: bool = True) -> list[P
 
 
 def label(run: FlRun) -> str:
+    secure = "" if run.secure_aggregation == "none" else f" ({run.secure_aggregation.upper()})"
+    secure = secure.replace("SECAGG", "SecAgg")
     if run.dp is DpMode.NONE:
-        return "federated"
-    return f"federated, {run.dp.value}-level DP ε={run.epsilon:g}"
+        return f"federated{secure}"
+    if run.dp is DpMode.DISTRIBUTED:
+        return f"federated, distributed DP ε={run.epsilon:g}{secure}"
+    return f"federated, {run.dp.value}-level DP ε={run.epsilon:g}{secure}"
 
 
 def _plots(runs: list[FlRun], out: Path, line_plot: Callable[..., None]) -> list[Path]:

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from veil.errors import BudgetExceededError, ConfigurationError
+from veil.errors import BudgetExceededError, ConfigurationError, RemoteProtocolError
 from veil.federated.data import FederatedData
 from veil.federated.dp import DpSgd
 from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
 from veil.federated.protocol import ClientSampling, FederatedServer, uniform
-from veil.federated.strategies import Strategy, fedavg
+from veil.federated.secure import SecureAggregation, SecureClient, SecureServerRound
+from veil.federated.strategies import Strategy, SummedUpdates, fedavg
 from veil.federated.training import ParamLayout, evaluate, train_central, train_clients, train_dpsgd
 from veil.ledger import Ledger, Reservation, Scope
 from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
@@ -115,6 +116,7 @@ class Simulation:
         seed: int | None = None,
         evaluate_every: int = 1,
         threads: int | None = 1,
+        secure_aggregation: SecureAggregation | None = None,
     ) -> None:
         self.layout = ParamLayout(model)
         self.data = data
@@ -152,7 +154,9 @@ class Simulation:
             rounds=rounds,
             sampling=sampling,
             wire_dtype=np.float64 if _dtype(model) == torch.float64 else np.float32,
+            secure_aggregation=secure_aggregation,
         )
+        self.aborted: list[str] = []
         self.rng: RandomSource = SecureRandom() if seed is None else InsecureSeededRandom(seed)
         self.generator = torch.Generator()
         self.generator.manual_seed(
@@ -205,6 +209,36 @@ class Simulation:
                     )
                 )
         return answers
+
+    def _secure_round(
+        self, instructions: tuple[TrainInstruction, ...]
+    ) -> tuple[SummedUpdates | None, tuple[int, int]]:
+        """One round under secure aggregation: every sampled client exchanges keys, trains
+        (or drops out), and sends its masked update; the server unmasks the sum. Returns the
+        sums (None if the round aborted) and the bytes the secure round sent and received."""
+        if not instructions:
+            return None, (0, 0)
+        spec = instructions[0].secure
+        assert spec is not None
+        clients = {ins.client_id: SecureClient(ins, rng=self.rng) for ins in instructions}
+        server = SecureServerRound(spec, rng=self.rng)
+        try:
+            directory = server.collect_keys([c.advertise() for c in clients.values()])
+            routed = server.collect_shares(
+                [clients[cid].share_keys(directory) for cid in spec.clients]
+            )
+            results = [a for a in self._answers(instructions) if isinstance(a, TrainResult)]
+            masked = [
+                clients[r.client_id].masked_input(routed[spec.number(r.client_id)], r)
+                for r in results
+            ]
+            request = server.collect_masked(masked)
+            answers = [clients[r.client_id].unmask(request) for r in results]
+            summed = server.finish(answers)
+        except RemoteProtocolError as exc:
+            self.aborted.append(f"round {spec.round}: {exc}")
+            return None, (server.bytes_sent, server.bytes_received)
+        return summed, (server.bytes_sent, server.bytes_received)
 
     def _train_private(self, ins: TrainInstruction) -> TrainResult | TrainFailure:
         assert self.record_dp is not None
@@ -265,11 +299,16 @@ class Simulation:
                 except BudgetExceededError as exc:
                     stopped = f"round {server.round + 1} not run: {exc}"
                     break
+            traffic = (0, 0)
             try:
                 instructions = server.start_round(self.rng, reservation=reservation)
-                for answer in self._answers(instructions):
-                    server.receive(answer)
-                outcome = server.close_round(self.rng)
+                if server.secure is None:
+                    for answer in self._answers(instructions):
+                        server.receive(answer)
+                    outcome = server.close_round(self.rng)
+                else:
+                    summed, traffic = self._secure_round(instructions)
+                    outcome = server.close_round(self.rng, summed=summed)
             except BaseException as exc:
                 if reservation is not None:
                     reservation.fail(f"round failed: {type(exc).__name__}")
@@ -289,8 +328,8 @@ class Simulation:
                 train_loss=math.nan if withheld else outcome.metrics.get("train_loss", math.nan),
                 test_loss=last_eval["loss"],
                 test_accuracy=last_eval["accuracy"],
-                bytes_sent=None if withheld else outcome.bytes_sent,
-                bytes_received=None if withheld else outcome.bytes_received,
+                bytes_sent=None if withheld else outcome.bytes_sent + traffic[0],
+                bytes_received=None if withheld else outcome.bytes_received + traffic[1],
                 seconds=time.perf_counter() - started,
                 epsilon_spent=None if reservation is None else reservation.spent_epsilon,
                 record_epsilon_max=self._record_spend(),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "ServerOptimizer",
     "Sgd",
     "Strategy",
+    "SummedUpdates",
     "TrimmedMean",
     "WeightedMean",
     "Yogi",
@@ -71,6 +72,23 @@ class RoundContext:
     rng: RandomSource
 
 
+@dataclasses.dataclass(frozen=True)
+class SummedUpdates:
+    """All the server learns of a round under secure aggregation: sums over the clients that
+    completed it, each client's update and metrics multiplied by its weight."""
+
+    update: Vector
+    """``Σ_k w_k Δ_k``."""
+    weight: float
+    """``Σ_k w_k``."""
+    metrics: Mapping[str, float]
+    """``Σ_k w_k m_k`` for each metric summed."""
+    contributors: tuple[str, ...]
+    """The clients whose inputs the sums hold (the server talked to them: not a secret)."""
+    noised: bool = False
+    """The clients already added distributed DP noise to ``update``."""
+
+
 def _stack(results: Sequence[TrainResult]) -> Vector:
     return np.stack([np.asarray(r.update, dtype=np.float64) for r in results])
 
@@ -86,6 +104,24 @@ class Aggregator(abc.ABC):
     def configure(self, config: TrainConfig) -> TrainConfig:
         """The clients' training configuration for the next round (DP sets the clip norm)."""
         return config
+
+    summable: bool = False
+    """Whether it needs only a weighted sum of the updates (so it works under secure
+    aggregation, where the server never sees one client's update)."""
+
+    def weight(self, result: TrainResult) -> float:
+        """The weight of a client's update in the sum (for a summable aggregator)."""
+        return 1.0
+
+    def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
+        """The combined update from the secure sums (for a summable aggregator)."""
+        raise ConfigurationError(
+            f"{self.describe()} needs every client's update; secure aggregation shows the "
+            "server only their sum"
+        )
+
+    def after_round_sum(self, summed: SummedUpdates, context: RoundContext) -> None:  # noqa: B027
+        """:meth:`after_round` from the secure sums."""
 
     def round_event(self, *, sampling_probability: float) -> Event | None:
         """The privacy cost of one round, known before it starts (None: not private)."""
@@ -116,6 +152,16 @@ class Aggregator(abc.ABC):
 
 class WeightedMean(Aggregator):
     """FedAvg: the mean of the updates weighted by the clients' example counts."""
+
+    summable = True
+
+    def weight(self, result: TrainResult) -> float:
+        return float(result.num_examples)
+
+    def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
+        if summed.weight <= 0:
+            return np.zeros(context.dimension)
+        return np.asarray(summed.update / summed.weight)
 
     def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> Vector:
         weights = np.array([r.num_examples for r in results], dtype=np.float64)

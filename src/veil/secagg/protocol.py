@@ -175,6 +175,16 @@ def _connected(nodes: frozenset[int], graph: Mapping[int, frozenset[int]]) -> bo
     return seen == set(nodes)
 
 
+def _ring_vector(vector: npt.ArrayLike) -> Vector:
+    arr = np.asarray(vector)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(
+            f"a client's vector must be integers in Z_2^32 (encode floats with Quantizer), "
+            f"got {arr.dtype}"
+        )
+    return arr.astype(np.uint32).reshape(-1)
+
+
 def _self_mask(seed: bytes, session: bytes, round: int, size: int) -> Vector:
     return crypto.mask(crypto.derive(seed, session=session, round=round, purpose="self"), size)
 
@@ -193,19 +203,16 @@ class ClientStage(enum.Enum):
 class SecAggClient:
     """One client's side of one round: ``advertise``, then answer each server message."""
 
-    def __init__(self, client: int, *, session: bytes, round: int, vector: npt.ArrayLike) -> None:
+    def __init__(
+        self, client: int, *, session: bytes, round: int, vector: npt.ArrayLike | None = None
+    ) -> None:
         if not isinstance(client, int) or client < 1:
             raise ConfigurationError(f"client ids are integers >= 1, got {client!r}")
         self.client = client
         self.session = bytes(session)
         self.round = round
-        arr = np.asarray(vector)
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(
-                f"a client's vector must be integers in Z_2^32 (encode floats with Quantizer), "
-                f"got {arr.dtype}"
-            )
-        self.vector = arr.astype(np.uint32).reshape(-1)
+        # The vector may come later, with masked_input: keys are exchanged while it trains.
+        self.vector = None if vector is None else _ring_vector(vector)
         self.stage = ClientStage.ADVERTISE
         self._mask_key = crypto.AgreementKey()
         self._share_key = crypto.AgreementKey()
@@ -265,9 +272,17 @@ class SecAggClient:
         self.stage = ClientStage.MASK
         return ShareKeys(self.client, sealed, _commit(seed, self.session, self.round))
 
-    def masked_input(self, shares: SharesForYou) -> MaskedInput:
+    def masked_input(
+        self, shares: SharesForYou, vector: npt.ArrayLike | None = None
+    ) -> MaskedInput:
+        """The masked vector; ``vector`` here if it was not given when the client was made."""
         self._expect(ClientStage.MASK)
         assert self._directory is not None
+        if (vector is None) == (self.vector is None):
+            raise LocalProtocolError("give the client's vector once: when made or here")
+        if vector is not None:
+            self.vector = _ring_vector(vector)
+        assert self.vector is not None
         neighbours = self._directory.neighbours[self.client]
         for sender, blob in shares.sealed.items():
             if sender not in neighbours or sender not in self._directory.keys:

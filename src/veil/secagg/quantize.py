@@ -25,10 +25,31 @@ import numpy.typing as npt
 from veil.errors import ConfigurationError, DataError
 from veil.privacy.random import RandomSource, default_random
 
-__all__ = ["Quantizer"]
+__all__ = ["Quantizer", "from_ring", "stochastic_round", "to_ring"]
 
 _BITS = 32
 _HALF = 2 ** (_BITS - 1)
+
+
+def stochastic_round(
+    values: npt.NDArray[np.float64], *, rng: RandomSource | None = None
+) -> npt.NDArray[np.int64]:
+    """Each value rounded down or up at random, up with probability equal to its fractional
+    part (53 random bits per value), so that ``E[result] = values``."""
+    low = np.floor(values)
+    source = default_random(rng)
+    u = (source.words(values.size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return low.astype(np.int64) + (u < (values - low)).astype(np.int64)
+
+
+def to_ring(values: npt.NDArray[np.int64]) -> npt.NDArray[np.uint32]:
+    """Signed integers as words of ``Z_2^32`` (two's complement)."""
+    return np.asarray(values & (2**_BITS - 1)).astype(np.uint32)
+
+
+def from_ring(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.int64]:
+    """Words of ``Z_2^32`` read back as signed 32-bit integers."""
+    return np.asarray(words, dtype=np.uint32).view(np.int32).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +91,8 @@ class Quantizer:
         x = np.asarray(values, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(x)):
             raise DataError("values to aggregate must be finite (no NaN or infinity)")
-        y = np.clip(x, -self.clip, self.clip) * self.scale
-        low = np.floor(y)
-        source = default_random(rng)
-        u = (source.words(y.size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-        rounded = low.astype(np.int64) + (u < (y - low)).astype(np.int64)
-        return (rounded & (2**_BITS - 1)).astype(np.uint32)
+        rounded = stochastic_round(np.clip(x, -self.clip, self.clip) * self.scale, rng=rng)
+        return to_ring(rounded)
 
     def decode(self, total: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
         """The float sum from the ring sum of at most ``clients`` encoded vectors."""

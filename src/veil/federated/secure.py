@@ -1,0 +1,416 @@
+"""Secure aggregation in federated rounds: the server learns only the sum of the updates.
+
+With ``secure_aggregation=SecureAggregation(...)`` the :class:`~veil.federated.FederatedServer`
+never receives a client's update. Each round it attaches a :class:`SecureRoundSpec` to the
+instructions (the round's clients numbered ``1..n``, the graph and threshold chosen by
+:func:`veil.secagg.planning.plan_round`, and how to encode an update); every sampled client
+runs a :class:`SecureClient` and the server a :class:`SecureServerRound`, the state machines of
+:mod:`veil.secagg.protocol` under them; the server gets back :class:`SummedUpdates` and closes
+the round with them. Clients advertise and share keys before they train, so one that drops out
+while training is recovered like any other dropout.
+
+What a client encodes into ``Z_2^32``, by the strategy's aggregator:
+
+``weighted`` (FedAvg, FedProx, FedAdam...: :class:`~veil.federated.strategies.WeightedMean`)
+    its update clipped to L2 norm ``clip``, times its weight ``w = min(examples, max_weight) /
+    max_weight``; ``w``; and ``w`` times its training loss (clipped to ``±metric_bound``), so
+    the server can average the loss without seeing anyone's. One scale for every coordinate,
+    chosen by :class:`~veil.secagg.Quantizer` so that the sum of ``n`` clients cannot overflow.
+``central DP`` (:class:`~veil.federated.dp.DpAggregator`)
+    its update clipped to the DP clip norm ``C`` (and, with adaptive clipping, ``C`` times the
+    bit "my update was within ``C``"); the server adds the discrete Gaussian noise to the sum
+    it unmasks, as without secure aggregation. The server sees the exact sum before noise.
+``distributed DP`` (``distributed_dp=True`` with a :class:`~veil.federated.dp.DpAggregator`)
+    its clipped update on a power-of-two grid ``g`` with unbiased random rounding, plus its own
+    share of discrete Gaussian noise: the server never sees a sum without noise.
+
+**Distributed DP** (Kairouz, Liu and Steinke, ICML 2021). A client's integer vector has L2
+sensitivity ``Δ = C/g + √d`` (rounding moves each coordinate by less than 1). Each client adds
+discrete Gaussian noise of parameter ``σ_c``; the round aborts unless at least ``t`` (the
+threshold) clients are summed, and the sum of ``s ≥ t`` such noises makes the sum
+``½ ε²``-concentrated DP with ``ε = Δ/(√s σ_c) + τ √d``, ``τ = 10 Σ_{k<s} exp(-2π²σ_c² k/(k+1))
+≤ 10 (n - 1) exp(-π² σ_c²)`` (their Theorem 2, the bound without the L1 norm). Solving for
+``ε = 1/z`` gives ``σ_c = Δ / (√t (1/z - τ√d))``; for the ``σ_c`` of thousands of grid steps
+used here ``τ`` underflows to zero and the round is the Gaussian mechanism of multiplier ``z``.
+The ledger charges each round ``GaussianEvent(z)`` *without* amplification by sampling: the
+server talks to the clients of a round, so who took part is no secret from it, and the noise
+grows with the number of survivors; the guarantee is for one client's update replaced by zeros
+(the relation of Kairouz et al.). Adaptive clipping is refused in this mode (its count would
+need distributed noise too).
+
+What secure aggregation cannot do: check that a client clipped. The quantiser clips each
+coordinate to the ring's range, so a malicious client moves the sum by at most ``n_coord ·
+clip``, not ``clip``; bounding the L2 norm needs zero-knowledge proofs (not built).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
+from veil.federated.strategies import Aggregator, SummedUpdates
+from veil.privacy.random import RandomSource
+from veil.privacy.samplers import discrete_gaussian
+from veil.secagg.planning import RoundPlan, plan_round
+from veil.secagg.protocol import (
+    AdvertiseKeys,
+    KeyDirectory,
+    MaskedInput,
+    SecAggClient,
+    SecAggServer,
+    ShareKeys,
+    SharesForYou,
+    UnmaskRequest,
+    UnmaskShares,
+    neighbours_complete,
+    neighbours_harary,
+)
+from veil.secagg.quantize import Quantizer, from_ring, stochastic_round, to_ring
+
+__all__ = [
+    "Encoding",
+    "SecureAggregation",
+    "SecureClient",
+    "SecureRoundSpec",
+    "SecureServerRound",
+]
+
+Vector = npt.NDArray[np.float64]
+
+# The grid of distributed DP: C/g at least this many times √d (the rounding adds at most 0.1%
+# to the sensitivity), and the sum must stay far inside the signed 32-bit range.
+_GRID_STEPS = 1024
+_RING_HALF = 2**31
+_TAIL_SIGMAS = 40.0
+
+
+class Encoding(enum.Enum):
+    WEIGHTED = "weighted"
+    CENTRAL_DP = "central DP"
+    DISTRIBUTED_DP = "distributed DP"
+
+
+def _positive(name: str, value: object) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureAggregation:
+    """How the rounds of a federation are aggregated securely (see the module docstring).
+
+    ``graph`` is ``"secagg+"`` (a sparse random graph of degree ``O(log n)``) or ``"secagg"``
+    (every client paired with every other); ``dropout`` is the dropout rate the graph and
+    threshold must survive with probability ``1 - failure``. ``clip`` bounds the L2 norm of an
+    update without DP (under DP the aggregator's clip norm is used); ``max_weight`` caps the
+    example count that weights an update; ``metric_bound`` bounds the training loss summed.
+    """
+
+    graph: Literal["secagg", "secagg+"] = "secagg+"
+    dropout: float = 0.1
+    clip: float = 10.0
+    max_weight: int = 10_000
+    metric_bound: float = 100.0
+    distributed_dp: bool = False
+    failure: float = 2.0**-20
+
+    def __post_init__(self) -> None:
+        if self.graph not in ("secagg", "secagg+"):
+            raise ConfigurationError(f"graph must be 'secagg' or 'secagg+', got {self.graph!r}")
+        if not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ConfigurationError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _positive("clip", self.clip)
+        _positive("metric_bound", self.metric_bound)
+        if not isinstance(self.max_weight, int) or self.max_weight < 1:
+            raise ConfigurationError(f"max_weight must be an integer >= 1, got {self.max_weight!r}")
+        if not isinstance(self.failure, float) or not 0 < self.failure < 1:
+            raise ConfigurationError(f"failure must be in (0, 1), got {self.failure!r}")
+
+    def encoding(self, aggregator: Aggregator) -> Encoding:
+        """The encoding for this aggregator; refuses one that needs individual updates."""
+        from veil.federated.dp import DpAggregator
+
+        if not aggregator.summable:
+            raise ConfigurationError(
+                f"{aggregator.describe()} needs every client's update, and secure aggregation "
+                "shows the server only their sum: use a mean (FedAvg, FedProx, FedAdam, "
+                "FedYogi, FedAdagrad) or client-level DP"
+            )
+        if isinstance(aggregator, DpAggregator):
+            if not self.distributed_dp:
+                return Encoding.CENTRAL_DP
+            if aggregator.adaptive is not None:
+                raise ConfigurationError(
+                    "adaptive clipping is not available with distributed DP (its count would "
+                    "need distributed noise too): give a fixed clip_norm"
+                )
+            return Encoding.DISTRIBUTED_DP
+        if self.distributed_dp:
+            raise ConfigurationError(
+                "distributed_dp=True needs client-level DP (a DpAggregator) to say the noise"
+            )
+        return Encoding.WEIGHTED
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureRoundSpec:
+    """What every client of one secure round must agree on; sent with its instruction."""
+
+    session: bytes
+    round: int
+    clients: tuple[str, ...]
+    """The round's clients; client ``clients[i]`` is number ``i + 1`` in the protocol."""
+    plan: RoundPlan
+    encoding: Encoding
+    dimension: int
+    """Coordinates of the model's update."""
+    clip: float
+    max_weight: int = 1
+    metric_keys: tuple[str, ...] = ()
+    metric_bound: float = 1.0
+    granularity: float = 1.0
+    """Distributed DP: the grid spacing ``g``."""
+    client_sigma: float = 0.0
+    """Distributed DP: each client's discrete Gaussian parameter ``σ_c``, in grid steps."""
+
+    def number(self, client_id: str) -> int:
+        try:
+            return self.clients.index(client_id) + 1
+        except ValueError:
+            raise RemoteProtocolError(f"client {client_id!r} is not in this round") from None
+
+    @property
+    def length(self) -> int:
+        """Words in a client's vector: the update and what rides with it."""
+        if self.encoding is Encoding.WEIGHTED:
+            return self.dimension + 1 + len(self.metric_keys)
+        return self.dimension + len(self.metric_keys)
+
+    def quantizer(self) -> Quantizer:
+        return Quantizer(clip=self.clip, clients=len(self.clients))
+
+    @property
+    def payload_bytes(self) -> int:
+        return 16 + 8 * len(self.clients) + 64
+
+
+def distributed_noise(
+    *, clip: float, dimension: int, clients: int, threshold: int, noise_multiplier: float
+) -> tuple[float, float]:
+    """``(g, σ_c)``: the grid and each client's noise for distributed DP (module docstring)."""
+    z = _positive("noise_multiplier", noise_multiplier)
+    root_d = math.sqrt(dimension)
+    g = 2.0 ** math.floor(math.log2(clip / (_GRID_STEPS * root_d)))
+    while True:
+        sensitivity = clip / g + root_d
+        sigma = sensitivity * z / math.sqrt(threshold)
+        tau = 10.0 * (clients - 1) * math.exp(-(math.pi**2) * sigma**2)
+        if tau * root_d * z >= 0.5:
+            raise ConfigurationError(
+                f"the noise per client ({sigma:.3g} grid steps) is too small for the sum of "
+                "discrete Gaussians to be accounted; raise the noise multiplier"
+            )
+        sigma = sensitivity / (math.sqrt(threshold) * (1.0 / z - tau * root_d))
+        bound = clients * (clip / g + 1.0) + _TAIL_SIGMAS * sigma * math.sqrt(clients)
+        if bound < _RING_HALF and sigma < 2.0**25:
+            return g, sigma
+        g *= 2.0
+
+
+def make_spec(
+    settings: SecureAggregation,
+    *,
+    session: bytes,
+    round: int,
+    clients: Sequence[str],
+    dimension: int,
+    aggregator: Aggregator,
+    config: TrainConfig,
+) -> SecureRoundSpec:
+    """The round's spec: graph, threshold, and encoding for these clients."""
+    plan = plan_round(
+        len(clients), graph=settings.graph, dropout=settings.dropout, failure=settings.failure
+    )
+    encoding = settings.encoding(aggregator)
+    common = {
+        "session": session,
+        "round": round,
+        "clients": tuple(clients),
+        "plan": plan,
+        "encoding": encoding,
+        "dimension": dimension,
+    }
+    if encoding is Encoding.WEIGHTED:
+        return SecureRoundSpec(
+            **common,  # type: ignore[arg-type]
+            clip=settings.clip,
+            max_weight=settings.max_weight,
+            metric_keys=("train_loss",),
+            metric_bound=settings.metric_bound,
+        )
+    clip = config.clip_norm
+    if clip is None:
+        raise ConfigurationError("client-level DP sets a clip norm; none was configured")
+    if encoding is Encoding.CENTRAL_DP:
+        adaptive = getattr(aggregator, "adaptive", None) is not None
+        return SecureRoundSpec(
+            **common,  # type: ignore[arg-type]
+            clip=clip,
+            metric_keys=("within_clip",) if adaptive else (),
+        )
+    g, sigma = distributed_noise(
+        clip=clip,
+        dimension=dimension,
+        clients=len(clients),
+        threshold=plan.threshold,
+        noise_multiplier=aggregator.noise_multiplier,  # type: ignore[attr-defined]
+    )
+    return SecureRoundSpec(
+        **common,  # type: ignore[arg-type]
+        clip=clip,
+        granularity=g,
+        client_sigma=sigma,
+    )
+
+
+def _clip_l2(update: Vector, clip: float) -> Vector:
+    norm = float(np.sqrt(update @ update))
+    return update * (clip / norm) if norm > clip else update
+
+
+def encode(spec: SecureRoundSpec, result: TrainResult, rng: RandomSource) -> npt.NDArray[np.uint32]:
+    """A client's update (and metrics) as words of ``Z_2^32`` (see the module docstring)."""
+    update = _clip_l2(np.asarray(result.update, dtype=np.float64), spec.clip)
+    if update.size != spec.dimension:
+        raise LocalProtocolError(
+            f"the update has {update.size} values; the round expects {spec.dimension}"
+        )
+    if spec.encoding is Encoding.DISTRIBUTED_DP:
+        grid = stochastic_round(update / spec.granularity, rng=rng)
+        noise = discrete_gaussian(rng, grid.size, sigma=spec.client_sigma)
+        return to_ring(grid + noise)
+    if spec.encoding is Encoding.WEIGHTED:
+        w = min(result.num_examples, spec.max_weight) / spec.max_weight
+        metrics = [
+            w * spec.clip * max(-1.0, min(1.0, result.metrics.get(k, 0.0) / spec.metric_bound))
+            for k in spec.metric_keys
+        ]
+        values = np.concatenate([w * update, [w * spec.clip], metrics])
+    else:
+        extra = [spec.clip * float(result.metrics.get(k, 0.0) >= 0.5) for k in spec.metric_keys]
+        values = np.concatenate([update, extra])
+    return spec.quantizer().encode(values, rng=rng)  # type: ignore[no-any-return]
+
+
+def decode(
+    spec: SecureRoundSpec, total: npt.NDArray[np.uint32], contributors: tuple[str, ...]
+) -> SummedUpdates:
+    """The sums from the unmasked ring sum of ``contributors``' vectors."""
+    d = spec.dimension
+    if spec.encoding is Encoding.DISTRIBUTED_DP:
+        update = from_ring(total).astype(np.float64) * spec.granularity
+        return SummedUpdates(update, float(len(contributors)), {}, contributors, noised=True)
+    values = spec.quantizer().decode(total)
+    if spec.encoding is Encoding.WEIGHTED:
+        weight = float(values[d]) / spec.clip
+        metrics = {
+            k: float(values[d + 1 + i]) / spec.clip * spec.metric_bound
+            for i, k in enumerate(spec.metric_keys)
+        }
+        return SummedUpdates(values[:d].copy(), weight, metrics, contributors)
+    metrics = {k: float(values[d + i]) / spec.clip for i, k in enumerate(spec.metric_keys)}
+    return SummedUpdates(values[:d].copy(), float(len(contributors)), metrics, contributors)
+
+
+class SecureClient:
+    """One client's side of a secure round: keys first, its update once it has trained."""
+
+    def __init__(self, instruction: TrainInstruction, *, rng: RandomSource) -> None:
+        spec = instruction.secure
+        if spec is None:
+            raise LocalProtocolError("this instruction is not for a secure round")
+        self.spec = spec
+        self.client_id = instruction.client_id
+        self.rng = rng
+        self.inner = SecAggClient(
+            spec.number(instruction.client_id), session=spec.session, round=spec.round
+        )
+
+    def advertise(self) -> AdvertiseKeys:
+        return self.inner.advertise()
+
+    def share_keys(self, directory: KeyDirectory) -> ShareKeys:
+        return self.inner.share_keys(directory)
+
+    def masked_input(self, shares: SharesForYou, result: TrainResult) -> MaskedInput:
+        if result.client_id != self.client_id or result.round != self.spec.round:
+            raise LocalProtocolError("the result is from another client or round")
+        return self.inner.masked_input(shares, encode(self.spec, result, self.rng))
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        return self.inner.unmask(request)
+
+
+class SecureServerRound:
+    """The server's side of a secure round; :meth:`finish` gives the :class:`SummedUpdates`."""
+
+    def __init__(self, spec: SecureRoundSpec, *, rng: RandomSource | None = None) -> None:
+        self.spec = spec
+        ids = range(1, len(spec.clients) + 1)
+        plan = spec.plan
+        graph = (
+            neighbours_complete(ids)
+            if plan.complete
+            else neighbours_harary(ids, degree=plan.degree, rng=rng)
+        )
+        self.server = SecAggServer(
+            session=spec.session,
+            round=spec.round,
+            threshold=plan.threshold,
+            dimension=spec.length,
+            neighbours=graph,
+        )
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    def collect_keys(self, messages: list[AdvertiseKeys]) -> KeyDirectory:
+        self.bytes_received += 64 * len(messages)
+        directory = self.server.collect_keys(messages)
+        self.bytes_sent += len(directory.keys) * 72 * len(directory.keys)
+        return directory
+
+    def collect_shares(self, messages: list[ShareKeys]) -> dict[int, SharesForYou]:
+        self.bytes_received += sum(
+            len(m.seed_commitment) + sum(len(b) for b in m.sealed.values()) for m in messages
+        )
+        routed = self.server.collect_shares(messages)
+        self.bytes_sent += sum(len(b) + 8 for s in routed.values() for b in s.sealed.values())
+        return routed
+
+    def collect_masked(self, messages: list[MaskedInput]) -> UnmaskRequest:
+        self.bytes_received += sum(int(m.vector.nbytes) for m in messages)
+        request = self.server.collect_masked(messages)
+        self.bytes_sent += 8 * len(request.survivors | request.dropped) * len(request.survivors)
+        return request
+
+    def finish(self, messages: list[UnmaskShares]) -> SummedUpdates:
+        self.bytes_received += sum(41 * (len(m.seed_shares) + len(m.key_shares)) for m in messages)
+        total = self.server.finish(messages)
+        contributors = tuple(
+            self.spec.clients[u - 1] for u in sorted(self.server.request.survivors)
+        )
+        return decode(self.spec, total, contributors)
