@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import multiprocessing
@@ -144,9 +145,9 @@ class _Servicer:
         if first.mode not in _MODES or first.packing not in _PACKINGS:
             raise DataError("unknown mode or packing")
         mode, packing = _MODES[first.mode], _PACKINGS[first.packing]
-        parts = [first.data]
-        size = len(first.data)
-        for chunk in chunks:
+        parts: list[bytes] = []
+        size = 0
+        for chunk in itertools.chain([first], chunks):
             size += len(chunk.data)
             if size > total:
                 raise _AbortError(

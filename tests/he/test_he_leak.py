@@ -1,0 +1,88 @@
+"""The model stays private: a client holding the secret key decrypts *every* slot of the result
+and finds nothing but its score. The same attack on TenSEAL's rotation dot product reads every
+weight of the model from one query, so the test would catch the mask going missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from veil.he import LinearModel, Mode, Packing, Scorer, ScoringClient
+
+
+def _all_slots(model: LinearModel, client: ScoringClient, ciphertexts: list[bytes]) -> np.ndarray:
+    scorer = Scorer(model)
+    session = scorer.open_session(client.public_bundle(), client.plan.mode, client.plan.packing)
+    return client.keys.decrypt(scorer.score(session, ciphertexts))
+
+
+def _recover_weights(slots: np.ndarray, x: np.ndarray, features: int) -> np.ndarray:
+    """The partial-sum attack: if slot j holds sum_{i >= j} w_i x_i (a rotate-and-sum leaves
+    such windows), then (slot j - slot j+1) / x_j = w_j."""
+    diffs = slots[:features] - slots[1 : features + 1]
+    return np.asarray(diffs / x[:features])
+
+
+def test_tenseal_dot_product_leaks_every_weight_in_one_query(model: LinearModel) -> None:
+    import tenseal as ts
+
+    features = model.features
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 60])
+    ctx.global_scale = 2**40
+    ctx.generate_galois_keys()
+    x = np.random.default_rng(0).uniform(1.0, 2.0, features)  # nonzero, so division works
+    server_view = ts.ckks_vector_from(ctx, ts.ckks_vector(ctx, x.tolist()).serialize())
+    result = server_view.dot(list(model.weights))
+    # the client decrypts the raw ciphertext, all slots, with its secret key
+    import tenseal.sealapi as s
+
+    plain = s.Plaintext()
+    s.Decryptor(ctx.seal_context().data, ctx.secret_key().data).decrypt(
+        result.ciphertext()[0], plain
+    )
+    slots = np.array(s.CKKSEncoder(ctx.seal_context().data).decode_double(plain))
+    recovered = _recover_weights(slots, x, features)
+    assert np.allclose(recovered, model.weights, atol=1e-3)  # the whole model, from one query
+
+
+@pytest.mark.parametrize("mode", [Mode.LOGIT, Mode.PROBABILITY])
+def test_veil_returns_the_score_and_zeros(
+    model: LinearModel, x_test: np.ndarray, mode: Mode
+) -> None:
+    client = ScoringClient.generate(model.public_spec(), mode=mode, packing=Packing.SINGLE)
+    x = x_test[0]
+    slots = _all_slots(model, client, client.encrypt(x[None, :])[0])
+    expected = model.logits(x[None, :])[0]
+    if mode is Mode.PROBABILITY:
+        assert model.sigmoid is not None
+        expected = model.sigmoid(np.array([expected]))[0]
+    assert slots[0] == pytest.approx(expected, abs=1e-4)
+    assert np.max(np.abs(slots[1:])) < 1e-6  # weights are of order 0.1-1
+    recovered = _recover_weights(slots, np.where(x == 0, 1.0, x), model.features)
+    assert not np.allclose(recovered[1:], model.weights[1:], atol=1e-2)
+
+
+def test_a_client_that_packs_its_own_way_still_learns_only_one_number(
+    model: LinearModel, logit_client: ScoringClient
+) -> None:
+    """Values in every slot, not the F the protocol asks for: only slot 0 comes back, and it is
+    the logit of the first P = 64 slots (no other combination of the weights)."""
+    slots_n = logit_client.plan.params.slots
+    x = np.random.default_rng(2).normal(size=slots_n)
+    slots = _all_slots(model, logit_client, [logit_client.keys.encrypt(x)])
+    assert slots[0] == pytest.approx(
+        float(np.asarray(model.weights) @ x[: model.features] + model.bias), abs=1e-4
+    )
+    assert np.max(np.abs(slots[1:])) < 1e-6
+
+
+def test_batch_slots_hold_one_applicant_each(
+    model: LinearModel, batch_client: ScoringClient, x_test: np.ndarray
+) -> None:
+    """Feature-major packing needs no rotation: slot i is applicant i's logit and nothing else
+    (the empty slots hold the bias, which the score of an all-zero applicant reveals anyway)."""
+    query = batch_client.encrypt(x_test)[0]
+    slots = _all_slots(model, batch_client, query)
+    n = len(x_test)
+    assert np.max(np.abs(slots[:n] - model.logits(x_test))) < 1e-5
+    assert np.max(np.abs(slots[n:] - model.bias)) < 1e-5

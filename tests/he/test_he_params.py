@@ -1,0 +1,108 @@
+"""128-bit parameters: the standard's table, agreement with SEAL's own check on both sides of
+each bound, refusal of over-budget chains, and the choice from a circuit's depth."""
+
+from __future__ import annotations
+
+import pytest
+
+from veil.errors import ConfigurationError
+from veil.he import (
+    MAX_MODULUS_BITS_128,
+    CkksParameters,
+    TenSealBackend,
+    check_security,
+    parameters_for_depth,
+)
+
+
+def test_the_table_is_the_homomorphic_encryption_standard() -> None:
+    assert MAX_MODULUS_BITS_128 == {
+        1024: 27,
+        2048: 54,
+        4096: 109,
+        8192: 218,
+        16384: 438,
+        32768: 881,
+    }
+
+
+def _chain(total: int) -> tuple[int, ...]:
+    """A chain of 60-bit primes (and one smaller) with exactly ``total`` bits."""
+    bits = [60] * (total // 60)
+    rest = total % 60
+    if rest:
+        if rest < 20:  # SEAL's primes have at least 20 bits: borrow from the previous one
+            bits[-1] -= 20 - rest
+            rest = 20
+        bits.append(rest)
+    assert sum(bits) == total
+    return tuple(bits)
+
+
+@pytest.mark.parametrize("n", [8192, 16384])
+def test_the_bound_holds_from_both_sides_and_seal_agrees(n: int) -> None:
+    import tenseal.sealapi as s
+
+    budget = MAX_MODULUS_BITS_128[n]
+    at = CkksParameters(n, _chain(budget), 40)
+    over = CkksParameters(n, _chain(budget + 1), 40)
+    check_security(at)
+    with pytest.raises(ConfigurationError, match="below 128-bit security"):
+        check_security(over)
+
+    def seal_accepts(bits: tuple[int, ...]) -> bool:
+        parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(n)
+        parms.set_coeff_modulus(s.CoeffModulus.Create(n, list(bits)))
+        return bool(s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128).parameters_set())
+
+    assert seal_accepts(at.coeff_modulus_bits)
+    assert not seal_accepts(over.coeff_modulus_bits)
+
+
+def test_over_budget_parameters_are_refused_before_any_key_is_made() -> None:
+    insecure = CkksParameters(8192, (60, 40, 40, 40, 60), 40)  # 240 > 218 bits
+    with pytest.raises(ConfigurationError, match=r"at most 218 bits .* has 240"):
+        TenSealBackend().keygen(insecure, rotations=(), relinearization=False)
+    with pytest.raises(ConfigurationError, match="below 128-bit"):
+        CkksParameters.from_dict(insecure.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (CkksParameters(6000, (60, 40, 60), 40), "not supported"),
+        (CkksParameters(8192, (60,), 40), "at least q_0"),
+        (CkksParameters(8192, (61, 40, 60), 40), "20 to 60 bits"),
+        (CkksParameters(8192, (40, 40, 60), 40), "below q_0"),
+    ],
+)
+def test_malformed_parameters_are_refused(params: CkksParameters, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        check_security(params)
+
+
+@pytest.mark.parametrize(
+    ("depth", "n", "bits"),
+    [
+        (1, 8192, 160),
+        (2, 8192, 200),
+        (3, 16384, 240),
+        (5, 16384, 320),
+        (8, 32768, 440),
+    ],
+)
+def test_parameters_follow_the_depth(depth: int, n: int, bits: int) -> None:
+    params = parameters_for_depth(depth)
+    assert params.poly_modulus_degree == n
+    assert params.total_bits == bits
+    assert params.depth == depth
+    assert params.total_bits <= MAX_MODULUS_BITS_128[n]
+
+
+def test_slots_can_force_a_larger_ring_and_depth_has_a_ceiling() -> None:
+    assert parameters_for_depth(1, min_slots=8192).poly_modulus_degree == 16384
+    with pytest.raises(ConfigurationError, match="no ring dimension"):
+        parameters_for_depth(30)
+    with pytest.raises(ConfigurationError, match="depth >= 1"):
+        parameters_for_depth(0)

@@ -1,0 +1,150 @@
+"""Encrypted scores agree with the clear model: logit mode exactly (up to CKKS noise) on the whole
+test set, single and batched; probability mode within the polynomial's reported error on the
+whole logit range; linear models too. The model file and the client-side encoding round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veil.datasets import data_path
+from veil.errors import ConfigurationError, DataError
+from veil.he import (
+    LinearModel,
+    Mode,
+    ModelKind,
+    Packing,
+    Scorer,
+    ScoringClient,
+    read_rows,
+    sigmoid,
+    train_model,
+)
+
+
+def _score(model: LinearModel, client: ScoringClient, x: np.ndarray) -> np.ndarray:
+    scorer = Scorer(model)
+    session = scorer.open_session(client.public_bundle(), client.plan.mode, client.plan.packing)
+    results = [scorer.score(session, q) for q in client.encrypt(x)]
+    return client.scores(client.read(results, len(x)))
+
+
+def test_logit_mode_agrees_with_the_clear_model_on_every_test_applicant(
+    model: LinearModel, logit_client: ScoringClient, x_test: np.ndarray
+) -> None:
+    p_enc = _score(model, logit_client, x_test)
+    p_clear = model.scores(x_test)
+    assert len(p_enc) == len(x_test) == 200
+    assert np.max(np.abs(p_enc - p_clear)) <= 1e-5
+    assert np.array_equal(p_enc > 0.5, p_clear > 0.5)
+
+
+def test_batch_mode_agrees_across_several_ciphertexts(
+    model: LinearModel, batch_client: ScoringClient, x_test: np.ndarray
+) -> None:
+    slots = batch_client.plan.applicants_per_query
+    rng = np.random.default_rng(1)
+    x = x_test[rng.integers(0, len(x_test), slots + 300)]  # two queries, the second partial
+    queries = batch_client.encrypt(x)
+    assert len(queries) == 2
+    assert all(len(q) == model.features for q in queries)
+    p_enc = _score(model, batch_client, x)
+    p_clear = model.scores(x)
+    assert np.max(np.abs(p_enc - p_clear)) <= 1e-5
+    assert np.array_equal(p_enc > 0.5, p_clear > 0.5)
+
+
+def _inputs_with_logits(model: LinearModel, z: np.ndarray) -> np.ndarray:
+    """Feature vectors whose clear logits are exactly ``z``."""
+    w = np.asarray(model.weights)
+    return np.outer(z - model.bias, w / (w @ w))
+
+
+def test_probability_mode_holds_its_error_bound_on_the_whole_observed_range(
+    model: LinearModel,
+) -> None:
+    assert model.sigmoid is not None
+    client = ScoringClient.generate(
+        model.public_spec(), mode=Mode.PROBABILITY, packing=Packing.BATCH
+    )
+    radius = model.sigmoid.radius
+    z = np.linspace(-radius, radius, client.plan.applicants_per_query)
+    x = _inputs_with_logits(model, z)
+    assert np.allclose(model.logits(x), z)
+    p_enc = _score(model, client, x)
+    err = np.abs(p_enc - sigmoid(z))
+    ckks_noise = 1e-4
+    assert err.max() <= model.sigmoid.max_error + ckks_noise
+    # the polynomial, not noise, is what the server computed: its error is reached
+    assert err.max() >= model.sigmoid.max_error - ckks_noise
+    assert np.max(np.abs(p_enc - model.sigmoid(z))) <= ckks_noise
+
+
+def test_probability_mode_single_applicant(model: LinearModel, x_test: np.ndarray) -> None:
+    assert model.sigmoid is not None
+    client = ScoringClient.generate(
+        model.public_spec(), mode=Mode.PROBABILITY, packing=Packing.SINGLE
+    )
+    assert client.plan.relinearization
+    x = x_test[:3]
+    p_enc = _score(model, client, x)
+    p_poly = model.sigmoid(model.logits(x))
+    assert np.max(np.abs(p_enc - p_poly)) <= 1e-4
+    assert np.max(np.abs(p_enc - model.scores(x))) <= model.sigmoid.max_error + 1e-4
+
+
+def test_a_linear_model_scores_in_logit_mode_and_refuses_probability_mode() -> None:
+    rows = read_rows(data_path("german_credit.csv"))
+    model, test_rows = train_model(rows, target="duration_in_month", kind=ModelKind.LINEAR)
+    assert model.sigmoid is None and "test_rmse" in model.metrics
+    x = model.encoder.encode(test_rows[:20])
+    client = ScoringClient.generate(model.public_spec(), packing=Packing.BATCH)
+    y_enc = _score(model, client, x)
+    assert np.max(np.abs(y_enc - model.scores(x))) <= 1e-4
+    with pytest.raises(ConfigurationError, match="needs a logistic model"):
+        ScoringClient.generate(model.public_spec(), mode=Mode.PROBABILITY)
+
+
+def test_the_model_file_round_trips_and_its_public_part_has_no_weights(
+    model: LinearModel, model_file: Path
+) -> None:
+    loaded = LinearModel.load(model_file)
+    assert loaded == model
+    spec = model.public_spec()
+    assert "weights" not in spec and "bias" not in spec
+    assert spec["features"] == model.features == 61
+    text = repr(spec)
+    assert all(repr(w) not in text for w in model.weights)
+
+
+def test_client_encoding_matches_the_training_encoding(
+    model: LinearModel, logit_client: ScoringClient, test_rows: list[dict[str, str]]
+) -> None:
+    assert np.array_equal(logit_client.encode(test_rows), model.encoder.encode(test_rows))
+
+
+def test_bad_rows_and_files_are_refused_with_one_clear_message(
+    model: LinearModel, test_rows: list[dict[str, str]], tmp_path: Path
+) -> None:
+    row = dict(test_rows[0])
+    row["purpose"] = "yacht"
+    with pytest.raises(DataError, match=r"purpose is 'yacht'.*expected one of"):
+        model.encoder.encode([row])
+    row = dict(test_rows[0])
+    row["age_in_years"] = "old"
+    with pytest.raises(DataError, match="age_in_years must be a number"):
+        model.encoder.encode([row])
+    row = dict(test_rows[0])
+    del row["housing"]
+    with pytest.raises(DataError, match="no column 'housing'"):
+        model.encoder.encode([row])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(ConfigurationError, match="not a veil model file"):
+        LinearModel.load(bad)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        LinearModel.load(tmp_path / "missing.json")
+    with pytest.raises(DataError, match="two classes"):
+        train_model(read_rows(data_path("german_credit.csv")), target="purpose")

@@ -1,0 +1,212 @@
+"""The gRPC service end to end: two worker processes on one loopback port with mutual TLS.
+Encrypted scores agree with the clear model; keys beyond gRPC's 4 MiB message travel in
+chunks; the server stores only public keys; every bad input gets a clear status and the
+workers carry on; clients without a certificate from the CA are turned away."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grpc")
+
+import grpc
+
+from veil.errors import RemoteProtocolError
+from veil.he import LinearModel, Mode, Packing, ScoringClient
+from veil.he.backend import unpack_bundle
+from veil.he.proto import scoring_pb2 as pb
+from veil.he.service import SERVICE, RemoteScorer, ScoringServer, ServerConfig
+from veil.tls import Pki, write_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return write_pki(tmp_path_factory.mktemp("pki"), clients=["client"])
+
+
+@pytest.fixture(scope="module")
+def server(model_file: Path, pki: Pki) -> Iterator[ScoringServer]:
+    config = ServerConfig(
+        model_path=str(model_file),
+        host="127.0.0.1",
+        workers=2,
+        tls=pki.server,
+        max_key_bytes=40 << 20,
+    )
+    with ScoringServer(config) as srv:
+        yield srv
+
+
+@pytest.fixture
+def remote(server: ScoringServer, pki: Pki) -> Iterator[RemoteScorer]:
+    with RemoteScorer(f"localhost:{server.port}", tls=pki.clients["client"]) as r:
+        yield r
+
+
+def test_workers_are_separate_processes(server: ScoringServer) -> None:
+    import os
+
+    assert len(set(server.pids)) == 2
+    assert os.getpid() not in server.pids
+    assert server.alive() == 2
+
+
+def test_describe_gives_the_public_spec_only(remote: RemoteScorer, model: LinearModel) -> None:
+    spec = remote.describe()
+    assert spec == model.public_spec()
+    assert "weights" not in spec and "bias" not in spec
+
+
+def test_encrypted_scores_over_grpc_agree_with_the_clear_model(
+    remote: RemoteScorer, model: LinearModel, test_rows: list[dict[str, str]]
+) -> None:
+    spec = remote.describe()
+    single = ScoringClient.generate(spec)
+    p = np.array(remote.score_rows(single, test_rows[:40]))
+    clear = model.scores(model.encoder.encode(test_rows[:40]))
+    assert np.max(np.abs(p - clear)) <= 1e-5
+    assert np.array_equal(p > 0.5, clear > 0.5)
+    batch = ScoringClient.generate(spec, packing=Packing.BATCH)
+    p = np.array(remote.score_rows(batch, test_rows))
+    clear = model.scores(model.encoder.encode(test_rows))
+    assert np.max(np.abs(p - clear)) <= 1e-5
+    assert np.array_equal(p > 0.5, clear > 0.5)
+
+
+def test_key_bundles_beyond_four_mib_arrive_in_chunks_and_only_public_keys_are_kept(
+    remote: RemoteScorer,
+    server: ScoringServer,
+    model: LinearModel,
+    test_rows: list[dict[str, str]],
+) -> None:
+    client = ScoringClient.generate(
+        remote.describe(), mode=Mode.PROBABILITY, packing=Packing.SINGLE
+    )
+    bundle = client.public_bundle()
+    assert len(bundle) > 4 << 20
+    session = remote.open(client)
+    x = client.encode(test_rows[:2])
+    results = [remote.score(session, q) for q in client.encrypt(x)]
+    p = client.read(results, 2)
+    assert model.sigmoid is not None
+    assert np.max(np.abs(p - model.sigmoid(model.logits(x)))) <= 1e-4
+    # what the server keeps: public sections only, and nowhere the client's secret key
+    _, secret = unpack_bundle(client.keys.save_secret())
+    stored = sorted(server.store.glob("*.bundle"))
+    assert stored
+    for path in stored:
+        data = path.read_bytes()
+        assert set(unpack_bundle(data)[1]) <= {"relin_keys", "galois_keys"}
+        assert secret["secret_key"] not in data
+    remote.close_session(session)
+    with pytest.raises(RemoteProtocolError, match="NOT_FOUND"):
+        remote.score(session, client.encrypt(x[:1])[0])
+
+
+def _raw_upload(server: ScoringServer, pki: Pki, chunks: list[pb.KeyChunk]) -> grpc.StatusCode:
+    tls = pki.clients["client"]
+    creds = grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.certificate)
+    with grpc.secure_channel(f"localhost:{server.port}", creds) as channel:
+        upload = channel.stream_unary(
+            f"/{SERVICE}/UploadKeys",
+            request_serializer=pb.KeyChunk.SerializeToString,
+            response_deserializer=pb.Session.FromString,
+        )
+        try:
+            upload(iter(chunks), timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_bad_inputs_get_clear_statuses_and_the_workers_carry_on(
+    remote: RemoteScorer,
+    server: ScoringServer,
+    pki: Pki,
+    logit_client: ScoringClient,
+    model: LinearModel,
+    x_test: np.ndarray,
+) -> None:
+    session = remote.open(logit_client)
+    (good,) = logit_client.encrypt(x_test[:1])[0]
+    bad_queries = {
+        "garbage": [b"\x00garbage" * 1000],
+        "truncated": [good[: len(good) // 3]],
+        "oversized": [good + b"\x00" * (2 << 20)],
+        "too many": [good, good],
+        "none": [],
+    }
+    for name, cts in bad_queries.items():
+        with pytest.raises(RemoteProtocolError, match="INVALID_ARGUMENT"):
+            remote.score(session, cts)
+        assert name
+    with pytest.raises(RemoteProtocolError, match="INVALID_ARGUMENT: malformed session id"):
+        remote.score("../../etc/passwd", [good])
+    with pytest.raises(RemoteProtocolError, match="NOT_FOUND"):
+        remote.score("A" * 32, [good])
+    bundle = logit_client.public_bundle()
+    _, secret = unpack_bundle(logit_client.keys.save_secret())
+    from veil.he.backend import pack_bundle
+
+    header = {k: v for k, v in unpack_bundle(bundle)[0].items() if k != "sections"}
+    smuggled = pack_bundle(header, {**unpack_bundle(bundle)[1], "secret_key": secret["secret_key"]})
+    with pytest.raises(RemoteProtocolError, match=r"INVALID_ARGUMENT: .*never a secret key"):
+        remote.upload_keys(smuggled, Mode.LOGIT, Packing.SINGLE)
+    with pytest.raises(RemoteProtocolError, match="INVALID_ARGUMENT"):
+        remote.upload_keys(b"\x00" * 5000, Mode.LOGIT, Packing.SINGLE)
+    assert (
+        _raw_upload(server, pki, [pb.KeyChunk(total_size=41 << 20, data=b"x")])
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert (
+        _raw_upload(server, pki, [pb.KeyChunk(total_size=len(bundle), data=bundle[:1000])])
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        _raw_upload(server, pki, [pb.KeyChunk(total_size=10, data=b"x" * 11)])
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert _raw_upload(server, pki, []) == grpc.StatusCode.INVALID_ARGUMENT
+    # a message beyond the server's receive limit is refused by gRPC itself
+    with pytest.raises(RemoteProtocolError, match="RESOURCE_EXHAUSTED"):
+        remote.score(session, [b"\x00" * (49 << 20)])
+    assert server.alive() == 2
+    out = logit_client.read([remote.score(session, [good])], 1)
+    assert out[0] == pytest.approx(model.logits(x_test[:1])[0], abs=1e-5)
+
+
+def test_concurrent_clients_are_served(
+    server: ScoringServer, pki: Pki, model: LinearModel, test_rows: list[dict[str, str]]
+) -> None:
+    spec = model.public_spec()
+
+    def one(rows: list[dict[str, str]]) -> float:
+        with RemoteScorer(f"localhost:{server.port}", tls=pki.clients["client"]) as r:
+            client = ScoringClient.generate(spec)
+            p = np.array(r.score_rows(client, rows))
+        return float(np.max(np.abs(p - model.scores(model.encoder.encode(rows)))))
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        errors = list(pool.map(one, [test_rows[i : i + 5] for i in (0, 5, 10)]))
+    assert max(errors) <= 1e-5
+
+
+def test_clients_without_a_certificate_from_the_ca_are_refused(
+    server: ScoringServer, tmp_path: Path
+) -> None:
+    stranger = write_pki(tmp_path / "other", clients=["mallory"]).clients["mallory"]
+    with (
+        RemoteScorer(f"localhost:{server.port}", tls=stranger, timeout=10) as r,
+        pytest.raises(RemoteProtocolError),
+    ):
+        r.describe()
+    with (
+        RemoteScorer(f"localhost:{server.port}", tls=None, timeout=10) as r,
+        pytest.raises(RemoteProtocolError),
+    ):
+        r.describe()
