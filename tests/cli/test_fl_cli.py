@@ -108,9 +108,34 @@ def test_config_file_and_options(capsys, tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "o" / "metrics.json").read_text())[0]["rounds"]) == 2
 
 
+def test_distributed_dp_under_secagg_plus(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    code, stdout, err = run(
+        capsys,
+        "fl",
+        "simulate",
+        "--rounds",
+        "2",
+        "--dp",
+        "distributed",
+        "--epsilon",
+        "4",
+        "--no-central",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    summary = json.loads((out / "metrics.json").read_text())[0]["summary"]
+    assert summary["secure_aggregation"] == "secagg+"  # distributed DP needs it: the default
+    assert 0 < summary["epsilon_spent"] <= 4
+    with Ledger(str(out / "ledger.sqlite")) as ledger:
+        assert ledger.status("breast-cancer/client").events == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--secure-aggregation", "sometimes"], "--secure-aggregation must be none, secagg"),
         (["--scenario", "mars"], "unknown scenario 'mars'"),
         (["--dp", "sometimes"], "--dp must be one of"),
         (["--dp", "client"], "needs a target --epsilon"),

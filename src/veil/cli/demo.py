@@ -417,17 +417,25 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
     runs: list[FlRun] = []
     folder = out / "federated-hospitals"
     with Progress(console=console, transient=True) as progress:
-        plan = [(DpMode.NONE, None), (DpMode.RECORD, 8.0), (DpMode.RECORD, 1.0)]
+        plan = [
+            (DpMode.NONE, None, "none"),
+            (DpMode.RECORD, 8.0, "none"),
+            (DpMode.RECORD, 1.0, "none"),
+            (DpMode.NONE, None, "secagg+"),
+            (DpMode.DISTRIBUTED, 8.0, "secagg+"),
+        ]
         task = progress.add_task("federated hospitals", total=len(plan) * 30 + 10)
-        for mode, eps in plan:
+        for mode, eps, secure in plan:
+            ledger = f"ledger-{mode.value}-epsilon-{eps:g}.sqlite" if eps else ""
             runs.append(
                 run_scenario(
                     SCENARIOS["hospitals"],
                     dp=mode,
                     epsilon=eps,
-                    ledger_path=str(folder / f"ledger-epsilon-{eps:g}.sqlite") if eps else None,
-                    central_baseline=mode is DpMode.NONE,
+                    ledger_path=str(folder / ledger) if eps else None,
+                    central_baseline=not runs,
                     on_round=lambda _: progress.advance(task),
+                    secure_aggregation=secure,
                 )
             )
         progress.update(task, description="federated shakespeare")
@@ -447,7 +455,11 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
         "trains one local epoch and sends its update; the server averages them. The same model "
         "trained centrally on the pooled data for 30 epochs is the baseline. With record-level "
         "DP, each hospital runs DP-SGD (per-sample clipping, exact discrete Gaussian noise) and "
-        "each patient's loss is charged to that hospital's own scope in the ledger."
+        "each patient's loss is charged to that hospital's own scope in the ledger. Under "
+        "SecAgg+ the server never sees one hospital's update, only the sum of the masked "
+        "updates; with distributed DP the hospitals add the noise themselves before masking, "
+        "enough that any two of the three survivors' noise meets the target, so the server "
+        "never sees a sum without noise either."
     )
     rows = [
         [
@@ -462,7 +474,7 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
         s = r.summary()
         rows.append(
             [
-                "FedAvg" if r.dp is DpMode.NONE else f"FedAvg + DP-SGD, target ε={r.epsilon:g}",
+                _fl_label(r, DpMode),
                 f"{s['final_test_accuracy']:.3f}",
                 "-" if s["epsilon_spent"] is None else f"{s['epsilon_spent']:.3f}",
                 f"{s['rounds_run']}",
@@ -472,7 +484,14 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
             ]
         )
     report.table(
-        ["model", "test accuracy", "ε spent (largest party)", "rounds", "MB exchanged"], rows
+        [
+            "model",
+            "test accuracy",
+            "ε spent (largest party or per client)",
+            "rounds",
+            "MB exchanged",
+        ],
+        rows,
     )
     if plots:
         for name in ("accuracy.png", "epsilon.png"):
@@ -493,6 +512,15 @@ def _federated(report: Report, out: Path, plots: bool) -> None:
         f"{runs[1].summary()['final_test_accuracy']:.3f}, "
         f"{runs[2].summary()['final_test_accuracy']:.3f}"
     )
+
+
+def _fl_label(run: Any, modes: Any) -> str:
+    secure = " under SecAgg+" if run.secure_aggregation == "secagg+" else ""
+    if run.dp is modes.NONE:
+        return f"FedAvg{secure}"
+    if run.dp is modes.DISTRIBUTED:
+        return f"FedAvg + distributed DP{secure}, target ε={run.epsilon:g}"
+    return f"FedAvg + DP-SGD, target ε={run.epsilon:g}{secure}"
 
 
 # The education levels of UCI Adult, as its documentation (adult.names) lists them.
