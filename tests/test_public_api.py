@@ -12,7 +12,15 @@ from veil import errors
 
 @pytest.mark.parametrize(
     "package",
-    ["veil", "veil.privacy", "veil.ledger", "veil.analytics", "veil.federated", "veil.secagg"],
+    [
+        "veil",
+        "veil.privacy",
+        "veil.ledger",
+        "veil.analytics",
+        "veil.federated",
+        "veil.secagg",
+        "veil.he",
+    ],
 )
 def test_every_exported_name_exists(package: str) -> None:
     module = importlib.import_module(package)
@@ -53,6 +61,16 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.federated.dp",
                 "veil.federated.training",
                 "veil.federated.simulation",
+            ],
+        ),
+        (
+            "veil.he",
+            [
+                "veil.he.params",
+                "veil.he.backend",
+                "veil.he.model",
+                "veil.he.sigmoid",
+                "veil.he.scoring",
             ],
         ),
         (
