@@ -299,3 +299,28 @@ def test_plans_refuse_what_cannot_be_secure() -> None:
         plan_round(10, graph="ring")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="dropout"):
         plan_round(10, dropout=1.0)
+
+
+def test_an_active_mode_simulation_signs_keys_and_lists_and_trains_the_same_model() -> None:
+    config = TrainConfig(learning_rate=0.5)
+    runs = {}
+    for name, secure in (
+        ("semi-honest", SecureAggregation()),
+        ("active", SecureAggregation(active=True)),
+    ):
+        model, data = _model_and_data()
+        sim = Simulation(
+            model=model, data=data, rounds=3, config=config, seed=4, secure_aggregation=secure
+        )
+        runs[name] = sim.run()
+        if name == "active":
+            assert sim.server.enrolled is not None and len(sim.server.enrolled) == 12
+            spec = sim.server.spec
+            assert spec is not None and spec.active
+            assert 3 * spec.plan.threshold > 2 * (spec.plan.degree + 1)
+    np.testing.assert_allclose(runs["active"].parameters, runs["semi-honest"].parameters, atol=1e-4)
+
+
+def test_the_active_mode_needs_every_client_enrolled() -> None:
+    with pytest.raises(ConfigurationError, match="enrolled signing key"):
+        _server(4, secure=SecureAggregation(active=True), enrolled={"c0": b"k" * 32})

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,7 +124,10 @@ class FederatedServer:
         min_completed: int = 1,
         wire_dtype: type[np.floating[Any]] = np.float32,
         secure_aggregation: SecureAggregation | None = None,
+        enrolled: Mapping[str, bytes] | None = None,
     ) -> None:
+        """``enrolled`` maps each client to its public Ed25519 signing key, for secure
+        aggregation's active mode."""
         params = np.array(parameters, dtype=np.float64).reshape(-1)
         if params.size == 0 or not np.all(np.isfinite(params)):
             raise ConfigurationError("the initial parameters must be a non-empty finite vector")
@@ -147,6 +150,14 @@ class FederatedServer:
         self.wire_dtype = np.dtype(wire_dtype)
         aggregator = strategy.aggregator
         self.secure = secure_aggregation
+        self.enrolled = None if enrolled is None else dict(enrolled)
+        if self.secure is not None and self.secure.active:
+            missing = [c for c in ids if self.enrolled is None or c not in self.enrolled]
+            if missing:
+                raise ConfigurationError(
+                    "secure aggregation's active mode needs each client's enrolled signing "
+                    f"key: none for {', '.join(missing[:5])}"
+                )
         self.encoding = None if self.secure is None else self.secure.encoding(aggregator)
         self.session = crypto.random_seed()[:16]
         self.private = aggregator.round_event(sampling_probability=1.0) is not None
@@ -243,6 +254,7 @@ class FederatedServer:
                     dimension=int(self._parameters.size),
                     aggregator=self.strategy.aggregator,
                     config=config,
+                    enrolled=self.enrolled,
                 )
         self.spec = spec
         instructions = tuple(

@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -59,9 +59,12 @@ from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.strategies import Aggregator, SummedUpdates
 from veil.privacy.random import RandomSource
 from veil.privacy.samplers import discrete_gaussian
+from veil.secagg.crypto import SigningKey
 from veil.secagg.planning import RoundPlan, plan_round
 from veil.secagg.protocol import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencyProof,
     KeyDirectory,
     MaskedInput,
     SecAggClient,
@@ -127,6 +130,9 @@ class SecureAggregation:
     metric_bound: float = 100.0
     distributed_dp: bool = False
     failure: float = 2.0**-20
+    active: bool = False
+    """Against a server that deviates from the protocol: clients sign their keys and the
+    survivor lists with enrolled Ed25519 keys, and the threshold exceeds two thirds."""
 
     def __post_init__(self) -> None:
         if self.graph not in ("secagg", "secagg+"):
@@ -186,6 +192,12 @@ class SecureRoundSpec:
     """Distributed DP: the grid spacing ``g``."""
     client_sigma: float = 0.0
     """Distributed DP: each client's discrete Gaussian parameter ``σ_c``, in grid steps."""
+    verify_keys: tuple[bytes, ...] = ()
+    """Active mode: the enrolled public signing key of each of ``clients``."""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.verify_keys)
 
     def number(self, client_id: str) -> int:
         try:
@@ -240,12 +252,27 @@ def make_spec(
     dimension: int,
     aggregator: Aggregator,
     config: TrainConfig,
+    enrolled: Mapping[str, bytes] | None = None,
 ) -> SecureRoundSpec:
-    """The round's spec: graph, threshold, and encoding for these clients."""
+    """The round's spec: graph, threshold, and encoding for these clients (and, in the active
+    mode, their ``enrolled`` public signing keys)."""
     plan = plan_round(
-        len(clients), graph=settings.graph, dropout=settings.dropout, failure=settings.failure
+        len(clients),
+        graph=settings.graph,
+        dropout=settings.dropout,
+        failure=settings.failure,
+        active=settings.active,
     )
     encoding = settings.encoding(aggregator)
+    verify_keys: tuple[bytes, ...] = ()
+    if settings.active:
+        missing = [c for c in clients if enrolled is None or c not in enrolled]
+        if missing:
+            raise ConfigurationError(
+                f"the active mode needs every client's enrolled signing key; missing: {missing}"
+            )
+        assert enrolled is not None
+        verify_keys = tuple(enrolled[c] for c in clients)
     common = {
         "session": session,
         "round": round,
@@ -253,6 +280,7 @@ def make_spec(
         "plan": plan,
         "encoding": encoding,
         "dimension": dimension,
+        "verify_keys": verify_keys,
     }
     if encoding is Encoding.WEIGHTED:
         return SecureRoundSpec(
@@ -339,15 +367,30 @@ def decode(
 class SecureClient:
     """One client's side of a secure round: keys first, its update once it has trained."""
 
-    def __init__(self, instruction: TrainInstruction, *, rng: RandomSource) -> None:
+    def __init__(
+        self,
+        instruction: TrainInstruction,
+        *,
+        rng: RandomSource,
+        signing_key: SigningKey | None = None,
+    ) -> None:
         spec = instruction.secure
         if spec is None:
             raise LocalProtocolError("this instruction is not for a secure round")
+        if spec.active and signing_key is None:
+            raise ConfigurationError("the active mode needs this client's signing key")
         self.spec = spec
         self.client_id = instruction.client_id
         self.rng = rng
+        verify = None
+        if spec.active:
+            verify = {i + 1: key for i, key in enumerate(spec.verify_keys)}
         self.inner = SecAggClient(
-            spec.number(instruction.client_id), session=spec.session, round=spec.round
+            spec.number(instruction.client_id),
+            session=spec.session,
+            round=spec.round,
+            signing_key=signing_key if spec.active else None,
+            verify_keys=verify,
         )
 
     def advertise(self) -> AdvertiseKeys:
@@ -361,7 +404,10 @@ class SecureClient:
             raise LocalProtocolError("the result is from another client or round")
         return self.inner.masked_input(shares, encode(self.spec, result, self.rng))
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+    def consistency(self, request: UnmaskRequest) -> ConsistencyCheck:
+        return self.inner.consistency(request)
+
+    def unmask(self, request: UnmaskRequest | ConsistencyProof) -> UnmaskShares:
         return self.inner.unmask(request)
 
 
@@ -383,6 +429,7 @@ class SecureServerRound:
             threshold=plan.threshold,
             dimension=spec.length,
             neighbours=graph,
+            active=spec.active,
         )
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -406,6 +453,12 @@ class SecureServerRound:
         request = self.server.collect_masked(messages)
         self.bytes_sent += 8 * len(request.survivors | request.dropped) * len(request.survivors)
         return request
+
+    def collect_consistency(self, messages: list[ConsistencyCheck]) -> ConsistencyProof:
+        self.bytes_received += sum(8 + len(m.signature) for m in messages)
+        proof = self.server.collect_consistency(messages)
+        self.bytes_sent += 72 * len(proof.signatures) * len(proof.request.survivors)
+        return proof
 
     def finish(self, messages: list[UnmaskShares]) -> SummedUpdates:
         self.bytes_received += sum(41 * (len(m.seed_shares) + len(m.key_shares)) for m in messages)

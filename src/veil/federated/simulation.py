@@ -45,6 +45,8 @@ from veil.federated.strategies import Strategy, SummedUpdates, fedavg
 from veil.federated.training import ParamLayout, evaluate, train_central, train_clients, train_dpsgd
 from veil.ledger import Ledger, Reservation, Scope
 from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
+from veil.secagg.crypto import SigningKey
+from veil.secagg.protocol import ConsistencyProof, UnmaskRequest
 
 __all__ = ["RoundRecord", "Simulation", "SimulationResult"]
 
@@ -155,6 +157,7 @@ class Simulation:
             sampling=sampling,
             wire_dtype=np.float64 if _dtype(model) == torch.float64 else np.float32,
             secure_aggregation=secure_aggregation,
+            enrolled=self._enrol(secure_aggregation, data.client_ids),
         )
         self.aborted: list[str] = []
         self.rng: RandomSource = SecureRandom() if seed is None else InsecureSeededRandom(seed)
@@ -166,6 +169,16 @@ class Simulation:
         self._exhausted: set[str] = set()
         self._party_spent: dict[str, float] = {}
         self._initial = self.layout.vector()
+
+    def _enrol(
+        self, secure: SecureAggregation | None, clients: tuple[str, ...]
+    ) -> dict[str, bytes] | None:
+        """The active mode's enrolment, simulated: one long-term signing key per client."""
+        self._signing: dict[str, SigningKey] = {}
+        if secure is None or not secure.active:
+            return None
+        self._signing = {c: SigningKey() for c in clients}
+        return {c: k.public for c, k in self._signing.items()}
 
     def party_scope(self, client_id: str) -> Scope:
         assert self.record_scope is not None
@@ -220,7 +233,12 @@ class Simulation:
             return None, (0, 0)
         spec = instructions[0].secure
         assert spec is not None
-        clients = {ins.client_id: SecureClient(ins, rng=self.rng) for ins in instructions}
+        clients = {
+            ins.client_id: SecureClient(
+                ins, rng=self.rng, signing_key=self._signing.get(ins.client_id)
+            )
+            for ins in instructions
+        }
         server = SecureServerRound(spec, rng=self.rng)
         try:
             directory = server.collect_keys([c.advertise() for c in clients.values()])
@@ -232,7 +250,12 @@ class Simulation:
                 clients[r.client_id].masked_input(routed[spec.number(r.client_id)], r)
                 for r in results
             ]
-            request = server.collect_masked(masked)
+            request: UnmaskRequest | ConsistencyProof = server.collect_masked(masked)
+            if spec.active:
+                assert isinstance(request, UnmaskRequest)
+                request = server.collect_consistency(
+                    [clients[r.client_id].consistency(request) for r in results]
+                )
             answers = [clients[r.client_id].unmask(request) for r in results]
             summed = server.finish(answers)
         except RemoteProtocolError as exc:

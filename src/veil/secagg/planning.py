@@ -70,14 +70,22 @@ def abort_probability(clients: int, degree: int, threshold: int, dropout: float)
     return min(1.0, neighbourhood + split)
 
 
-def _majority(size: int) -> int:
-    return max(2, size // 2 + 1)
+def _least_threshold(size: int, active: bool) -> int:
+    """A strict majority of ``size`` (semi-honest), or more than two thirds (active)."""
+    return max(2, 2 * size // 3 + 1 if active else size // 2 + 1)
 
 
 def plan_round(
-    clients: int, *, graph: Graph = "secagg+", dropout: float = 0.1, failure: float = 2.0**-20
+    clients: int,
+    *,
+    graph: Graph = "secagg+",
+    dropout: float = 0.1,
+    failure: float = 2.0**-20,
+    active: bool = False,
 ) -> RoundPlan:
-    """The degree and threshold for ``clients`` clients (see the module docstring).
+    """The degree and threshold for ``clients`` clients (see the module docstring);
+    ``active=True`` raises the threshold above two thirds of each neighbourhood, as the
+    active-adversary mode needs (Bonawitz et al. 2017, §6).
 
     Raises:
         ConfigurationError: for fewer than 3 clients (a sum of two reveals each input to the
@@ -96,10 +104,10 @@ def plan_round(
         raise ConfigurationError(f"failure must be in (0, 1), got {failure!r}")
     if graph == "secagg+":
         for degree in range(4, clients - 1, 2):
-            threshold = _majority(degree + 1)
+            threshold = _least_threshold(degree + 1, active)
             bound = abort_probability(clients, degree, threshold, dropout)
             if bound <= failure:
                 return RoundPlan("secagg+", clients, degree, threshold, bound)
-    threshold = _majority(clients)
+    threshold = _least_threshold(clients, active)
     bound = abort_probability(clients, clients - 1, threshold, dropout)
     return RoundPlan(graph, clients, clients - 1, threshold, bound)

@@ -44,6 +44,8 @@ from veil.secagg import crypto, shamir
 __all__ = [
     "AdvertiseKeys",
     "ClientStage",
+    "ConsistencyCheck",
+    "ConsistencyProof",
     "KeyDirectory",
     "MaskedInput",
     "SecAggClient",
@@ -52,6 +54,7 @@ __all__ = [
     "SharesForYou",
     "UnmaskRequest",
     "UnmaskShares",
+    "active_threshold_ok",
     "neighbours_complete",
     "neighbours_harary",
 ]
@@ -67,6 +70,8 @@ class AdvertiseKeys:
     client: int
     mask_key: bytes
     share_key: bytes
+    signature: bytes = b""
+    """Active mode: the client's long-term Ed25519 signature over both keys, for this round."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +80,8 @@ class KeyDirectory:
     """U1: client -> (mask public key, share public key)."""
     neighbours: Mapping[int, frozenset[int]]
     threshold: int
+    signatures: Mapping[int, bytes] = dataclasses.field(default_factory=dict)
+    """Active mode: client -> its signature over its keys."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +109,23 @@ class MaskedInput:
 class UnmaskRequest:
     survivors: frozenset[int]
     dropped: frozenset[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyCheck:
+    """Active mode: a client's signature over the survivor and dropped lists it was sent."""
+
+    client: int
+    signature: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyProof:
+    """Active mode: the lists, and the signatures over them of at least ``threshold``
+    survivors; a client unmasks only when they all signed the lists it signed."""
+
+    request: UnmaskRequest
+    signatures: Mapping[int, bytes]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +166,27 @@ def neighbours_harary(
             graph[u].add(v)
             graph[v].add(u)
     return {u: frozenset(vs) for u, vs in graph.items()}
+
+
+def _keys_message(session: bytes, round: int, client: int, mask: bytes, share: bytes) -> bytes:
+    return b"veil-secagg-keys|" + session + struct.pack(">QQ", round, client) + mask + share
+
+
+def _lists_message(session: bytes, round: int, request: UnmaskRequest) -> bytes:
+    survivors = b"".join(struct.pack(">Q", u) for u in sorted(request.survivors))
+    dropped = b"".join(struct.pack(">Q", u) for u in sorted(request.dropped))
+    return (
+        b"veil-secagg-lists|"
+        + session
+        + struct.pack(">QQQ", round, len(request.survivors), len(request.dropped))
+        + survivors
+        + dropped
+    )
+
+
+def active_threshold_ok(threshold: int, group: int) -> bool:
+    """Whether ``threshold`` is above two thirds of ``group``, as the active mode needs."""
+    return 3 * threshold > 2 * group
 
 
 def _aad(session: bytes, round: int, sender: int, recipient: int) -> bytes:
@@ -196,6 +241,7 @@ class ClientStage(enum.Enum):
     ADVERTISE = "advertise"
     SHARE = "share"
     MASK = "mask"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
 
@@ -204,10 +250,31 @@ class SecAggClient:
     """One client's side of one round: ``advertise``, then answer each server message."""
 
     def __init__(
-        self, client: int, *, session: bytes, round: int, vector: npt.ArrayLike | None = None
+        self,
+        client: int,
+        *,
+        session: bytes,
+        round: int,
+        vector: npt.ArrayLike | None = None,
+        signing_key: crypto.SigningKey | None = None,
+        verify_keys: Mapping[int, bytes] | None = None,
     ) -> None:
+        """``signing_key`` (this client's long-term key) and ``verify_keys`` (every client's
+        public signing key, from the federation's enrolment) turn on the active mode."""
         if not isinstance(client, int) or client < 1:
             raise ConfigurationError(f"client ids are integers >= 1, got {client!r}")
+        if (signing_key is None) != (verify_keys is None):
+            raise ConfigurationError("the active mode needs both signing_key and verify_keys")
+        if (
+            verify_keys is not None
+            and signing_key is not None
+            and verify_keys.get(client) != signing_key.public
+        ):
+            raise ConfigurationError(
+                f"client {client}'s signing key is not the one enrolled for it"
+            )
+        self._signing_key = signing_key
+        self._verify_keys = None if verify_keys is None else dict(verify_keys)
         self.client = client
         self.session = bytes(session)
         self.round = round
@@ -223,10 +290,37 @@ class SecAggClient:
         if self.stage is not stage:
             raise LocalProtocolError(f"client {self.client} is at {self.stage.value}")
 
+    @property
+    def active(self) -> bool:
+        return self._signing_key is not None
+
     def advertise(self) -> AdvertiseKeys:
         self._expect(ClientStage.ADVERTISE)
         self.stage = ClientStage.SHARE
-        return AdvertiseKeys(self.client, self._mask_key.public, self._share_key.public)
+        mask, share = self._mask_key.public, self._share_key.public
+        signature = b""
+        if self._signing_key is not None:
+            message = _keys_message(self.session, self.round, self.client, mask, share)
+            signature = self._signing_key.sign(message)
+        return AdvertiseKeys(self.client, mask, share, signature)
+
+    def _check_signed_keys(self, directory: KeyDirectory) -> None:
+        """Active mode: every advertised key pair carries its owner's signature for this
+        round, so the server cannot substitute keys of its own."""
+        assert self._verify_keys is not None
+        for v, (mask, share) in directory.keys.items():
+            enrolled = self._verify_keys.get(v)
+            signature = directory.signatures.get(v)
+            if enrolled is None or not signature:
+                raise RemoteProtocolError(f"client {v}'s keys are not signed by an enrolled key")
+            try:
+                crypto.verify(
+                    enrolled, signature, _keys_message(self.session, self.round, v, mask, share)
+                )
+            except RemoteProtocolError:
+                raise RemoteProtocolError(
+                    f"client {v}'s keys carry a bad signature: the round aborts"
+                ) from None
 
     def _channel_key(self, peer: int) -> bytes:
         assert self._directory is not None
@@ -249,6 +343,13 @@ class SecAggClient:
             )
         if directory.threshold < 2:
             raise RemoteProtocolError("a threshold below 2 would let one share reveal a secret")
+        if self.active:
+            if not active_threshold_ok(directory.threshold, len(mine) + 1):
+                raise RemoteProtocolError(
+                    f"threshold {directory.threshold} is not above two thirds of this client's "
+                    f"{len(mine) + 1} (itself and its neighbours), as the active mode needs"
+                )
+            self._check_signed_keys(directory)
         publics = [k for pair in directory.keys.values() for k in pair]
         if len(set(publics)) != len(publics):
             raise RemoteProtocolError("the directory holds duplicate public keys")
@@ -302,11 +403,65 @@ class SecAggClient:
             secret = self._mask_key.exchange(self._directory.keys[v][0])
             m = _pair_mask(secret, self.session, self.round, self.client, v, y.size)
             y = y + m if self.client < v else y - m
-        self.stage = ClientStage.UNMASK
+        self.stage = ClientStage.CONSISTENCY if self.active else ClientStage.UNMASK
         return MaskedInput(self.client, y)
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+    def consistency(self, request: UnmaskRequest) -> ConsistencyCheck:
+        """Active mode: sign the survivor and dropped lists the server sent this client."""
+        self._expect(ClientStage.CONSISTENCY)
+        assert self._signing_key is not None
+        self._check_lists(request)
+        self._signed = request
+        self.stage = ClientStage.UNMASK
+        return ConsistencyCheck(
+            self.client, self._signing_key.sign(_lists_message(self.session, self.round, request))
+        )
+
+    def unmask(self, request: UnmaskRequest | ConsistencyProof) -> UnmaskShares:
+        """The shares the server needs; in the active mode ``request`` must be the
+        :class:`ConsistencyProof` that at least ``threshold`` survivors signed the same lists
+        as this client."""
         self._expect(ClientStage.UNMASK)
+        assert self._directory is not None
+        if self.active:
+            if not isinstance(request, ConsistencyProof):
+                raise RemoteProtocolError("the active mode unmasks only with a consistency proof")
+            request = self._check_proof(request)
+        elif isinstance(request, ConsistencyProof):
+            request = request.request
+        self._check_lists(request)
+        seed_shares = {v: self._received[v][0] for v in request.survivors if v in self._received}
+        key_shares = {v: self._received[v][1] for v in request.dropped if v in self._received}
+        self.stage = ClientStage.DONE
+        return UnmaskShares(self.client, seed_shares, key_shares)
+
+    def _check_proof(self, proof: ConsistencyProof) -> UnmaskRequest:
+        assert self._directory is not None
+        assert self._verify_keys is not None
+        request = proof.request
+        if request != self._signed:
+            raise RemoteProtocolError(
+                "the server sent this client other survivor lists than it signed: the round aborts"
+            )
+        message = _lists_message(self.session, self.round, request)
+        signers = set(proof.signatures)
+        if not signers <= request.survivors:
+            raise RemoteProtocolError("the consistency proof holds signatures of non-survivors")
+        if len(signers) < self._directory.threshold:
+            raise RemoteProtocolError(
+                f"only {len(signers)} survivors confirmed the lists; the threshold is "
+                f"{self._directory.threshold}: the round aborts"
+            )
+        for v, signature in proof.signatures.items():
+            try:
+                crypto.verify(self._verify_keys[v], signature, message)
+            except RemoteProtocolError:
+                raise RemoteProtocolError(
+                    f"client {v} did not sign these survivor lists: the round aborts"
+                ) from None
+        return request
+
+    def _check_lists(self, request: UnmaskRequest) -> None:
         assert self._directory is not None
         if request.survivors & request.dropped:
             raise RemoteProtocolError("the server lists a client as both surviving and dropped")
@@ -325,10 +480,6 @@ class SecAggClient:
             raise RemoteProtocolError(
                 "the survivors do not form one connected group: the server could sum a part"
             )
-        seed_shares = {v: self._received[v][0] for v in request.survivors if v in self._received}
-        key_shares = {v: self._received[v][1] for v in request.dropped if v in self._received}
-        self.stage = ClientStage.DONE
-        return UnmaskShares(self.client, seed_shares, key_shares)
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -347,7 +498,10 @@ class SecAggServer:
         threshold: int,
         dimension: int,
         neighbours: Mapping[int, frozenset[int]],
+        active: bool = False,
     ) -> None:
+        """``active=True``: the clients sign their keys and the survivor lists, and the
+        threshold must exceed two thirds of every neighbourhood."""
         n = len(neighbours)
         if not isinstance(threshold, int) or not 2 <= threshold <= n:
             raise ConfigurationError(f"threshold must be in [2, {n}], got {threshold!r}")
@@ -360,6 +514,14 @@ class SecAggServer:
                 f"threshold {threshold} exceeds the smallest neighbourhood ({least} with the "
                 "client itself): no client could share its secrets"
             )
+        if active:
+            smallest = min(len(vs) for vs in neighbours.values()) + 1
+            if not active_threshold_ok(threshold, smallest):
+                raise ConfigurationError(
+                    f"the active mode needs a threshold above two thirds of every "
+                    f"neighbourhood ({smallest} clients): {threshold} is too low"
+                )
+        self.active = active
         self.session = bytes(session)
         self.round = round
         self.threshold = threshold
@@ -388,8 +550,12 @@ class SecAggServer:
         }
         self._enough(set(keys), "advertising keys")
         self.keys = keys
+        signatures = {m.client: m.signature for m in messages if m.client in keys}
         return KeyDirectory(
-            MappingProxyType(dict(keys)), MappingProxyType(dict(self.neighbours)), self.threshold
+            MappingProxyType(dict(keys)),
+            MappingProxyType(dict(self.neighbours)),
+            self.threshold,
+            MappingProxyType(signatures),
         )
 
     def collect_shares(self, messages: list[ShareKeys]) -> dict[int, SharesForYou]:
@@ -417,8 +583,19 @@ class SecAggServer:
         self.request = UnmaskRequest(survivors, self.u2 - survivors)
         return self.request
 
+    def collect_consistency(self, messages: list[ConsistencyCheck]) -> ConsistencyProof:
+        """Active mode: the survivors' signatures over the lists, passed to every survivor."""
+        self._stage("collect consistency checks", "collect masked inputs")
+        if not self.active:
+            raise LocalProtocolError("the consistency round is for the active mode")
+        signatures = {m.client: m.signature for m in messages if m.client in self.request.survivors}
+        self._enough(set(signatures), "the consistency check")
+        return ConsistencyProof(self.request, MappingProxyType(signatures))
+
     def finish(self, messages: list[UnmaskShares]) -> Vector:
-        self._stage("finish", "collect masked inputs")
+        self._stage(
+            "finish", "collect consistency checks" if self.active else "collect masked inputs"
+        )
         answers = [m for m in messages if m.client in self.request.survivors]
         self._enough({m.client for m in answers}, "unmasking")
         total = np.zeros(self.dimension, dtype=np.uint32)
