@@ -364,6 +364,10 @@ class _TenSealEvaluator(Evaluator):
         self._relin = relin
         self._galois = galois
         self._ev = ctx.s.Evaluator(ctx.context)
+        # The model's plaintexts (weights, masks, coefficients) are the same for every query:
+        # encoded once per level and scale (an encoding is an FFT and an NTT per prime).
+        self._plaintexts: dict[tuple[Any, ...], Any] = {}
+        self._plaintexts_lock = threading.Lock()
         n, k = ctx.params.poly_modulus_degree, len(ctx.params.coeff_modulus_bits) - 1
         # A fresh ciphertext is two polynomials of N coefficients in k residues of 8 bytes;
         # SEAL's header and compression framing add a little.
@@ -371,6 +375,17 @@ class _TenSealEvaluator(Evaluator):
 
     def __repr__(self) -> str:
         return f"Evaluator(backend='tenseal', params={self.params!r})"
+
+    def _encode(self, values: float | npt.NDArray[np.float64], parms_id: Any, scale: float) -> Any:
+        raw = values.tobytes() if isinstance(values, np.ndarray) else float(values)
+        key = (raw, tuple(parms_id), scale)
+        with self._plaintexts_lock:
+            pt = self._plaintexts.get(key)
+            if pt is None:
+                if len(self._plaintexts) >= 64:
+                    self._plaintexts.pop(next(iter(self._plaintexts)))
+                pt = self._plaintexts[key] = self._ctx.encode(values, parms_id, scale)
+            return pt
 
     def load(self, data: bytes) -> Ciphertext:
         s = self._ctx.s
@@ -416,7 +431,7 @@ class _TenSealEvaluator(Evaluator):
     ) -> Ciphertext:
         self._check_level(ct)
         q = self._ctx.last_prime(ct)
-        pt = self._ctx.encode(values, ct.parms_id(), target_scale * q / ct.scale)
+        pt = self._encode(values, ct.parms_id(), target_scale * q / ct.scale)
         out = self._ctx.s.Ciphertext()
         self._ev.multiply_plain(ct, pt, out)
         self._ev.rescale_to_next_inplace(out)
@@ -426,7 +441,7 @@ class _TenSealEvaluator(Evaluator):
     def multiply_plain_no_rescale(self, ct: Ciphertext, value: float) -> Ciphertext:
         self._check_level(ct)
         q = self._ctx.last_prime(ct)
-        pt = self._ctx.encode(float(value), ct.parms_id(), q)
+        pt = self._encode(float(value), ct.parms_id(), q)
         out = self._ctx.s.Ciphertext()
         self._ev.multiply_plain(ct, pt, out)
         return out
@@ -462,7 +477,7 @@ class _TenSealEvaluator(Evaluator):
         return total
 
     def add_plain(self, ct: Ciphertext, values: float | npt.NDArray[np.float64]) -> Ciphertext:
-        pt = self._ctx.encode(values, ct.parms_id(), ct.scale)
+        pt = self._encode(values, ct.parms_id(), ct.scale)
         out = self._ctx.s.Ciphertext()
         self._ev.add_plain(ct, pt, out)
         return out
