@@ -248,6 +248,7 @@ def test_demo_writes_a_report(capsys: pytest.CaptureFixture[str], tmp_path: Path
         assert (folder / name).stat().st_size > 0, name
     html = (folder / "report.html").read_text()
     assert "Federated learning: three hospitals" in html
+    assert "Encrypted credit scoring: German credit" in html
     runs = json.loads((folder / "federated-hospitals" / "metrics.json").read_text())
     assert [r["summary"]["dp"] for r in runs] == ["none", "record", "record"]
     for r in runs:  # every run trained all its rounds (none was stopped by an old spend)

@@ -1,7 +1,7 @@
 """``veil demo``: a tour of what veil does, on bundled data, written up as a report.
 
 Each part of veil adds its scenario here as it lands. Today: the privacy core (secure noise,
-accounting), the ledger, DP statistics and federated learning.
+accounting), the ledger, DP statistics, federated learning and encrypted credit scoring.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def demo(
     plots = have_matplotlib()
     report = Report(
         "veil demo: secure noise, tight accounting, an enforced budget, DP statistics, "
-        "federated learning"
+        "federated learning, encrypted scoring"
     )
     report.paragraph(
         "Everything below ran on this machine just now, on the US Census 2000 PUMS excerpt "
@@ -57,6 +57,7 @@ def demo(
     _ledger(report, out)
     _statistics(report, out, plots)
     _federated(report, out, plots)
+    _encrypted_scoring(report)
     html_path, _ = report.write(out)
     console.print(f"\n[bold]report written to {out}[/bold]  (open {html_path.name})")
 
@@ -542,3 +543,71 @@ ADULT_EDUCATION = (
     "Prof-school",
     "Doctorate",
 )
+
+
+def _encrypted_scoring(report: Report) -> None:
+    console.rule("6. encrypted credit scoring")
+    try:
+        from veil.he.scenarios import run_credit_scenario
+    except MissingDependencyError as exc:
+        report.heading("6. Encrypted credit scoring")
+        report.paragraph(f"Skipped: {exc}")
+        return
+    with console.status("German credit: training, serving, scoring encrypted"):
+        result = run_credit_scenario(workers=2)
+    model = result.model
+    poly = model.sigmoid
+    assert poly is not None
+    rows = []
+    for r in result.runs:
+        rows.append(
+            [
+                f"{r.mode.value}, {r.packing.value}",
+                f"N={r.poly_modulus_degree}, {r.modulus_bits} bits",
+                f"{r.key_bundle_bytes / 2**20:.2f}",
+                f"{r.upload_bytes_per_query / 2**10:,.0f}",
+                f"{r.ms_per_applicant:.2f}",
+                f"{r.max_abs_dp:.1e}",
+                f"{r.decisions_agree:.1%}",
+            ]
+        )
+        console.print(
+            f"{r.mode.value}, {r.packing.value}: {r.applicants} applicants, "
+            f"{r.ms_per_applicant:.2f} ms each, max |p_enc - p_clear| {r.max_abs_dp:.1e}, "
+            f"decisions agree {r.decisions_agree:.1%}"
+        )
+    report.heading("6. Encrypted credit scoring: German credit")
+    report.paragraph(
+        f"A lender trained a logistic regression on the German credit data (800 applicants; "
+        f"{model.features} features after one-hot encoding; test accuracy "
+        f"{result.test_accuracy:.3f}) and served it with `veil he serve` ({result.workers} "
+        "worker processes, mutual TLS on loopback). Each of the 200 held-out applicants "
+        "encoded and encrypted its features with CKKS (TenSEAL / Microsoft SEAL, 128-bit "
+        "parameters), uploaded its public evaluation keys once, and decrypted its own score: "
+        "the server saw neither the features nor the score and held no secret key. In logit "
+        "mode the server returns the encrypted logit and the applicant applies the sigmoid; in "
+        "probability mode the server evaluates a degree-"
+        f"{poly.degree} polynomial fitted to the model's logit range [-{poly.radius:.2f}, "
+        f"{poly.radius:.2f}] (max error {poly.max_error:.4f}). Batches pack one applicant per "
+        "slot (up to 4,096 at N = 8192, 8,192 at N = 16384; a batch costs about the same "
+        "whether full or not, so its time per applicant falls as it fills). Times include "
+        "encryption, the gRPC call and decryption."
+    )
+    report.table(
+        [
+            "mode",
+            "parameters",
+            "key bundle MiB",
+            "upload per query KiB",
+            "ms per applicant",
+            "max abs(p_enc - p_clear)",
+            "decisions as the clear model",
+        ],
+        rows,
+    )
+    report.paragraph(
+        "Only slot 0 of a single-applicant result can be read: the server multiplies the "
+        "rotated sums by a one-hot mask, so the partial sums of weights times features that a "
+        "plain rotate-and-sum leaves in the other slots (enough to read every weight from one "
+        "query) are gone."
+    )
