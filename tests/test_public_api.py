@@ -61,6 +61,7 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.federated.dp",
                 "veil.federated.training",
                 "veil.federated.simulation",
+                "veil.federated.secure",
             ],
         ),
         (
@@ -80,6 +81,7 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.secagg.shamir",
                 "veil.secagg.quantize",
                 "veil.secagg.protocol",
+                "veil.secagg.planning",
             ],
         ),
     ],

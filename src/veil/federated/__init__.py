@@ -20,6 +20,13 @@ from veil.federated.data import FederatedData
 from veil.federated.dp import AdaptiveClipping, DpAggregator, DpSgd, NoisySum
 from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
 from veil.federated.protocol import ClientSampling, FederatedServer, RoundOutcome, Stage
+from veil.federated.secure import (
+    Encoding,
+    SecureAggregation,
+    SecureClient,
+    SecureRoundSpec,
+    SecureServerRound,
+)
 from veil.federated.simulation import RoundRecord, Simulation, SimulationResult
 from veil.federated.strategies import (
     Adagrad,
@@ -31,6 +38,7 @@ from veil.federated.strategies import (
     ServerOptimizer,
     Sgd,
     Strategy,
+    SummedUpdates,
     TrimmedMean,
     WeightedMean,
     Yogi,
@@ -65,6 +73,7 @@ __all__ = [
     "CoordinateMedian",
     "DpAggregator",
     "DpSgd",
+    "Encoding",
     "FederatedData",
     "FederatedServer",
     "Krum",
@@ -74,12 +83,17 @@ __all__ = [
     "RoundContext",
     "RoundOutcome",
     "RoundRecord",
+    "SecureAggregation",
+    "SecureClient",
+    "SecureRoundSpec",
+    "SecureServerRound",
     "ServerOptimizer",
     "Sgd",
     "Simulation",
     "SimulationResult",
     "Stage",
     "Strategy",
+    "SummedUpdates",
     "TrainConfig",
     "TrainFailure",
     "TrainInstruction",

@@ -1,14 +1,14 @@
-"""Secure aggregation (Bonawitz et al. 2017; Bell et al. 2020): the building blocks.
+"""Secure aggregation (Bonawitz et al. 2017; Bell et al. 2020).
 
-So far: the cryptographic primitives behind one module (:mod:`veil.secagg.crypto`), Shamir
-secret sharing of 32-byte secrets over a prime field (:mod:`veil.secagg.shamir`), and the
-quantisation of float updates into ``Z_2^32`` (:mod:`veil.secagg.quantize`), and the
-semi-honest protocol with dropout recovery as client and server state machines
-(:mod:`veil.secagg.protocol`). Still to come: SecAgg+'s sparse neighbour graphs wired to the
-federated round, the active-adversary mode, and distributed DP.
+The cryptographic primitives behind one module (:mod:`veil.secagg.crypto`), Shamir secret
+sharing of 32-byte secrets over a prime field (:mod:`veil.secagg.shamir`), the quantisation of
+float updates into ``Z_2^32`` (:mod:`veil.secagg.quantize`), the protocol with dropout recovery
+as client and server state machines, semi-honest or active (:mod:`veil.secagg.protocol`), and
+the choice of SecAgg+'s graph and threshold (:mod:`veil.secagg.planning`). Federated rounds use
+it through :mod:`veil.federated.secure`.
 """
 
-from veil.secagg import crypto, shamir
+from veil.secagg import crypto, planning, shamir
 from veil.secagg.crypto import (
     AgreementKey,
     SigningKey,
@@ -19,9 +19,12 @@ from veil.secagg.crypto import (
     seal,
     verify,
 )
+from veil.secagg.planning import RoundPlan, abort_probability, plan_round
 from veil.secagg.protocol import (
     AdvertiseKeys,
     ClientStage,
+    ConsistencyCheck,
+    ConsistencyProof,
     KeyDirectory,
     MaskedInput,
     SecAggClient,
@@ -30,10 +33,11 @@ from veil.secagg.protocol import (
     SharesForYou,
     UnmaskRequest,
     UnmaskShares,
+    active_threshold_ok,
     neighbours_complete,
     neighbours_harary,
 )
-from veil.secagg.quantize import Quantizer
+from veil.secagg.quantize import Quantizer, from_ring, stochastic_round, to_ring
 from veil.secagg.shamir import PRIME, SECRET_BYTES, combine, lagrange_at_zero, split
 
 __all__ = [
@@ -42,9 +46,12 @@ __all__ = [
     "AdvertiseKeys",
     "AgreementKey",
     "ClientStage",
+    "ConsistencyCheck",
+    "ConsistencyProof",
     "KeyDirectory",
     "MaskedInput",
     "Quantizer",
+    "RoundPlan",
     "SecAggClient",
     "SecAggServer",
     "ShareKeys",
@@ -52,17 +59,24 @@ __all__ = [
     "SigningKey",
     "UnmaskRequest",
     "UnmaskShares",
+    "abort_probability",
+    "active_threshold_ok",
     "combine",
     "crypto",
     "derive",
+    "from_ring",
     "lagrange_at_zero",
     "mask",
     "neighbours_complete",
     "neighbours_harary",
     "open_sealed",
+    "plan_round",
+    "planning",
     "random_seed",
     "seal",
     "shamir",
     "split",
+    "stochastic_round",
+    "to_ring",
     "verify",
 ]
