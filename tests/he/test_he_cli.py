@@ -81,7 +81,7 @@ def served(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     line = proc.stdout.readline()
     assert "serving" in line, proc.stderr.read() if proc.stderr else line
     port = line.split(" on ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1]
-    yield f"localhost:{port}|{pki}"
+    yield f"localhost:{port}|{pki}|{proc.pid}"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
@@ -98,7 +98,7 @@ def test_train_reports_the_model_and_its_sigmoid(trained: tuple[Path, Path]) -> 
 def test_keygen_and_score_against_a_served_model(
     served: str, trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target, pki = served.split("|")
+    target, pki, _ = served.split("|")
     model_path, test_path = trained
     model = LinearModel.load(model_path)
     with test_path.open() as fh:
@@ -266,7 +266,7 @@ def test_bad_input_is_one_line(
 def test_score_rejects_rows_the_model_cannot_encode(
     served: str, trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target, pki = served.split("|")
+    target, pki, _ = served.split("|")
     model_path, _ = trained
     assert main(["he", "keygen", "--model", str(model_path), "--out", str(tmp_path / "k")]) == 0
     bad = tmp_path / "bad.csv"
@@ -286,3 +286,50 @@ def test_score_rejects_rows_the_model_cannot_encode(
     )
     assert code == 1
     assert "row 1 has no column" in err and "Traceback" not in err
+
+
+def _workers_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        int(c)
+        for c in children
+        if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+        and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()
+    ]
+
+
+def test_a_killed_worker_is_replaced(
+    served: str, trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The serving process restarts a worker that dies mid-run (kill -9), and scoring resumes."""
+    import time
+
+    target, pki, pid = served.split("|")
+    (worker,) = _workers_of(int(pid))
+    os.kill(worker, signal.SIGKILL)
+    model_path, test_path = trained
+    keys = tmp_path / "keys"
+    assert main(["he", "keygen", "--model", str(model_path), "--out", str(keys)]) == 0
+    deadline = time.monotonic() + 90
+    while True:
+        code, out, err = run(
+            capsys,
+            "he",
+            "score",
+            "--server",
+            target,
+            "--tls-dir",
+            pki,
+            "--keys",
+            str(keys),
+            "--input",
+            str(test_path),
+        )
+        if code == 0 or time.monotonic() > deadline:
+            break
+        assert "cannot reach the scoring server" in err  # restarting, not crashing
+        time.sleep(1)
+    assert code == 0, err
+    assert "scored 200 applicants" in out
+    (replacement,) = _workers_of(int(pid))
+    assert replacement != worker

@@ -82,6 +82,8 @@ class ServerConfig:
     max_key_bytes: int = 64 << 20
     max_request_bytes: int = 48 << 20
     max_sessions: int = 1000
+    session_ttl: float = 3600.0
+    """Seconds a session lives after its keys were uploaded."""
     cached_sessions: int = 8
     threads_per_worker: int = 4
 
@@ -159,6 +161,7 @@ class _Servicer:
             raise DataError(f"key upload truncated: {size} of {total} bytes arrived")
         bundle = b"".join(parts)
         session = self.scorer.open_session(bundle, mode, packing)  # validates every key
+        self._expire()
         if sum(1 for _ in self.store.glob("*.bundle")) >= self.config.max_sessions:
             raise _AbortError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -173,6 +176,17 @@ class _Servicer:
         self._remember(sid, session)
         return pb.Session(session_id=sid)
 
+    def _expire(self) -> None:
+        """Forget sessions older than the TTL (any worker may do it for all)."""
+        cutoff = time.time() - self.config.session_ttl
+        for path in self.store.glob("*.bundle"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    path.with_suffix(".json").unlink(missing_ok=True)
+            except FileNotFoundError:  # another worker got there first
+                continue
+
     def _remember(self, sid: str, session: ScoringSession) -> None:
         with self._lock:
             self._cache[sid] = session
@@ -185,11 +199,14 @@ class _Servicer:
             raise DataError("malformed session id")
         with self._lock:
             found = self._cache.get(sid)
-            if found is not None:
+            if found is not None and (self.store / f"{sid}.bundle").exists():
                 self._cache.move_to_end(sid)
                 return found
+            self._cache.pop(sid, None)  # closed or expired (perhaps by another worker)
         path = self.store / f"{sid}.bundle"
         try:
+            if path.stat().st_mtime < time.time() - self.config.session_ttl:
+                raise FileNotFoundError(path)
             meta = json.loads((self.store / f"{sid}.json").read_text())
             bundle = path.read_bytes()
         except FileNotFoundError:
@@ -298,6 +315,9 @@ class ScoringServer:
         self._processes: list[Any] = []
         self.store = Path(tempfile.mkdtemp(prefix="veil-he-sessions-"))
         self.port = 0
+        self._mp = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+        self._ready: Any = None
+        self._stopping = False
 
     def start(self, timeout: float = 60.0) -> ScoringServer:
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET)
@@ -305,14 +325,9 @@ class ScoringServer:
         sock.bind((self.config.host, self.config.port))
         self._socket = sock  # holds the port until the workers have bound it too
         self.port = sock.getsockname()[1]
-        ctx = multiprocessing.get_context("spawn")  # gRPC does not survive fork
-        ready = ctx.Queue()
+        self._ready = ready = self._mp.Queue()
         for _ in range(self.config.workers):
-            proc = ctx.Process(
-                target=_worker, args=(self.config, self.port, str(self.store), ready), daemon=True
-            )
-            proc.start()
-            self._processes.append(proc)
+            self._processes.append(self._spawn())
         deadline = time.monotonic() + timeout
         for _ in self._processes:
             try:
@@ -324,6 +339,15 @@ class ScoringServer:
                 raise ConfigurationError(f"a scoring worker failed to start: {status}")
         return self
 
+    def _spawn(self) -> Any:
+        proc = self._mp.Process(
+            target=_worker,
+            args=(self.config, self.port, str(self.store), self._ready),
+            daemon=True,
+        )
+        proc.start()
+        return proc
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._processes if p.pid is not None]
@@ -331,12 +355,21 @@ class ScoringServer:
     def alive(self) -> int:
         return sum(1 for p in self._processes if p.is_alive())
 
-    def wait(self) -> None:
-        """Block until every worker has exited (``veil he serve``)."""
-        for p in self._processes:
-            p.join()
+    def wait(self, *, poll: float = 1.0) -> None:
+        """Serve until :meth:`stop` (``veil he serve``): a worker that dies (a crash in the HE
+        library, say) is replaced, so one bad request cannot take the service down."""
+        self._stopping = False
+        while not self._stopping and self._processes:
+            for i, proc in enumerate(self._processes):
+                if not proc.is_alive() and not self._stopping:
+                    log.warning(
+                        "worker %s exited with %s; starting another", proc.pid, proc.exitcode
+                    )
+                    self._processes[i] = self._spawn()
+            time.sleep(poll)
 
     def stop(self) -> None:
+        self._stopping = True
         for p in self._processes:
             if p.is_alive():
                 p.terminate()
