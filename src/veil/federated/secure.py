@@ -316,7 +316,7 @@ def make_spec(
 
 
 def _clip_l2(update: Vector, clip: float) -> Vector:
-    norm = float(np.sqrt(update @ update))
+    norm = math.sqrt(float(np.einsum("i,i->", update, update)))  # no BLAS threads
     return update * (clip / norm) if norm > clip else update
 
 

@@ -141,6 +141,18 @@ def keystream(key: bytes, nonce: bytes, nbytes: int) -> bytes:
     return encryptor.update(bytes(nbytes)) + encryptor.finalize()
 
 
+_ZEROS = bytearray()
+
+
+def _zeros(nbytes: int) -> memoryview:
+    """A read-only view of ``nbytes`` zero bytes, from one buffer grown as needed (the masks
+    of a round all have one length, so it is allocated once)."""
+    global _ZEROS
+    if len(_ZEROS) < nbytes:
+        _ZEROS = bytearray(nbytes)
+    return memoryview(_ZEROS)[:nbytes].toreadonly()
+
+
 def mask(seed: bytes, size: int) -> npt.NDArray[np.uint32]:
     """``size`` pseudorandom words of ``Z_2^32`` expanded from a 32-byte ``seed`` (AES-256-CTR
     from a zero counter: each seed is derived for one use, so the counter never repeats)."""
@@ -148,8 +160,13 @@ def mask(seed: bytes, size: int) -> npt.NDArray[np.uint32]:
         raise ConfigurationError(f"a mask seed has {KEY_BYTES} bytes, got {len(seed)}")
     if not isinstance(size, int) or size < 0:
         raise ConfigurationError(f"size must be an integer >= 0, got {size!r}")
-    out = np.frombuffer(keystream(seed, bytes(16), 4 * size), dtype="<u4")
-    return out.astype(np.uint32, copy=False)
+    nbytes = 4 * size
+    out = bytearray(nbytes + 15)  # update_into wants a block of slack
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    written = encryptor.update_into(_zeros(nbytes), out)
+    if written != nbytes:  # pragma: no cover - CTR is a stream mode
+        raise AssertionError("AES-CTR returned a short keystream")
+    return np.frombuffer(out, dtype="<u4", count=size).astype(np.uint32, copy=False)
 
 
 class SigningKey:

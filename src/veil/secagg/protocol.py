@@ -285,6 +285,7 @@ class SecAggClient:
         self._share_key = crypto.AgreementKey()
         self._directory: KeyDirectory | None = None
         self._received: dict[int, tuple[int, int]] = {}  # owner -> (b share, key share)
+        self._channels: dict[int, bytes] = {}
 
     def _expect(self, stage: ClientStage) -> None:
         if self.stage is not stage:
@@ -323,12 +324,18 @@ class SecAggClient:
                 ) from None
 
     def _channel_key(self, peer: int) -> bytes:
+        """The key of the channel with ``peer``, agreed once and kept for the round (it seals
+        the shares this client sends and opens those it receives)."""
         assert self._directory is not None
-        shared = self._share_key.exchange(self._directory.keys[peer][1])
-        low, high = min(self.client, peer), max(self.client, peer)
-        return crypto.derive(
-            shared, session=self.session, round=self.round, purpose=f"share/{low}/{high}"
-        )
+        key = self._channels.get(peer)
+        if key is None:
+            shared = self._share_key.exchange(self._directory.keys[peer][1])
+            low, high = min(self.client, peer), max(self.client, peer)
+            key = crypto.derive(
+                shared, session=self.session, round=self.round, purpose=f"share/{low}/{high}"
+            )
+            self._channels[peer] = key
+        return key
 
     def share_keys(self, directory: KeyDirectory) -> ShareKeys:
         self._expect(ClientStage.SHARE)
@@ -398,11 +405,15 @@ class SecAggClient:
                 int.from_bytes(plain[33:], "big"),
             )
         self._u2 = frozenset(shares.sealed)
-        y = self.vector + _self_mask(self._self_seed, self.session, self.round, self.vector.size)
+        y = _self_mask(self._self_seed, self.session, self.round, self.vector.size)
+        y += self.vector
         for v in sorted(self._u2):
             secret = self._mask_key.exchange(self._directory.keys[v][0])
             m = _pair_mask(secret, self.session, self.round, self.client, v, y.size)
-            y = y + m if self.client < v else y - m
+            if self.client < v:
+                y += m
+            else:
+                y -= m
         self.stage = ClientStage.CONSISTENCY if self.active else ClientStage.UNMASK
         return MaskedInput(self.client, y)
 
@@ -620,5 +631,8 @@ class SecAggServer:
             for u in partners:
                 secret = key.exchange(self.keys[u][0])
                 m = _pair_mask(secret, self.session, self.round, u, v, self.dimension)
-                total = total - m if u < v else total + m
+                if u < v:
+                    total -= m
+                else:
+                    total += m
         return total
