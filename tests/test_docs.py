@@ -15,6 +15,7 @@ PAGES = [
     "docs/analytics.md",
     "docs/federated.md",
     "docs/secagg.md",
+    "docs/he.md",
 ]
 
 

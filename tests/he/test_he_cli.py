@@ -291,10 +291,7 @@ def test_score_rejects_rows_the_model_cannot_encode(
 def _workers_of(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [
-        int(c)
-        for c in children
-        if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
-        and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()
+        int(c) for c in children if b"veil.he.service" in Path(f"/proc/{c}/cmdline").read_bytes()
     ]
 
 

@@ -27,11 +27,13 @@ import dataclasses
 import itertools
 import json
 import logging
-import multiprocessing
+import os
+import queue
 import re
 import secrets
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -266,9 +268,41 @@ class _Servicer:
         )
 
 
-def _worker(config: ServerConfig, port: int, store: str, ready: Any) -> None:
-    """One worker process: a gRPC server on the shared port until it is terminated."""
+def _config_to_json(config: ServerConfig, port: int, store: str) -> bytes:
+    fields = dataclasses.asdict(config)
+    if config.tls is not None:
+        fields["tls"] = {
+            "ca": config.tls.ca.decode(),
+            "certificate": config.tls.certificate.decode(),
+            "private_key": config.tls.private_key.decode(),
+        }
+    return json.dumps({"config": fields, "port": port, "store": store}).encode()
+
+
+def _config_from_json(data: bytes) -> tuple[ServerConfig, int, str]:
+    raw = json.loads(data)
+    fields = raw["config"]
+    if fields["tls"] is not None:
+        fields["tls"] = TlsFiles(**{k: v.encode() for k, v in fields["tls"].items()})
+    return ServerConfig(**fields), int(raw["port"]), str(raw["store"])
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the serving process is gone (even if it was killed with SIGKILL)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def worker_main() -> None:
+    """One worker process (``python -m veil.he.service``): the configuration arrives on stdin
+    (so the TLS key never touches the disk), ``ok`` or the error goes to stdout, then it serves
+    until terminated."""
+    import sys
+
+    parent = os.getppid()
     try:
+        config, port, store = _config_from_json(sys.stdin.buffer.read())
         servicer = _Servicer(config, Path(store))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads_per_worker),
@@ -293,14 +327,19 @@ def _worker(config: ServerConfig, port: int, store: str, ready: Any) -> None:
             raise ConfigurationError(f"could not bind {address}")
         server.start()
     except Exception as exc:
-        ready.put(f"{type(exc).__name__}: {exc}")
+        print(f"{type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
         return
-    ready.put("ok")
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    print("ok", flush=True)
     server.wait_for_termination()
 
 
 class ScoringServer:
-    """The service in ``workers`` processes on one port. A context manager."""
+    """The service in ``workers`` processes on one port. A context manager.
+
+    Workers are fresh interpreters (``python -m veil.he.service``), not forks: gRPC does not
+    survive ``fork``, and unlike ``multiprocessing``'s spawn they never re-import the caller's
+    main module."""
 
     def __init__(self, config: ServerConfig) -> None:
         if config.tls is None and not config.insecure:
@@ -312,12 +351,31 @@ class ScoringServer:
         LinearModel.load(config.model_path)  # fail here, not in every worker
         self.config = config
         self._socket: socket.socket | None = None
-        self._processes: list[Any] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
         self.store = Path(tempfile.mkdtemp(prefix="veil-he-sessions-"))
         self.port = 0
-        self._mp = multiprocessing.get_context("spawn")  # gRPC does not survive fork
-        self._ready: Any = None
         self._stopping = False
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], queue.Queue[str]]:
+        import sys
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veil.he.service"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(_config_to_json(self.config, self.port, str(self.store)))
+        proc.stdin.close()
+        status: queue.Queue[str] = queue.Queue()
+        stdout = proc.stdout
+
+        def first_line() -> None:
+            status.put(stdout.readline().decode(errors="replace").strip() or "exited")
+
+        threading.Thread(target=first_line, daemon=True).start()
+        return proc, status
 
     def start(self, timeout: float = 60.0) -> ScoringServer:
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET)
@@ -325,57 +383,51 @@ class ScoringServer:
         sock.bind((self.config.host, self.config.port))
         self._socket = sock  # holds the port until the workers have bound it too
         self.port = sock.getsockname()[1]
-        self._ready = ready = self._mp.Queue()
-        for _ in range(self.config.workers):
-            self._processes.append(self._spawn())
+        started = [self._spawn() for _ in range(self.config.workers)]
+        self._processes = [proc for proc, _ in started]
         deadline = time.monotonic() + timeout
-        for _ in self._processes:
+        for _, status in started:
             try:
-                status = ready.get(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                status = "did not start in time"
-            if status != "ok":
+                line = status.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = "did not start in time"
+            if line != "ok":
                 self.stop()
-                raise ConfigurationError(f"a scoring worker failed to start: {status}")
+                raise ConfigurationError(f"a scoring worker failed to start: {line}")
         return self
-
-    def _spawn(self) -> Any:
-        proc = self._mp.Process(
-            target=_worker,
-            args=(self.config, self.port, str(self.store), self._ready),
-            daemon=True,
-        )
-        proc.start()
-        return proc
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p.pid is not None]
+        return [p.pid for p in self._processes]
 
     def alive(self) -> int:
-        return sum(1 for p in self._processes if p.is_alive())
+        return sum(1 for p in self._processes if p.poll() is None)
 
     def wait(self, *, poll: float = 1.0) -> None:
         """Serve until :meth:`stop` (``veil he serve``): a worker that dies (a crash in the HE
         library, say) is replaced, so one bad request cannot take the service down."""
         self._stopping = False
         while not self._stopping and self._processes:
-            for i, proc in enumerate(self._processes):
-                if not proc.is_alive() and not self._stopping:
+            for i, proc in enumerate(list(self._processes)):
+                if proc.poll() is not None and not self._stopping:
                     log.warning(
-                        "worker %s exited with %s; starting another", proc.pid, proc.exitcode
+                        "worker %s exited with %s; starting another", proc.pid, proc.returncode
                     )
-                    self._processes[i] = self._spawn()
+                    self._processes[i] = self._spawn()[0]
             time.sleep(poll)
 
     def stop(self) -> None:
         self._stopping = True
-        for p in self._processes:
-            if p.is_alive():
+        processes, self._processes = self._processes, []
+        for p in processes:
+            if p.poll() is None:
                 p.terminate()
-        for p in self._processes:
-            p.join(timeout=10)
-        self._processes = []
+        for p in processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -518,3 +570,7 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+if __name__ == "__main__":
+    worker_main()
