@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= reports/demo
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean he-proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/samplers.py
 	$(BIN)/python benchmarks/ledger_throughput.py
+
+# The encrypted scoring service's protobuf code is committed; regenerate it after editing the
+# schema (grpcio-tools is a development tool, not a dependency).
+he-proto: $(VENV)/.test-installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt grpcio-tools
+	cd src/veil/he/proto && ../../../../$(BIN)/python -m grpc_tools.protoc -I. \
+		--python_out=. --pyi_out=. scoring.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache reports
