@@ -100,8 +100,13 @@ def test_late_duplicate_foreign_and_malformed_answers_are_the_peers_fault() -> N
         server.receive(TrainResult(server.round + 1, chosen, np.ones(3), 1))
     with pytest.raises(RemoteProtocolError, match="values"):
         server.receive(TrainResult(server.round, chosen, np.ones(4), 1))
-    with pytest.raises(RemoteProtocolError, match="non-finite"):
-        server.receive(TrainResult(server.round, chosen, np.array([1.0, np.nan, 0.0]), 1))
+    for bad in ([1.0, np.nan, 0.0], [np.inf, -np.inf, 0.0], [0.0, 0.0, -np.inf]):
+        with pytest.raises(RemoteProtocolError, match="non-finite"):
+            server.receive(TrainResult(server.round, chosen, np.array(bad), 1))
+    # finite values whose sum overflows are not refused for it (the server checks values)
+    huge = _server(clients=1)
+    huge.start_round(rng)
+    huge.receive(TrainResult(1, "c0", np.array([1e308, 1e308, 1e308]), 1))
     server.receive(_result(server, chosen, 1.0))
     with pytest.raises(RemoteProtocolError, match="already"):
         server.receive(_result(server, chosen, 1.0))

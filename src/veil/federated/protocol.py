@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -289,7 +290,9 @@ class FederatedServer:
                 f"client {message.client_id!r} sent {message.update.size} values; "
                 f"the model has {self._parameters.size}"
             )
-        if not np.all(np.isfinite(message.update)):
+        # a finite sum means every value is finite (NaN and ±inf propagate); only a sum that
+        # is not (a non-finite value, or an overflow) needs the element-wise check
+        if not math.isfinite(message.update.sum()) and not np.isfinite(message.update).all():
             raise RemoteProtocolError(f"client {message.client_id!r} sent a non-finite update")
         self._results[message.client_id] = message
 
