@@ -292,7 +292,9 @@ class FederatedServer:
             )
         # a finite sum means every value is finite (NaN and ±inf propagate); only a sum that
         # is not (a non-finite value, or an overflow) needs the element-wise check
-        if not math.isfinite(message.update.sum()) and not np.isfinite(message.update).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = message.update.sum()
+        if not math.isfinite(total) and not np.isfinite(message.update).all():
             raise RemoteProtocolError(f"client {message.client_id!r} sent a non-finite update")
         self._results[message.client_id] = message
 
