@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,10 @@ class DpAggregator(Aggregator):
 
     def state(self) -> dict[str, Any]:
         return {"clip_norm": self.clip_norm, "clip_history": list(self.clip_history)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.clip_norm = float(state["clip_norm"])
+        self.clip_history = [float(c) for c in state["clip_history"]]
 
     def check(self, *, population: int, sampling_probability: float) -> None:
         if sampling_probability <= 0:

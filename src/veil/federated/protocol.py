@@ -387,6 +387,25 @@ class FederatedServer:
             "aggregator": self.strategy.aggregator.state(),
         }
 
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resume from what :meth:`state` returned (a coordinator restarting from its
+        checkpoint): the model, the round, the optimiser's moments, the aggregator's state."""
+        self._expect(Stage.IDLE, "restore a checkpoint")
+        params = np.array(state["parameters"], dtype=np.float64).reshape(-1)
+        if params.shape != self._parameters.shape or not np.all(np.isfinite(params)):
+            raise ConfigurationError(
+                f"the checkpoint's model has {params.size} values; this federation's has "
+                f"{self._parameters.size}"
+            )
+        round_ = int(state["round"])
+        if not 0 <= round_ <= self.rounds:
+            raise ConfigurationError(f"the checkpoint is of round {round_} of {self.rounds}")
+        self._parameters = params
+        self.round = round_
+        self.strategy.optimizer.load_state(state["optimizer"])
+        self.strategy.aggregator.load_state(state["aggregator"])
+        self.stage = Stage.FINISHED if round_ >= self.rounds else Stage.IDLE
+
 
 def _weighted_metrics(results: Sequence[TrainResult]) -> dict[str, float]:
     totals: dict[str, float] = {}

@@ -146,6 +146,9 @@ class Aggregator(abc.ABC):
         """What a checkpoint must keep to resume."""
         return {}
 
+    def load_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027
+        """Take back what :meth:`state` returned (a coordinator resuming from a checkpoint)."""
+
     def describe(self) -> str:
         return type(self).__name__
 
@@ -249,6 +252,9 @@ class ServerOptimizer(abc.ABC):
         """What a checkpoint must keep to resume (moment estimates)."""
         return {}
 
+    def load_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027
+        """Take back what :meth:`state` returned (a coordinator resuming from a checkpoint)."""
+
     def reset(self) -> None:  # noqa: B027
         """Forget the moments of an earlier run."""
 
@@ -308,6 +314,11 @@ class _Adaptive(ServerOptimizer):
 
     def state(self) -> dict[str, Any]:
         return {"m": self._m, "v": self._v}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        m, v = state.get("m"), state.get("v")
+        self._m = None if m is None else np.array(m, dtype=np.float64)
+        self._v = None if v is None else np.array(v, dtype=np.float64)
 
     def reset(self) -> None:
         self._m = None
