@@ -324,3 +324,29 @@ def test_an_active_mode_simulation_signs_keys_and_lists_and_trains_the_same_mode
 def test_the_active_mode_needs_every_client_enrolled() -> None:
     with pytest.raises(ConfigurationError, match="enrolled signing key"):
         _server(4, secure=SecureAggregation(active=True), enrolled={"c0": b"k" * 32})
+
+
+def test_under_central_dp_a_quantised_update_stays_within_the_clip_norm() -> None:
+    """The server noises the sum for contributions of norm at most C; a client's encoded
+    update, rounded at random on the ring, must not exceed it (a long vector clipped to C
+    exactly would, by up to √d steps)."""
+    from veil.federated.secure import encode
+
+    server = _server(
+        5,
+        strategy=Strategy(DpAggregator(noise_multiplier=1.0, clip_norm=0.5), Sgd()),
+        dim=50_000,
+    )
+    spec = server.start_round(InsecureSeededRandom(0), reservation=_FakeReservation(server))[
+        0
+    ].secure
+    assert spec is not None and spec.encoding is Encoding.CENTRAL_DP
+    big = np.random.default_rng(1).normal(size=50_000)
+    big *= 3 * 0.5 / np.linalg.norm(big)
+    worst = 0.0
+    for seed in range(20):
+        words = encode(spec, TrainResult(1, "c0", big, 1), InsecureSeededRandom(seed))
+        decoded = spec.quantizer().decode(words)
+        worst = max(worst, float(np.linalg.norm(decoded)))
+    assert worst <= 0.5
+    assert worst > 0.5 * (1 - 1e-3)  # and the clipping costs next to nothing

@@ -295,11 +295,17 @@ def make_spec(
         raise ConfigurationError("client-level DP sets a clip norm; none was configured")
     if encoding is Encoding.CENTRAL_DP:
         adaptive = getattr(aggregator, "adaptive", None) is not None
-        return SecureRoundSpec(
+        spec = SecureRoundSpec(
             **common,  # type: ignore[arg-type]
             clip=clip,
             metric_keys=("within_clip",) if adaptive else (),
         )
+        if _rounding_slack(spec) >= clip / 2:
+            raise ConfigurationError(
+                f"{len(clients)} clients with {dimension} parameters leave too coarse a 32-bit "
+                "ring for central DP's clip norm; sample fewer clients per round"
+            )
+        return spec
     g, sigma = distributed_noise(
         clip=clip,
         dimension=dimension,
@@ -320,13 +326,22 @@ def _clip_l2(update: Vector, clip: float) -> Vector:
     return update * (clip / norm) if norm > clip else update
 
 
+def _rounding_slack(spec: SecureRoundSpec) -> float:
+    return math.sqrt(spec.dimension) * spec.quantizer().resolution
+
+
 def encode(spec: SecureRoundSpec, result: TrainResult, rng: RandomSource) -> npt.NDArray[np.uint32]:
     """A client's update (and metrics) as words of ``Z_2^32`` (see the module docstring)."""
-    update = _clip_l2(np.asarray(result.update, dtype=np.float64), spec.clip)
+    update = np.asarray(result.update, dtype=np.float64)
     if update.size != spec.dimension:
         raise LocalProtocolError(
             f"the update has {update.size} values; the round expects {spec.dimension}"
         )
+    update = _clip_l2(update, spec.clip)
+    if spec.encoding is Encoding.CENTRAL_DP:
+        # the server noises the sum for contributions of L2 norm at most C; random rounding
+        # moves each coordinate by less than one step, so clip to C - √d·step to stay within C
+        update = _clip_l2(update, spec.clip - _rounding_slack(spec))
     if spec.encoding is Encoding.DISTRIBUTED_DP:
         grid = stochastic_round(update / spec.granularity, rng=rng)
         noise = discrete_gaussian(rng, grid.size, sigma=spec.client_sigma)
