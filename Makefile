@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[analytics,federated,reports]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[analytics,federated,he,reports]'
 	@touch $@
 
 $(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
