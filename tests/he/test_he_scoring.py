@@ -148,3 +148,45 @@ def test_bad_rows_and_files_are_refused_with_one_clear_message(
         LinearModel.load(tmp_path / "missing.json")
     with pytest.raises(DataError, match="two classes"):
         train_model(read_rows(data_path("german_credit.csv")), target="purpose")
+
+
+def test_a_scorecard_built_elsewhere_scores_encrypted(
+    test_rows: list[dict[str, str]], tmp_path: Path
+) -> None:
+    from veil.he import scorecard_model
+
+    card = scorecard_model(
+        points={
+            "housing": {"own": 30.0, "rent": 10.0, "for free": 20.0},
+            "foreign_worker": {"yes": 0.0, "no": 15.0},
+        },
+        per_unit={"duration_in_month": -0.5, "age_in_years": 0.25},
+        base=400.0,
+    )
+    card.save(tmp_path / "card.json")
+    card = LinearModel.load(tmp_path / "card.json")
+    rows = test_rows[:40]
+    by_hand = np.array(
+        [
+            400.0
+            + {"own": 30.0, "rent": 10.0, "for free": 20.0}[r["housing"]]
+            + {"yes": 0.0, "no": 15.0}[r["foreign_worker"]]
+            - 0.5 * float(r["duration_in_month"])
+            + 0.25 * float(r["age_in_years"])
+            for r in rows
+        ]
+    )
+    client = ScoringClient.generate(card.public_spec(), packing=Packing.BATCH)
+    scores = _score(card, client, client.encode(rows))
+    assert np.max(np.abs(scores - by_hand)) <= 1e-4
+    with pytest.raises(ConfigurationError, match="needs logit_range"):
+        scorecard_model(points={"housing": {"own": 1.0}}, kind=ModelKind.LOGISTIC)
+    odds = scorecard_model(
+        points={"housing": {"own": 1.2, "rent": -0.8, "for free": 0.1}},
+        base=-0.3,
+        kind=ModelKind.LOGISTIC,
+        logit_range=(-1.1, 0.9),
+    )
+    client = ScoringClient.generate(odds.public_spec())
+    x = client.encode(rows[:3])
+    assert np.max(np.abs(_score(odds, client, x) - sigmoid(odds.logits(x)))) <= 1e-5

@@ -22,7 +22,14 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("tenseal", "he") from None
 
 from veil.he.backend import ClientKeys, Evaluator, HEBackend, TenSealBackend, default_backend
-from veil.he.model import FeatureEncoder, LinearModel, ModelKind, read_rows, train_model
+from veil.he.model import (
+    FeatureEncoder,
+    LinearModel,
+    ModelKind,
+    read_rows,
+    scorecard_model,
+    train_model,
+)
 from veil.he.params import (
     MAX_MODULUS_BITS_128,
     CkksParameters,
@@ -55,6 +62,7 @@ __all__ = [
     "fit_sigmoid",
     "parameters_for_depth",
     "read_rows",
+    "scorecard_model",
     "sigmoid",
     "train_model",
 ]

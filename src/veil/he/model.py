@@ -31,6 +31,7 @@ __all__ = [
     "LinearModel",
     "ModelKind",
     "read_rows",
+    "scorecard_model",
     "train_model",
 ]
 
@@ -334,3 +335,55 @@ def train_model(
         metrics=metrics,
     )
     return model, test_rows
+
+
+def scorecard_model(
+    *,
+    points: Mapping[str, Mapping[str, float]],
+    per_unit: Mapping[str, float] | None = None,
+    base: float = 0.0,
+    kind: ModelKind = ModelKind.LINEAR,
+    logit_range: tuple[float, float] | None = None,
+    degree: int = 7,
+    target: str = "score",
+) -> LinearModel:
+    """A model file for a scorecard built elsewhere: ``score = base + sum of the points of each
+    attribute's category + sum of per_unit[col] * value``. Features are not standardised (a
+    scorecard's points apply to raw values). For ``kind=LOGISTIC`` the score is a log-odds and
+    ``logit_range`` (the scores the card can produce) sets the sigmoid polynomial's interval."""
+    per_unit = dict(per_unit or {})
+    if not points and not per_unit:
+        raise ConfigurationError("a scorecard needs points for at least one attribute")
+    for col, cats in points.items():
+        if not cats:
+            raise ConfigurationError(f"scorecard attribute {col!r} has no categories")
+    numeric = tuple(per_unit)
+    categorical = {col: tuple(cats) for col, cats in points.items()}
+    width = len(numeric) + sum(len(c) for c in categorical.values())
+    encoder = FeatureEncoder(numeric, categorical, (0.0,) * width, (1.0,) * width)
+    weights = [float(per_unit[c]) for c in numeric]
+    for col, cats in points.items():
+        weights += [float(cats[c]) for c in categorical[col]]
+    if not all(math.isfinite(w) for w in [*weights, base]):
+        raise ConfigurationError("scorecard points must be finite numbers")
+    poly = None
+    if kind is ModelKind.LOGISTIC:
+        if logit_range is None:
+            raise ConfigurationError(
+                "a logistic scorecard needs logit_range, the log-odds its scores span"
+            )
+        poly = fit_sigmoid(
+            radius=1.1 * max(abs(logit_range[0]), abs(logit_range[1])), degree=degree
+        )
+    lo_hi = logit_range or (float("nan"), float("nan"))
+    return LinearModel(
+        kind=kind,
+        target=target,
+        positive="1" if kind is ModelKind.LOGISTIC else None,
+        encoder=encoder,
+        weights=tuple(weights),
+        bias=float(base),
+        logit_range=(float(lo_hi[0]), float(lo_hi[1])),
+        sigmoid=poly,
+        metrics={},
+    )
