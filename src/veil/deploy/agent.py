@@ -1,0 +1,338 @@
+"""The client agent: a hospital's side of the federation, training on data that never leaves it.
+
+``veil fl join`` runs :class:`Agent`: it joins the coordinator (its certificate names it), asks
+for the next round that includes it, trains on its local data with the simulator's trainer
+(:func:`~veil.federated.training.train_clients`), and, under secure aggregation, runs
+:class:`~veil.federated.secure.SecureClient` through the round's stages, so only its masked
+update leaves the machine. When the coordinator is unreachable it retries with backoff and
+rejoins; when a round goes on without it (it was late) it waits for the next one.
+
+Local data is a ``.npz`` file with arrays ``x`` (examples by features) and ``y`` (labels
+``0..C-1``), or a CSV file with a header row, numeric features and a label column.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veil.deploy import codec
+from veil.deploy.config import ModelSpec
+from veil.errors import ConfigurationError, DataError, ProtocolError, VeilError
+from veil.federated.messages import TrainInstruction, TrainResult
+from veil.federated.secure import SecureClient
+from veil.privacy.random import SecureRandom
+from veil.tls import TlsFiles
+
+try:
+    import grpc
+
+    from veil.deploy.proto import federation_pb2 as pb
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    from veil.errors import MissingDependencyError
+
+    raise MissingDependencyError("grpcio", "deploy") from exc
+
+__all__ = ["Agent", "AgentReport", "load_data"]
+
+SERVICE = "veil.fl.v1.Coordinator"
+log = logging.getLogger("veil.deploy.agent")
+
+
+def load_data(path: str | Path, *, target: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32) and labels (int64) from a ``.npz`` or a CSV file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz.files or "y" not in npz.files:
+                raise DataError(f"{path} must hold arrays x and y; it has {npz.files}")
+            x, y = npz["x"], npz["y"]
+    else:
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or target not in header:
+                raise DataError(f"{path} has no column {target!r} (use --target)")
+            col = header.index(target)
+            rows = list(reader)
+        try:
+            table = np.array(rows, dtype=np.float64)
+        except ValueError:
+            raise DataError(f"{path}: every value must be a number") from None
+        if table.ndim != 2 or table.shape[0] == 0:
+            raise DataError(f"{path} has no rows")
+        y = table[:, col]
+        x = np.delete(table, col, axis=1)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] != np.shape(y)[0] or x.shape[0] == 0:
+        raise DataError(f"{path}: expected x of shape (examples, features) and one label each")
+    labels = np.asarray(y)
+    if not np.all(labels == np.round(labels)) or labels.min() < 0:
+        raise DataError(f"{path}: labels must be integers 0, 1, ...")
+    return x, labels.astype(np.int64)
+
+
+@dataclasses.dataclass
+class AgentReport:
+    rounds: list[int] = dataclasses.field(default_factory=list)
+    """Rounds this agent completed."""
+    missed: list[int] = dataclasses.field(default_factory=list)
+    """Rounds that went on without it."""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    finished: bool = False
+
+
+class Agent:
+    """One client of a federation (see the module docstring)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        x: np.ndarray,
+        y: np.ndarray,
+        tls: TlsFiles | None = None,
+        name: str = "",
+        retry_seconds: float = 300.0,
+        straggle: float = 0.0,
+    ) -> None:
+        if tls is None and not name:
+            raise ConfigurationError("without TLS the agent must say its --name")
+        self.target = target
+        self.x, self.y = x, y
+        self.tls = tls
+        self.metadata = () if tls is not None else (("veil-client", name),)
+        self.retry_seconds = retry_seconds
+        self.straggle = straggle
+        self.report = AgentReport()
+        self._channel: Any = None
+        self.client_id = name
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.max_send_message_length", 4 << 20),
+        ]
+        if self.tls is None:
+            self._channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=self.tls.ca,
+                private_key=self.tls.private_key,
+                certificate_chain=self.tls.certificate,
+            )
+            self._channel = grpc.secure_channel(self.target, creds, options=options)
+
+    def _count_out(self, message: Any) -> bytes:
+        data: bytes = message.SerializeToString()
+        self.report.bytes_sent += len(data)
+        return data
+
+    def _reader(self, cls: Any) -> Any:
+        def parse(raw: bytes) -> Any:
+            self.report.bytes_received += len(raw)
+            return cls.FromString(raw)
+
+        return parse
+
+    def _unary(self, method: str, request: Any, reply: Any, timeout: float) -> Any:
+        call = self._channel.unary_unary(
+            f"/{SERVICE}/{method}",
+            request_serializer=self._count_out,
+            response_deserializer=self._reader(reply),
+        )
+        return call(request, timeout=timeout, metadata=self.metadata)
+
+    def _stream_in(self, method: str, chunks: Iterator[Any], reply: Any, timeout: float) -> Any:
+        call = self._channel.stream_unary(
+            f"/{SERVICE}/{method}",
+            request_serializer=self._count_out,
+            response_deserializer=self._reader(reply),
+        )
+        return call(chunks, timeout=timeout, metadata=self.metadata)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def join(self) -> Any:
+        """Join (retrying while the coordinator is unreachable, up to ``retry_seconds``)."""
+        give_up = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
+            if self._channel is None:
+                self._connect()
+            try:
+                reply = self._unary("Join", pb.JoinRequest(agent_version="1"), pb.JoinReply, 10.0)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if time.monotonic() > give_up:
+                        raise ProtocolError(
+                            f"the coordinator at {self.target} is unreachable: {exc.details()}"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise ProtocolError(f"the coordinator refused to join: {exc.details()}") from None
+            self.client_id = reply.client_id
+            log.info("joined %s as %s at round %d", reply.federation, reply.client_id, reply.round)
+            return reply
+
+    def run(self) -> AgentReport:
+        """Take part in rounds until the federation finishes."""
+        import torch
+
+        torch.set_num_threads(1)
+        while True:
+            joined = self.join()
+            spec = ModelSpec.from_json(joined.model_json)
+            if spec.features != self.x.shape[1]:
+                raise DataError(
+                    f"the model takes {spec.features} features; the local data has "
+                    f"{self.x.shape[1]}"
+                )
+            from veil.federated.training import ClientData, ParamLayout
+
+            self.layout = ParamLayout(spec.build())
+            self.data = ClientData(torch.from_numpy(self.x), torch.from_numpy(self.y))
+            after = int(joined.round)
+            try:
+                while True:
+                    header, model = self._next_task(after)
+                    if header.kind == pb.TASK_FINISHED:
+                        self.report.finished = True
+                        return self.report
+                    if header.kind != pb.TASK_TRAIN:
+                        continue
+                    after = int(header.round)
+                    try:
+                        self._round(header, model)
+                        self.report.rounds.append(after)
+                    except grpc.RpcError as exc:
+                        if exc.code() in (
+                            grpc.StatusCode.ABORTED,
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                        ):
+                            log.warning("round %d went on without us: %s", after, exc.details())
+                            self.report.missed.append(after)
+                            continue
+                        raise
+            except grpc.RpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED,
+                ):
+                    raise ProtocolError(
+                        f"the coordinator refused a request: {exc.code().name}: {exc.details()}"
+                    ) from None
+                log.warning("lost the coordinator (%s); rejoining", exc.code().name)
+                self._channel.close()
+                self._channel = None
+
+    def _next_task(self, after: int) -> tuple[pb.TaskHeader, np.ndarray | None]:
+        call = self._channel.unary_stream(
+            f"/{SERVICE}/NextTask",
+            request_serializer=self._count_out,
+            response_deserializer=self._reader(pb.Chunk),
+        )
+        stream = call(
+            pb.TaskRequest(after_round=after, wait_seconds=20.0),
+            timeout=60.0,
+            metadata=self.metadata,
+        )
+        first = next(iter(stream))
+        if first.WhichOneof("part") != "task":
+            raise ProtocolError("the coordinator's task did not start with its header")
+        header = first.task
+        if header.kind != pb.TASK_TRAIN:
+            return header, None
+        reader = codec.VectorReader(header.dtype, int(header.length), max_length=1 << 30)
+        for chunk in stream:
+            reader.add(chunk.data)
+        return header, reader.vector()
+
+    def _train(self, instruction: TrainInstruction) -> TrainResult:
+        import torch
+
+        from veil.federated.training import train_clients
+
+        generator = torch.Generator()
+        generator.manual_seed(int(SecureRandom().words(1)[0] >> np.uint64(1)))
+        out = train_clients(
+            self.layout,
+            instruction.parameters,
+            [self.data],
+            instruction.config,
+            generator=generator,
+        )[0]
+        wire = instruction.parameters.dtype
+        return TrainResult(
+            instruction.round,
+            instruction.client_id,
+            out.update.astype(wire, copy=False),
+            out.num_examples,
+            out.metrics,
+        )
+
+    def _round(self, header: pb.TaskHeader, model: np.ndarray | None) -> None:
+        assert model is not None
+        number = int(header.round)
+        spec = codec.spec_from_pb(header.secure) if header.HasField("secure") else None
+        instruction = TrainInstruction(
+            number, self.client_id, model, codec.config_from_pb(header.config), spec
+        )
+        budget = 3 * float(header.stage_seconds) + 10.0
+        if spec is None:
+            result = self._train(instruction)
+            if self.straggle:
+                time.sleep(self.straggle)
+            head = pb.Chunk(
+                header=pb.ChunkHeader(
+                    round=number,
+                    dtype=str(result.update.dtype),
+                    length=int(result.update.size),
+                    num_examples=result.num_examples,
+                    metrics=dict(result.metrics),
+                )
+            )
+            self._stream_in("SubmitUpdate", codec.chunks(head, result.update), pb.RoundDone, budget)
+            return
+        client = SecureClient(instruction, rng=SecureRandom())
+        directory = self._unary(
+            "Advertise", codec.advertise_to_pb(number, client.advertise()), pb.KeyDirectory, budget
+        )
+        shares = self._unary(
+            "Share",
+            codec.share_keys_to_pb(number, client.share_keys(codec.directory_from_pb(directory))),
+            pb.SharesForYou,
+            budget,
+        )
+        result = self._train(instruction)
+        if self.straggle:
+            time.sleep(self.straggle)
+        masked = client.masked_input(codec.shares_for_you_from_pb(shares), result)
+        head = pb.Chunk(
+            header=pb.ChunkHeader(
+                round=number, dtype="uint32", length=int(masked.vector.size), client=masked.client
+            )
+        )
+        request = self._stream_in(
+            "SubmitMasked", codec.chunks(head, masked.vector), pb.UnmaskRequest, budget
+        )
+        try:
+            shares_out = client.unmask(codec.request_from_pb(request))
+        except VeilError as exc:
+            raise ProtocolError(f"round {number}: refused to unmask: {exc}") from None
+        self._unary("Unmask", codec.unmask_to_pb(number, shares_out), pb.RoundDone, budget)

@@ -1,0 +1,792 @@
+"""The coordinator: the round protocol's state machines behind a gRPC service.
+
+One driver thread moves :class:`~veil.federated.protocol.FederatedServer` (and, under secure
+aggregation, a :class:`~veil.federated.secure.SecureServerRound` per round) exactly as the
+simulator does. gRPC handler threads only translate: each parses its request, checks that the
+caller's certificate names a client of this round and that the message belongs to the stage the
+round is in, drops it in the stage's inbox, and waits until the driver closes the stage and
+publishes the answer for it. A stage closes when every expected client has answered or when its
+deadline (``stage_seconds``) passes; whoever has not answered by then is a dropout for the rest
+of the round (secure aggregation recovers its masks), and a late message is refused with
+``FAILED_PRECONDITION``. A client that comes back asks for the next round.
+
+Authentication: mutual TLS; the caller's identity is the common name of its certificate, which
+must be one of the federation's enrolled clients (``PERMISSION_DENIED`` otherwise; a certificate
+from another CA fails the handshake). Every request is parsed from raw bytes here, so a
+malformed one gets ``INVALID_ARGUMENT`` and one over the size limit ``RESOURCE_EXHAUSTED``;
+neither reaches the driver.
+
+Checkpoints and budget: see :mod:`veil.deploy.store`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import numpy as np
+
+from veil.deploy import codec
+from veil.deploy.config import FederationConfig
+from veil.deploy.store import StateStore
+from veil.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    ProtocolError,
+    RemoteProtocolError,
+    ScopeNotFoundError,
+    VeilError,
+)
+from veil.federated.dp import DpAggregator
+from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
+from veil.federated.protocol import FederatedServer, RoundOutcome, Stage
+from veil.federated.secure import SecureAggregation, SecureServerRound
+from veil.federated.strategies import (
+    Strategy,
+    SummedUpdates,
+    fedadagrad,
+    fedadam,
+    fedavg,
+    fedprox,
+    fedyogi,
+)
+from veil.ledger import Ledger, Reservation
+from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
+from veil.tls import TlsFiles
+
+try:
+    import grpc
+
+    from veil.deploy.proto import federation_pb2 as pb
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    from veil.errors import MissingDependencyError
+
+    raise MissingDependencyError("grpcio", "deploy") from exc
+
+__all__ = ["SERVICE", "Coordinator", "build_strategy"]
+
+SERVICE = "veil.fl.v1.Coordinator"
+MAX_MESSAGE_BYTES = 4 << 20
+"""Largest single gRPC message accepted (vectors come in 1 MiB chunks)."""
+MAX_VECTOR = 50_000_000
+"""Largest vector (values) a client may announce."""
+log = logging.getLogger("veil.deploy")
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One structured log line: a JSON object with the event's name and fields."""
+    log.info(json.dumps({"t": round(time.time(), 3), "event": event, **fields}, default=str))
+
+
+class _AbortError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_strategy(config: FederationConfig) -> Strategy:
+    """The strategy of ``config``: its server optimiser, with DP's aggregator if private."""
+    aggregator = (
+        DpAggregator(noise_multiplier=config.noise_multiplier, clip_norm=config.clip_norm)
+        if config.private
+        else None
+    )
+    if config.strategy == "fedavg":
+        return fedavg(aggregator)
+    if config.strategy == "fedprox":
+        return fedprox(mu=config.mu, aggregator=aggregator)
+    makers = {"fedadam": fedadam, "fedyogi": fedyogi, "fedadagrad": fedadagrad}
+    return makers[config.strategy](learning_rate=config.server_learning_rate, aggregator=aggregator)
+
+
+@dataclasses.dataclass
+class _Round:
+    number: int
+    instructions: dict[str, TrainInstruction]
+    header: bytes
+    model: bytes
+    stage: str = "starting"
+    expected: frozenset[str] = frozenset()
+    inbox: dict[str, Any] = dataclasses.field(default_factory=dict)
+    published: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    closed: bool = False
+
+
+class Coordinator:
+    """``veil fl serve``: serve ``config``'s federation until its last round (module docstring).
+
+    ``tls`` are the coordinator's certificate, key and the consortium CA; ``insecure=True``
+    serves plaintext and takes the client's name on trust from its request metadata (for
+    tests on one machine only).
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        tls: TlsFiles | None = None,
+        insecure: bool = False,
+        port: int | None = None,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ConfigurationError(
+                "the coordinator needs its TLS files ([tls] dir, from `veil certs`) or --insecure"
+            )
+        self.config = config
+        self.tls = tls
+        self.enrolled = frozenset(config.clients)
+        self.rng: RandomSource = (
+            SecureRandom() if config.seed is None else InsecureSeededRandom(config.seed)
+        )
+        model = config.model.build()
+        from veil.federated.training import ParamLayout
+
+        self.dimension = ParamLayout(model).size
+        initial = ParamLayout(model).vector()
+        secure = None
+        if config.secure != "none":
+            secure = SecureAggregation(
+                graph=config.secure,  # type: ignore[arg-type]
+                dropout=config.secure_dropout,
+                clip=config.secure_clip,
+                distributed_dp=config.dp == "distributed",
+            )
+        self.server = FederatedServer(
+            parameters=initial,
+            clients=config.clients,
+            strategy=build_strategy(config),
+            config=TrainConfig(
+                local_epochs=config.local_epochs,
+                learning_rate=config.learning_rate,
+                batch_size=config.batch_size,
+            ),
+            rounds=config.rounds,
+            secure_aggregation=secure,
+        )
+        self.store = StateStore(config.state)
+        self.ledger: Ledger | None = None
+        if config.private:
+            assert config.ledger is not None
+            self.ledger = Ledger(str(config.ledger), actor=f"veil fl serve {config.name}")
+            try:
+                self.ledger.status(config.scope)
+            except ScopeNotFoundError:
+                if config.epsilon is None:
+                    raise ConfigurationError(
+                        f"scope {config.scope} has no budget in {config.ledger}: set dp.epsilon "
+                        "or `veil ledger set-budget`"
+                    ) from None
+                self.ledger.set_budget(config.scope, epsilon=config.epsilon, delta=config.delta)
+        self.resumed_from = self._resume()
+        self._cv = threading.Condition()
+        self._round: _Round | None = None
+        self._seen: dict[str, float] = {}
+        self._waiting: set[str] = set()
+        self._history: list[dict[str, Any]] = self.store.history()
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._stopped = threading.Event()
+        self.finished = threading.Event()
+        self.error: str | None = None
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4 * len(config.clients) + 8),
+            handlers=[self._handler()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        host, _, default_port = config.listen.rpartition(":")
+        address = f"{host}:{default_port if port is None else port}"
+        if tls is not None:
+            creds = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.certificate)],
+                root_certificates=tls.ca,
+                require_client_auth=True,
+            )
+            self.port = self._grpc.add_secure_port(address, creds)
+        else:
+            self.port = self._grpc.add_insecure_port(address)
+        if self.port == 0:
+            raise ConfigurationError(f"could not listen on {address}")
+        self._driver = threading.Thread(target=self._drive, name="veil-driver", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._grpc.start()
+        emit(
+            "serving",
+            federation=self.config.name,
+            port=self.port,
+            tls=self.tls is not None,
+            resumed_from=self.resumed_from,
+            rounds=self.config.rounds,
+        )
+        self._driver.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.finished.wait(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stopped.set()
+        with self._cv:
+            self._cv.notify_all()
+        self._grpc.stop(grace).wait()
+        self.store.close()
+        if self.ledger is not None:
+            self.ledger.close()
+
+    # -- resuming ----------------------------------------------------------------------------
+
+    def _resume(self) -> int:
+        """Restore the last checkpoint; settle the ledger reservations a crash left open."""
+        latest = self.store.latest()
+        done = 0
+        if latest is not None:
+            done, state = latest
+            self.server.restore(state)
+        if self.ledger is not None:
+            entries = {e.entry_id: e for e in self.ledger.history(self.config.scope)}
+            for r in range(1, done + 1):
+                entry_id = self.store.reservation(r)
+                entry = entries.get(entry_id or "")
+                if entry is not None and entry.status == "pending":
+                    self._reservation_of(entry).commit()  # paid and checkpointed: released
+                    emit("reservation_committed_on_resume", round=r)
+        if latest is not None:
+            emit("resumed", round=done)
+        return done
+
+    def _reservation_of(self, entry: Any) -> Reservation:
+        assert self.ledger is not None
+        status = self.ledger.status(self.config.scope)
+        return Reservation(
+            self.ledger,
+            entry_id=entry.entry_id,
+            scope=status.budget.scope,
+            event=entry.event,
+            purpose=entry.purpose,
+            seq=entry.seq,
+            spent_epsilon=status.spent_epsilon,
+            budget_epsilon=status.budget.epsilon,
+            alerts=(),
+        )
+
+    def _pay(self, number: int) -> Reservation | None:
+        """The reservation for round ``number``: the pending one of a run a crash cut short
+        (its result never left the coordinator), or a new one."""
+        event = self.server.round_event()
+        if event is None:
+            return None
+        assert self.ledger is not None
+        entry_id = self.store.reservation(number)
+        if entry_id is not None and self.config.dp != "distributed":
+            for entry in self.ledger.history(self.config.scope):
+                if (
+                    entry.entry_id == entry_id
+                    and entry.status == "pending"
+                    and entry.event == event
+                ):
+                    emit("reservation_reused", round=number)
+                    return self._reservation_of(entry)
+        reservation = self.ledger.reserve(
+            self.config.scope, event, purpose=f"{self.config.name}: DP-FedAvg round {number}"
+        )
+        self.store.reserved(number, reservation.id)
+        return reservation
+
+    # -- the driver --------------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        try:
+            while self.server.stage is Stage.IDLE and not self._stopped.is_set():
+                self._one_round()
+        except BudgetExceededError as exc:
+            self.error = f"stopped: {exc}"
+            emit("stopped", reason=str(exc))
+        except Exception as exc:  # keep the process alive for status; say what happened
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("the round driver failed")
+        finally:
+            with self._cv:
+                self._round = None
+                self._cv.notify_all()
+            if self.server.stage is Stage.FINISHED:
+                emit("finished", rounds=self.server.round)
+            self.finished.set()
+
+    def _wait_for_clients(self) -> None:
+        deadline = time.monotonic() + self.config.start_seconds
+        with self._cv:
+            while (
+                len(self._waiting) < self.config.min_clients
+                and not self._stopped.is_set()
+                and time.monotonic() < deadline
+            ):
+                self._cv.wait(timeout=0.2)
+
+    def _one_round(self) -> None:
+        number = self.server.round + 1
+        self._wait_for_clients()
+        if self._stopped.is_set():
+            return
+        started = time.perf_counter()
+        in0, out0 = self._bytes_in, self._bytes_out
+        reservation = self._pay(number)
+        try:
+            instructions = self.server.start_round(self.rng, reservation=reservation)
+            first = instructions[0] if instructions else None
+            model = b"" if first is None else codec_model(first)
+            current = _Round(
+                number,
+                {i.client_id: i for i in instructions},
+                b"" if first is None else _header(first, self.config.stage_seconds),
+                model,
+            )
+            emit("round_started", round=number, sampled=len(instructions))
+            if self.server.secure is None:
+                outcome = self._plain_round(current)
+            else:
+                summed = self._secure_round(current)
+                outcome = self.server.close_round(self.rng, summed=summed)
+        except BaseException as exc:
+            if reservation is not None and not isinstance(exc, ProtocolError):
+                reservation.fail(f"round failed: {type(exc).__name__}")
+            raise
+        finally:
+            with self._cv:
+                if self._round is not None:
+                    self._round.closed = True
+                self._cv.notify_all()
+        record = self._record(outcome, started, in0, out0, reservation)
+        self.store.checkpoint(number, self.server.state(), record)
+        if reservation is not None:
+            reservation.commit()
+        self._history.append(record)
+        emit("round_closed", **record)
+
+    def _record(
+        self,
+        outcome: RoundOutcome,
+        started: float,
+        in0: int,
+        out0: int,
+        reservation: Reservation | None,
+    ) -> dict[str, Any]:
+        return {
+            "round": outcome.round,
+            "sampled": len(outcome.sampled),
+            "completed": len(outcome.completed),
+            "dropped": sorted(outcome.dropped),
+            "aggregated": outcome.aggregated,
+            "metrics": outcome.metrics,
+            "seconds": round(time.perf_counter() - started, 4),
+            "bytes_received": self._bytes_in - in0,
+            "bytes_sent": self._bytes_out - out0,
+            "epsilon_spent": None if reservation is None else reservation.spent_epsilon,
+        }
+
+    def _open(self, current: _Round, stage: str, expected: set[str]) -> None:
+        with self._cv:
+            current.stage = stage
+            current.expected = frozenset(expected)
+            current.inbox = {}
+            if self._round is not current:
+                self._round = current
+            self._cv.notify_all()
+
+    def _collect(self, current: _Round, stage: str, expected: set[str]) -> dict[str, Any]:
+        """Open ``stage`` for ``expected`` clients; their messages once all are in or the
+        deadline passed."""
+        self._open(current, stage, expected)
+        deadline = time.monotonic() + self.config.stage_seconds
+        with self._cv:
+            while (
+                not expected <= current.inbox.keys()
+                and not self._stopped.is_set()
+                and time.monotonic() < deadline
+            ):
+                self._cv.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            got = dict(current.inbox)
+            current.stage = f"{stage}:closed"
+        missing = sorted(expected - got.keys())
+        emit("stage_closed", round=current.number, stage=stage, got=len(got), missing=missing)
+        return got
+
+    def _publish(self, current: _Round, stage: str, replies: dict[str, Any]) -> None:
+        with self._cv:
+            current.published[stage] = replies
+            self._cv.notify_all()
+
+    def _plain_round(self, current: _Round) -> RoundOutcome:
+        got = self._collect(current, "update", set(current.instructions))
+        for cid, result in got.items():
+            try:
+                self.server.receive(result)
+            except RemoteProtocolError as exc:
+                emit("update_refused", round=current.number, client=cid, reason=str(exc))
+        outcome = self.server.close_round(self.rng)
+        done = pb.RoundDone(round=current.number, aggregated=outcome.aggregated)
+        self._publish(current, "update", dict.fromkeys(outcome.completed, done))
+        return outcome
+
+    def _secure_round(self, current: _Round) -> SummedUpdates | None:
+        spec = self.server.spec
+        if spec is None:
+            self._open(current, "idle", set())
+            return None
+        sround = SecureServerRound(spec, rng=self.rng)
+        number = {c: spec.number(c) for c in spec.clients}
+        try:
+            adverts = self._collect(current, "advertise", set(spec.clients))
+            directory = sround.collect_keys([adverts[c] for c in spec.clients if c in adverts])
+            reply = codec.directory_to_pb(directory)
+            self._publish(current, "advertise", dict.fromkeys(adverts, reply))
+            shares = self._collect(current, "share", set(adverts))
+            routed = sround.collect_shares([shares[c] for c in spec.clients if c in shares])
+            self._publish(
+                current,
+                "share",
+                {
+                    c: codec.shares_for_you_to_pb(routed[number[c]])
+                    for c in shares
+                    if number[c] in routed
+                },
+            )
+            masked = self._collect(current, "masked", {c for c in shares if number[c] in routed})
+            request: Any = sround.collect_masked([masked[c] for c in spec.clients if c in masked])
+            self._publish(current, "masked", dict.fromkeys(masked, codec.request_to_pb(request)))
+            survivors = set(masked)
+            if spec.active:
+                checks = self._collect(current, "consistency", survivors)
+                request = sround.collect_consistency(
+                    [checks[c] for c in spec.clients if c in checks]
+                )
+                self._publish(
+                    current, "consistency", dict.fromkeys(checks, codec.proof_to_pb(request))
+                )
+                survivors = set(checks)
+            answers = self._collect(current, "unmask", survivors)
+            summed = sround.finish([answers[c] for c in spec.clients if c in answers])
+        except RemoteProtocolError as exc:
+            emit("secure_round_aborted", round=current.number, reason=str(exc))
+            self._publish(current, "aborted", {})
+            return None
+        done = pb.RoundDone(round=current.number, aggregated=True)
+        self._publish(current, "unmask", dict.fromkeys(answers, done))
+        return summed
+
+    # -- gRPC handlers: translate, check, hand to the driver -----------------------------------
+
+    def _identity(self, context: grpc.ServicerContext) -> str:
+        if self.tls is None:
+            meta = dict(context.invocation_metadata())
+            name = str(meta.get("veil-client", ""))
+        else:
+            names = context.auth_context().get("x509_common_name") or []
+            name = names[0].decode() if names else ""
+        if name not in self.enrolled:
+            emit("refused", client=name or "<no name>", peer=context.peer())
+            raise _AbortError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate name {name!r} is not enrolled in federation {self.config.name!r}",
+            )
+        with self._cv:
+            self._seen[name] = time.time()
+        return name
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn(request, context)
+            except _AbortError as exc:
+                context.abort(exc.code, str(exc))
+            except RemoteProtocolError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except VeilError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except Exception:
+                log.exception("internal error in a handler")
+                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the coordinator log)")
+
+        return call
+
+    def _guard_stream(self, fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn(request, context)
+            except _AbortError as exc:
+                context.abort(exc.code, str(exc))
+            except RemoteProtocolError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except Exception:
+                log.exception("internal error in a handler")
+                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the coordinator log)")
+
+        return call
+
+    def _count_out(self, message: Any) -> bytes:
+        data: bytes = message.SerializeToString()
+        self._bytes_out += len(data)
+        return data
+
+    def _raw(self, raw: bytes) -> bytes:
+        self._bytes_in += len(raw)
+        return raw
+
+    def _handler(self) -> grpc.GenericRpcHandler:
+        uu = grpc.unary_unary_rpc_method_handler
+        us = grpc.unary_stream_rpc_method_handler
+        su = grpc.stream_unary_rpc_method_handler
+        common = {"request_deserializer": self._raw, "response_serializer": self._count_out}
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Join": uu(self._guard(self._join), **common),
+                "NextTask": us(self._guard_stream(self._next_task), **common),
+                "Advertise": uu(self._guard(self._advertise), **common),
+                "Share": uu(self._guard(self._share), **common),
+                "SubmitMasked": su(self._guard(self._submit_masked), **common),
+                "Consistency": uu(self._guard(self._consistency), **common),
+                "Unmask": uu(self._guard(self._unmask), **common),
+                "SubmitUpdate": su(self._guard(self._submit_update), **common),
+                "Status": uu(self._guard(self._status), **common),
+            },
+        )
+
+    def _join(self, raw: bytes, context: grpc.ServicerContext) -> pb.JoinReply:
+        codec.parse(pb.JoinRequest, raw)
+        name = self._identity(context)
+        emit("joined", client=name, peer=context.peer())
+        return pb.JoinReply(
+            federation=self.config.name,
+            client_id=name,
+            model_json=self.config.model.to_json(),
+            rounds=self.config.rounds,
+            round=self.server.round,
+            secure=self.server.secure is not None,
+        )
+
+    def _next_task(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        request = codec.parse(pb.TaskRequest, raw)
+        name = self._identity(context)
+        wait = min(max(float(request.wait_seconds), 0.0), 60.0)
+        deadline = time.monotonic() + wait
+        first = "advertise" if self.server.secure is not None else "update"
+        with self._cv:
+            self._waiting.add(name)
+            self._cv.notify_all()
+            try:
+                while True:
+                    r = self._round
+                    if (
+                        r is not None
+                        and r.number > request.after_round
+                        and name in r.instructions
+                        and r.stage == first
+                    ):
+                        break
+                    if self.finished.is_set() or self._stopped.is_set():
+                        yield pb.Chunk(task=pb.TaskHeader(kind=pb.TASK_FINISHED))
+                        return
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not context.is_active():
+                        yield pb.Chunk(task=pb.TaskHeader(kind=pb.TASK_WAIT))
+                        return
+                    self._cv.wait(timeout=min(left, 0.5))
+            finally:
+                self._waiting.discard(name)
+        header = pb.TaskHeader.FromString(r.header)
+        header.client_id = name
+        instruction = r.instructions[name]
+        if instruction.secure is not None:
+            header.secure.CopyFrom(codec.spec_to_pb(instruction.secure))
+        yield pb.Chunk(task=header)
+        view = memoryview(r.model)
+        for lo in range(0, len(r.model), codec.CHUNK_BYTES):
+            yield pb.Chunk(data=bytes(view[lo : lo + codec.CHUNK_BYTES]))
+
+    def _deliver(self, name: str, number: int, stage: str, message: Any) -> Any:
+        """Put ``message`` in the inbox of ``stage``; the driver's answer when it closes."""
+        with self._cv:
+            r = self._round
+            if r is None or r.number != number:
+                current = "none" if r is None else str(r.number)
+                raise _AbortError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"round {number} is not running (current round: {current}); "
+                    "ask for the next round",
+                )
+            if r.stage != stage or name not in r.expected:
+                raise _AbortError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"round {number} is not taking {stage} messages from {name!r} (stage "
+                    f"{r.stage}): late or out of order; you are a dropout of this round",
+                )
+            if name in r.inbox:
+                raise _AbortError(grpc.StatusCode.ALREADY_EXISTS, f"{name!r} already sent {stage}")
+            r.inbox[name] = message
+            self._cv.notify_all()
+            limit = time.monotonic() + 2 * self.config.stage_seconds + 5
+            while (
+                stage not in r.published
+                and "aborted" not in r.published
+                and not r.closed
+                and not self._stopped.is_set()
+            ):
+                if time.monotonic() > limit:
+                    break
+                self._cv.wait(timeout=0.5)
+            reply = r.published.get(stage, {}).get(name)
+        if reply is None:
+            raise _AbortError(
+                grpc.StatusCode.ABORTED,
+                f"round {number} went on without {name!r} after stage {stage} (dropped or "
+                "aborted); ask for the next round",
+            )
+        return reply
+
+    def _spec_number(self, name: str, number: int) -> int:
+        spec = self.server.spec
+        if spec is None or spec.round != number or name not in spec.clients:
+            raise _AbortError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{name!r} is not in secure round {number}"
+            )
+        return spec.number(name)
+
+    def _check_sender(self, name: str, number: int, claimed: int) -> None:
+        if claimed != self._spec_number(name, number):
+            raise RemoteProtocolError(f"{name!r} signed a message as another client ({claimed})")
+
+    def _advertise(self, raw: bytes, context: grpc.ServicerContext) -> Any:
+        msg = codec.parse(pb.AdvertiseKeys, raw)
+        name = self._identity(context)
+        self._check_sender(name, msg.round, msg.client)
+        return self._deliver(name, msg.round, "advertise", codec.advertise_from_pb(msg))
+
+    def _share(self, raw: bytes, context: grpc.ServicerContext) -> Any:
+        msg = codec.parse(pb.ShareKeys, raw)
+        name = self._identity(context)
+        self._check_sender(name, msg.round, msg.client)
+        return self._deliver(name, msg.round, "share", codec.share_keys_from_pb(msg))
+
+    def _read_vector(self, raws: Iterator[bytes]) -> tuple[pb.ChunkHeader, np.ndarray]:
+        first = codec.parse(pb.Chunk, next(raws, b""))
+        if first.WhichOneof("part") != "header":
+            raise RemoteProtocolError("a vector stream must start with its header")
+        header = first.header
+        reader = codec.VectorReader(header.dtype, int(header.length), max_length=MAX_VECTOR)
+        for raw in raws:
+            chunk = codec.parse(pb.Chunk, raw)
+            if chunk.WhichOneof("part") != "data":
+                raise RemoteProtocolError("only data may follow a vector's header")
+            reader.add(chunk.data)
+        return header, reader.vector()
+
+    def _submit_masked(self, raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+        name = self._identity(context)
+        header, vector = self._read_vector(raws)
+        self._check_sender(name, header.round, header.client)
+        spec = self.server.spec
+        assert spec is not None
+        if header.dtype != "uint32" or vector.size != spec.length:
+            raise RemoteProtocolError(
+                f"a masked vector must be {spec.length} uint32 words; got {vector.size} "
+                f"{header.dtype}"
+            )
+        from veil.secagg.protocol import MaskedInput
+
+        return self._deliver(
+            name, header.round, "masked", MaskedInput(header.client, vector.astype(np.uint32))
+        )
+
+    def _consistency(self, raw: bytes, context: grpc.ServicerContext) -> Any:
+        msg = codec.parse(pb.ConsistencyCheck, raw)
+        name = self._identity(context)
+        self._check_sender(name, msg.round, msg.client)
+        return self._deliver(name, msg.round, "consistency", codec.consistency_from_pb(msg))
+
+    def _unmask(self, raw: bytes, context: grpc.ServicerContext) -> Any:
+        msg = codec.parse(pb.UnmaskShares, raw)
+        name = self._identity(context)
+        self._check_sender(name, msg.round, msg.client)
+        return self._deliver(name, msg.round, "unmask", codec.unmask_from_pb(msg))
+
+    def _submit_update(self, raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+        name = self._identity(context)
+        header, vector = self._read_vector(raws)
+        if header.dtype not in ("float32", "float64"):
+            raise RemoteProtocolError(f"an update must be float32 or float64, not {header.dtype}")
+        if vector.size != self.dimension:
+            raise RemoteProtocolError(
+                f"an update must have {self.dimension} values; got {vector.size}"
+            )
+        result = TrainResult(
+            int(header.round),
+            name,
+            vector,
+            int(header.num_examples),
+            dict(header.metrics),
+        )
+        return self._deliver(name, header.round, "update", result)
+
+    def _status(self, raw: bytes, context: grpc.ServicerContext) -> pb.StatusReply:
+        codec.parse(pb.StatusRequest, raw)
+        self._identity(context)
+        return pb.StatusReply(json=json.dumps(self.status(), default=str))
+
+    def status(self) -> dict[str, Any]:
+        """What ``veil fl status`` shows."""
+        with self._cv:
+            r = self._round
+            seen = dict(self._seen)
+        now = time.time()
+        out: dict[str, Any] = {
+            "federation": self.config.name,
+            "rounds": self.config.rounds,
+            "round": self.server.round,
+            "stage": "finished" if self.finished.is_set() else (r.stage if r else "waiting"),
+            "resumed_from": self.resumed_from,
+            "clients": {
+                c: (None if c not in seen else round(now - seen[c], 1)) for c in self.enrolled
+            },
+            "history": self._history[-20:],
+            "bytes_received": self._bytes_in,
+            "bytes_sent": self._bytes_out,
+            "error": self.error,
+        }
+        if self.ledger is not None:
+            spent = self.ledger.status(self.config.scope)
+            out["privacy"] = {
+                "scope": self.config.scope,
+                "epsilon_spent": spent.spent_epsilon,
+                "epsilon_budget": spent.budget.epsilon,
+                "pending": spent.pending,
+            }
+        return out
+
+
+def codec_model(instruction: TrainInstruction) -> bytes:
+    """The model's little-endian bytes (the same for every client of a round)."""
+    params = instruction.parameters
+    data: bytes = np.ascontiguousarray(params, dtype=params.dtype.newbyteorder("<")).tobytes()
+    return data
+
+
+def _header(instruction: TrainInstruction, stage_seconds: float) -> bytes:
+    data: bytes = pb.TaskHeader(
+        kind=pb.TASK_TRAIN,
+        round=instruction.round,
+        config=codec.config_to_pb(instruction.config),
+        dtype=str(instruction.parameters.dtype),
+        length=int(instruction.parameters.size),
+        stage_seconds=stage_seconds,
+    ).SerializeToString()
+    return data
