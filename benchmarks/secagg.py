@@ -15,9 +15,17 @@ learns only the sum, when some clients drop out after sharing their keys?
 **veil** (this process). One round of ``veil.secagg.protocol`` with all parties in this process,
 on random ``uint32`` vectors, over one of two neighbour graphs:
 
-* ``complete``: plain SecAgg (Bonawitz et al. 2017), threshold ``t = ceil(2n/3)``;
-* ``harary``: SecAgg+ (Bell et al. 2020), ``neighbours_harary`` with degree k and threshold t
-  chosen below (a fresh random graph every round).
+* ``complete``: plain SecAgg (Bonawitz et al. 2017);
+* ``harary``: SecAgg+ (Bell et al. 2020), ``neighbours_harary`` (a fresh random graph every
+  round);
+
+with the degree k and threshold t that veil's planner chooses,
+``veil.secagg.planning.plan_round(n, graph=..., dropout=--plus-dropout, failure=2^-eta)``:
+for the complete graph a strict majority, for SecAgg+ the least even k whose union bound on an
+aborted round is at most ``failure``, and the complete graph when no sparser one is good
+enough. The design point (10% dropouts, failure 2^-20) is fixed, so the 0% and 10% rows share
+k and t. (Without ``veil.secagg.planning``, the fallback is the bounds below for SecAgg+ and
+``t = ceil(2n/3)`` for the complete graph.)
 
 A dropout rate r removes ``round(r n)`` clients after the share-keys stage (the costliest place:
 the server must rebuild their pairwise masks). Timed, after the inputs are made: every client's
@@ -26,7 +34,7 @@ reconstruction, unmasking), reported as the server's seconds and all parties' se
 median of ``--repeats``, next to the floor: the plain sum of the same n vectors in ``Z_2^32``
 (numpy ``uint32``). Every run's output is checked against the exact sum of the survivors.
 
-SecAgg+'s k and t. ``protocol.py`` has no helper to choose them, so this benchmark computes them
+A cross-check of SecAgg+'s k and t, printed beside the planner's: this benchmark's own bounds
 in the manner of Bell et al. (tail bounds over the random relabelling of the Harary graph, a
 statistical security parameter sigma and a correctness parameter eta); the bounds are the
 benchmark's own, not the paper's constants. Design point: a fraction ``--plus-dropout`` (0.1) of
@@ -42,8 +50,8 @@ k-subset of the other n - 1, so with hypergeometric tails and union bounds over 
   otherwise).
 
 k is the least even degree below n - 1 for which some t meets all four, and t the largest such
-(the most privacy the dropouts allow); when none does (n = 10) SecAgg+ falls back to the complete
-graph. The design point is fixed, so the 0% and 10% rows use the same k and t.
+(the most privacy the dropouts allow); when none does, the complete graph. Unlike the planner,
+these bounds count clients colluding with the server.
 
 **Client memory**: one extra round per d at the largest n and dropout, per graph, tracing
 client 1 with ``tracemalloc`` during its own calls only: its peak is, over its calls, the most
@@ -61,8 +69,8 @@ each) and a legacy ``ServerApp`` whose ``DefaultWorkflow`` uses as its fit workf
   ``secaggplus_mod`` on the clients;
 * ``secagg+ 7/4``: the same with 7 shares and threshold 4, the setting of the measurement quoted
   in issue 5 (research notes, ``/work/shared/notes/fl.md`` 4.2);
-* ``secagg``: ``SecAggWorkflow(reconstruction_threshold=ceil(2n/3))`` (every client a neighbour
-  of every other, veil's complete-graph threshold) and ``secagg_mod`` on the clients;
+* ``secagg``: ``SecAggWorkflow(reconstruction_threshold=t)`` (every client a neighbour of every
+  other) with veil's complete-graph t and ``secagg_mod`` on the clients;
 * ``secagg n/2``: the same with threshold n/2 (the issue's setting: 25 of 50).
 
 All secure variants use ``max_weight=1.0`` (as the issue's measurement did; it changes the
@@ -264,16 +272,36 @@ def _s(value: float) -> str:
     return f"{value:.5f}" if value < 0.01 else f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
+def _planner() -> Any:
+    try:
+        from veil.secagg.planning import plan_round
+    except ImportError:
+        return None
+    return plan_round
+
+
 def graph_parameters(graph: str, n: int, args: argparse.Namespace) -> tuple[int, int, str]:
-    """(degree, threshold, label) of a graph at n clients."""
+    """(degree, threshold, label) of a graph at n clients: veil's planner's, or the fallback."""
+    plan_round = _planner()
+    if plan_round is not None:
+        plan = plan_round(
+            n,
+            graph="secagg" if graph == "complete" else "secagg+",
+            dropout=args.plus_dropout,
+            failure=2.0**-args.plus_eta,
+        )
+        k, t, complete = plan.degree, plan.threshold, plan.degree >= n - 1
+    elif graph == "complete":
+        k, t, complete = n - 1, max(2, math.ceil(2 * n / 3)), True
+    else:
+        k, t, complete = secagg_plus_parameters(
+            n, args.plus_dropout, args.plus_corrupt, args.plus_sigma, args.plus_eta
+        )
     if graph == "complete":
-        return n - 1, max(2, math.ceil(2 * n / 3)), f"SecAgg, complete (k={n - 1})"
-    k, t, complete = secagg_plus_parameters(
-        n, args.plus_dropout, args.plus_corrupt, args.plus_sigma, args.plus_eta
-    )
+        return k, t, f"SecAgg (complete, k={k})"
     if complete:
-        return k, t, f"SecAgg+ = complete (k={k}; no Harary graph meets the bounds)"
-    return k, t, f"SecAgg+, Harary k={k}"
+        return k, t, f"SecAgg+ = complete (k={k})"
+    return k, t, f"SecAgg+ (Harary, k={k})"
 
 
 def run_veil(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -353,6 +381,21 @@ def run_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Flower: its adapter (run with Flower's python) and its runner
 # --------------------------------------------------------------------------------------------
+
+
+def source_version() -> str:
+    """The commit veil runs from, and whether its secure aggregation has uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "src/veil/secagg")
+    return head + (" + uncommitted changes in src/veil/secagg" if dirty else "")
 
 
 def flower_python() -> Path:
@@ -541,7 +584,7 @@ def run_flower_once(
 def run_flower(args: argparse.Namespace, problem: str | None) -> dict[str, dict[str, Any]]:
     n, dim = args.flower_clients, args.flower_dim
     k, t, _ = graph_parameters("harary", n, args)
-    complete_t = max(2, math.ceil(2 * n / 3))
+    _, complete_t, _ = graph_parameters("complete", n, args)
     half_t = max(2, n // 2)
     settings = {
         "fedavg": ("fedavg", 0, 0, "plain FedAvg (default fit workflow)"),
@@ -762,14 +805,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"Machine: {machine(*versions)}")
     print(f"Load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"veil source: {source_version()}")
+    source = "veil.secagg.planning.plan_round" if _planner() else "this benchmark's bounds"
     print(
-        f"SecAgg+ design point: {args.plus_dropout:.0%} dropouts, {args.plus_corrupt:.0%} "
-        f"corrupt, privacy failure <= 2^-{args.plus_sigma:g}, correctness failure <= "
-        f"2^-{args.plus_eta:g}; k and t computed by this benchmark (protocol.py has no helper)"
+        f"Design point: {args.plus_dropout:.0%} dropouts, round failure <= 2^-{args.plus_eta:g}; "
+        f"k and t from {source}. Cross-check, this benchmark's Bell-style bounds with "
+        f"{args.plus_corrupt:.0%} corrupt clients and privacy failure <= 2^-{args.plus_sigma:g}:"
     )
     for n in sorted(set(args.clients) | {args.flower_clients}):
+        _, ct, _ = graph_parameters("complete", n, args)
         _, t, label = graph_parameters("harary", n, args)
-        print(f"  n = {n}: {label}, t = {t}")
+        bk, bt, _ = secagg_plus_parameters(
+            n, args.plus_dropout, args.plus_corrupt, args.plus_sigma, args.plus_eta
+        )
+        print(f"  n = {n}: complete t = {ct}; {label}, t = {t}; bounds: k = {bk}, t = {bt}")
     rows = run_veil(args)
     memory = run_memory(args) if args.memory else []
     flower = run_flower(args, problem) if "flower" in args.peers else None
