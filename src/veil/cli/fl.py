@@ -1,4 +1,5 @@
-"""``veil fl``: federated learning from the command line (the simulator, for now)."""
+"""``veil fl``: federated learning from the command line: the simulator, and the deployment
+over gRPC (``serve``, ``join``, ``status``, in :mod:`veil.cli.fl_deploy`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from veil.cli import fl_deploy
 from veil.cli._common import console, fmt, parse_enum
 from veil.errors import ConfigurationError, MissingDependencyError
 
 app = typer.Typer(
-    help="Federated learning: simulate a federation in one process.",
+    help="Federated learning: simulate a federation in one process, or deploy one over gRPC.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -194,6 +196,11 @@ def simulate(
     _print_summary(run.summary())
     for path in written:
         console.print(f"wrote {path}")
+
+
+app.command("serve")(fl_deploy.serve)
+app.command("join")(fl_deploy.join)
+app.command("status")(fl_deploy.status)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
