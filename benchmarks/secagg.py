@@ -53,8 +53,10 @@ k is the least even degree below n - 1 for which some t meets all four, and t th
 (the most privacy the dropouts allow); when none does, the complete graph. Unlike the planner,
 these bounds count clients colluding with the server.
 
-**Client memory**: one extra round per d at the largest n and dropout, per graph, tracing
-client 1 with ``tracemalloc`` during its own calls only: its peak is, over its calls, the most
+**Client memory**: one extra round per d at the largest n and dropout, per graph, each in a
+fresh process (so that what veil caches per process, such as the zero source of the mask
+expansion, is allocated by client 1, the first to mask), tracing client 1 with ``tracemalloc``
+during its own calls only: its peak is, over its calls, the most
 it allocated within a call plus what its earlier calls left allocated (its copy of the vector,
 keys, received shares and the messages it sent, an upper bound), shown as bytes per parameter.
 
@@ -361,21 +363,55 @@ def run_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     print("| graph | d | peak bytes | bytes per parameter |")
     print("|---|---|---|---|")
-    rng = np.random.default_rng(1)
+    import subprocess
+
     for graph in args.graphs:
         k, t, label = graph_parameters(graph, n, args)
         for dim in args.dims:
-            inputs = {
-                u: rng.integers(0, 2**32, size=dim, dtype=np.uint64).astype(np.uint32)
-                for u in range(1, n + 1)
-            }
-            dropped = set(range(n, n - round(rate * n), -1))
-            memory = ClientMemory()
-            one_round(inputs, dropped, t, graph, k, memory)
-            rows.append({"graph": graph, "degree": k, "dim": dim, "peak_bytes": memory.peak})
-            print(f"| {label} | {dim:,} | {memory.peak:,} | {memory.peak / dim:.1f} |", flush=True)
-            del inputs
+            # A fresh process each: buffers veil caches per process (a zero source for the
+            # mask expansion) are then allocated by client 1, the first to mask, as they would
+            # be in a client's own process.
+            spec = f"{graph},{dim},{n},{rate},{k},{t}"
+            done = subprocess.run(
+                [sys.executable, __file__, "--memory-child", spec],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=args.timeout,
+            )
+            found = [x for x in done.stdout.splitlines() if x.startswith(RESULT)]
+            if done.returncode != 0 or not found:
+                tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                print(f"| {label} | {dim:,} | failed: {tail} | |", flush=True)
+                continue
+            peak = int(json.loads(found[-1][len(RESULT) :])["peak_bytes"])
+            rows.append({"graph": graph, "degree": k, "dim": dim, "peak_bytes": peak})
+            print(f"| {label} | {dim:,} | {peak:,} | {peak / dim:.1f} |", flush=True)
+    for graph in args.graphs:
+        mine = sorted((r["dim"], r["peak_bytes"]) for r in rows if r["graph"] == graph)
+        if len(mine) >= 2 and mine[-1][0] > mine[0][0]:
+            (d0, p0), (d1, p1) = mine[0], mine[-1]
+            print(
+                f"\n{graph}: {(p1 - p0) / (d1 - d0):.1f} bytes per extra parameter between "
+                f"d = {d0:,} and d = {d1:,} (the rest, {p0 - (p1 - p0) / (d1 - d0) * d0:,.0f} "
+                "bytes, does not grow with d)"
+            )
     return rows
+
+
+def memory_child(spec: str) -> None:
+    """Hidden mode: one round in this fresh process, client 1 traced; one result line."""
+    graph, dim, n, rate, k, t = spec.split(",")
+    clients, size = int(n), int(dim)
+    rng = np.random.default_rng(1)
+    inputs = {
+        u: rng.integers(0, 2**32, size=size, dtype=np.uint64).astype(np.uint32)
+        for u in range(1, clients + 1)
+    }
+    dropped = set(range(clients, clients - round(float(rate) * clients), -1))
+    memory = ClientMemory()
+    one_round(inputs, dropped, int(t), graph, int(k), memory)
+    print(RESULT + json.dumps({"peak_bytes": memory.peak}), flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,8 +796,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", choices=FLOWER_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--shares", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--threshold", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.adapter:
+    if args.adapter or args.memory_child:
         return args
     args.clients = _ints(args.clients)
     args.dims = _ints(args.dims)
@@ -777,6 +814,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
     if args.adapter:
         flower_adapter(
             args.variant,
