@@ -56,8 +56,11 @@ def test_veil_returns_the_score_and_zeros(
     if mode is Mode.PROBABILITY:
         assert model.sigmoid is not None
         expected = model.sigmoid(np.array([expected]))[0]
-    assert slots[0] == pytest.approx(expected, abs=1e-4)
-    assert np.max(np.abs(slots[1:])) < 1e-6  # weights are of order 0.1-1
+    # probability mode runs at a 2^30 scale (CKKS error about 3e-5, noise in the other slots
+    # about 2e-5); logit mode at 2^40 (1e-7 and 1e-8)
+    precision, residue = (1e-4, 1e-6) if mode is Mode.LOGIT else (2e-4, 1e-4)
+    assert slots[0] == pytest.approx(expected, abs=precision)
+    assert np.max(np.abs(slots[1:])) < residue  # weights are of order 0.1-1
     recovered = _recover_weights(slots, np.where(x == 0, 1.0, x), model.features)
     assert not np.allclose(recovered[1:], model.weights[1:], atol=1e-2)
 

@@ -106,3 +106,15 @@ def test_slots_can_force_a_larger_ring_and_depth_has_a_ceiling() -> None:
         parameters_for_depth(30)
     with pytest.raises(ConfigurationError, match="depth >= 1"):
         parameters_for_depth(0)
+
+
+def test_a_smaller_scale_fits_a_deeper_circuit_in_the_smaller_ring() -> None:
+    """Probability mode's chain: q_0 and P hold the scale plus the headroom its values need."""
+    compact = parameters_for_depth(5, scale_bits=30, headroom_bits=4)
+    assert compact.poly_modulus_degree == 8192
+    assert compact.coeff_modulus_bits == (34, 30, 30, 30, 30, 30, 34)
+    assert compact.total_bits == 218  # exactly the budget
+    # two more bits of headroom do not fit: the next ring is chosen
+    assert parameters_for_depth(5, scale_bits=30, headroom_bits=6).poly_modulus_degree == 16384
+    with pytest.raises(ConfigurationError, match="scale of 20 to 56 bits"):
+        parameters_for_depth(2, scale_bits=12)

@@ -17,7 +17,7 @@ def test_the_credit_scenario_scores_like_the_clear_model() -> None:
     ]
     for r in result.runs:
         assert r.decisions_agree == 1.0
-        bound = 1e-5 if r.mode is Mode.LOGIT else result.model.sigmoid.max_error + 1e-4
+        bound = 1e-5 if r.mode is Mode.LOGIT else result.model.sigmoid.max_error + 5e-4
         assert r.max_abs_dp <= bound
         assert r.upload_bytes_per_query > 0 and r.seconds > 0
     single = result.runs[0]

@@ -75,7 +75,7 @@ def test_probability_mode_holds_its_error_bound_on_the_whole_observed_range(
     assert np.allclose(model.logits(x), z)
     p_enc = _score(model, client, x)
     err = np.abs(p_enc - sigmoid(z))
-    ckks_noise = 1e-4
+    ckks_noise = 5e-4  # probability mode's parameters use a 2^30 scale
     assert err.max() <= model.sigmoid.max_error + ckks_noise
     # the polynomial, not noise, is what the server computed: its error is reached
     assert err.max() >= model.sigmoid.max_error - ckks_noise
@@ -91,8 +91,10 @@ def test_probability_mode_single_applicant(model: LinearModel, x_test: np.ndarra
     x = x_test[:3]
     p_enc = _score(model, client, x)
     p_poly = model.sigmoid(model.logits(x))
-    assert np.max(np.abs(p_enc - p_poly)) <= 1e-4
-    assert np.max(np.abs(p_enc - model.scores(x))) <= model.sigmoid.max_error + 1e-4
+    # a 2^30 scale: CKKS adds about 3e-5 to the polynomial's own error
+    assert np.max(np.abs(p_enc - p_poly)) <= 2e-4
+    assert np.max(np.abs(p_enc - model.scores(x))) <= model.sigmoid.max_error + 2e-4
+    assert client.plan.params.poly_modulus_degree == 8192
 
 
 def test_a_linear_model_scores_in_logit_mode_and_refuses_probability_mode() -> None:

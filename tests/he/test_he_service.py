@@ -94,7 +94,7 @@ def test_key_bundles_beyond_four_mib_arrive_in_chunks_and_only_public_keys_are_k
     results = [remote.score(session, q) for q in client.encrypt(x)]
     p = client.read(results, 2)
     assert model.sigmoid is not None
-    assert np.max(np.abs(p - model.sigmoid(model.logits(x)))) <= 1e-4
+    assert np.max(np.abs(p - model.sigmoid(model.logits(x)))) <= 2e-4
     # what the server keeps: public sections only, and nowhere the client's secret key
     _, secret = unpack_bundle(client.keys.save_secret())
     stored = sorted(server.store.glob("*.bundle"))

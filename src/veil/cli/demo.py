@@ -589,8 +589,8 @@ def _encrypted_scoring(report: Report) -> None:
         "probability mode the server evaluates a degree-"
         f"{poly.degree} polynomial fitted to the model's logit range [-{poly.radius:.2f}, "
         f"{poly.radius:.2f}] (max error {poly.max_error:.4f}). Batches pack one applicant per "
-        "slot (up to 4,096 at N = 8192, 8,192 at N = 16384; a batch costs about the same "
-        "whether full or not, so its time per applicant falls as it fills). Times include "
+        "slot (up to 4,096 at N = 8192; a batch costs about the same whether full or not, "
+        "so its time per applicant falls as it fills). Times include "
         "encryption, the gRPC call and decryption."
     )
     report.table(

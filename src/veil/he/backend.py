@@ -84,8 +84,10 @@ class Evaluator(abc.ABC):
         """``ct * values`` slot by slot, rescaled once, at ``target_scale``."""
 
     @abc.abstractmethod
-    def multiply_plain_no_rescale(self, ct: Ciphertext, value: float) -> Ciphertext:
-        """``ct * value`` left at the larger scale (sum several, then :meth:`rescale`)."""
+    def multiply_plain_no_rescale(
+        self, ct: Ciphertext, values: float | npt.NDArray[np.float64]
+    ) -> Ciphertext:
+        """``ct * values`` left at the larger scale (sum or rotate, then :meth:`rescale`)."""
 
     @abc.abstractmethod
     def rescale(self, ct: Ciphertext) -> Ciphertext: ...
@@ -438,10 +440,14 @@ class _TenSealEvaluator(Evaluator):
         out.scale = target_scale  # equal up to rounding of the division above
         return out
 
-    def multiply_plain_no_rescale(self, ct: Ciphertext, value: float) -> Ciphertext:
+    def multiply_plain_no_rescale(
+        self, ct: Ciphertext, values: float | npt.NDArray[np.float64]
+    ) -> Ciphertext:
         self._check_level(ct)
         q = self._ctx.last_prime(ct)
-        pt = self._encode(float(value), ct.parms_id(), q)
+        pt = self._encode(
+            values if isinstance(values, np.ndarray) else float(values), ct.parms_id(), q
+        )
         out = self._ctx.s.Ciphertext()
         self._ev.multiply_plain(ct, pt, out)
         return out

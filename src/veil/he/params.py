@@ -36,10 +36,6 @@ MAX_MODULUS_BITS_128: dict[int, int] = {
 (HomomorphicEncryption.org standard, ternary secrets; the same values as SEAL's
 ``hestdparms.h``)."""
 
-_FIRST_BITS = 60  # q_0: the scale plus 20 bits of room for the integer part of the result
-_SCALE_BITS = 40  # each rescaling prime, and the encoding scale
-_SPECIAL_BITS = 60  # the key-switching prime P
-
 
 @dataclasses.dataclass(frozen=True)
 class CkksParameters:
@@ -124,21 +120,34 @@ def check_security(params: CkksParameters) -> None:
         )
 
 
-def parameters_for_depth(depth: int, *, min_slots: int = 1) -> CkksParameters:
+def parameters_for_depth(
+    depth: int, *, min_slots: int = 1, scale_bits: int = 40, headroom_bits: int = 20
+) -> CkksParameters:
     """The smallest 128-bit-secure parameters for a circuit of multiplicative ``depth``.
 
-    The chain is ``[60, 40 x depth, 60]`` with scale ``2^40``; the ring dimension is the smallest
-    whose budget holds it and whose ``N / 2`` slots hold ``min_slots`` values.
+    The chain is ``[e, scale_bits x depth, e]`` with ``e = min(60, scale_bits +
+    headroom_bits)``: ``q_0`` holds results up to ``2^headroom_bits`` in magnitude at the
+    encoding scale ``2^scale_bits``, and the special prime is as large as ``q_0`` (key switching
+    needs it at least as large as every other prime). The default, ``[60, 40 x depth, 60]``,
+    keeps CKKS noise near ``1e-9``; a 30-bit scale costs about ``1e-4`` to ``1e-3`` of precision
+    and buys a smaller ring. The ring dimension is the smallest whose budget holds the chain and
+    whose ``N / 2`` slots hold ``min_slots`` values.
     """
     if depth < 1:
         raise ConfigurationError(f"a circuit needs depth >= 1; got {depth}")
-    bits = (_FIRST_BITS, *([_SCALE_BITS] * depth), _SPECIAL_BITS)
+    if not 20 <= scale_bits <= 56 or headroom_bits < 1:
+        raise ConfigurationError(
+            f"scale of 20 to 56 bits and a positive headroom needed; got {scale_bits}, "
+            f"{headroom_bits}"
+        )
+    edge = min(60, scale_bits + headroom_bits)
+    bits = (edge, *([scale_bits] * depth), edge)
     total = sum(bits)
     for n, budget in MAX_MODULUS_BITS_128.items():
         if n < 8192 or n // 2 < min_slots:
-            continue  # below 8192 the chain cannot hold even one 40-bit level
+            continue  # below 8192 the chain cannot hold even one level
         if total <= budget:
-            params = CkksParameters(n, bits, _SCALE_BITS)
+            params = CkksParameters(n, bits, scale_bits)
             check_security(params)
             return params
     largest = max(MAX_MODULUS_BITS_128)

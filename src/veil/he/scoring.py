@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -75,9 +76,22 @@ class ScoringPlan:
             degree=0 if poly is None else poly.degree,
         )
         single = packing is Packing.SINGLE
-        params = parameters_for_depth(
-            depth, min_slots=circuits.single_rotations(features)[-1] * 2 if single else 1
-        )
+        min_slots = circuits.single_rotations(features)[-1] * 2 if single else 1
+        if poly is None:
+            params = parameters_for_depth(depth, min_slots=min_slots)
+        else:
+            # The polynomial's result is a probability: a 30-bit scale (about 1e-3 of CKKS
+            # error, against the polynomial's own 1e-2) lets a degree-7 circuit fit N = 8192.
+            # q_0 must hold every partial sum of the terms c_k u^k for |u| <= 1 (bounded by
+            # sum |c_k|), with 10% to spare for noise. Logits outside the fitted range give
+            # meaningless probabilities in this mode anyway (the polynomial diverges there).
+            bound = 1.1 * sum(abs(c) for c in poly.coefficients)
+            params = parameters_for_depth(
+                depth,
+                min_slots=min_slots,
+                scale_bits=30,
+                headroom_bits=max(1, math.ceil(math.log2(bound))),
+            )
         return cls(
             mode=mode,
             packing=packing,
