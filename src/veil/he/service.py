@@ -313,7 +313,8 @@ def worker_main() -> None:
                 ("grpc.max_send_message_length", config.max_request_bytes),
             ],
         )
-        address = f"{config.host}:{port}"
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        address = f"{host}:{port}"
         if config.tls is not None:
             creds = grpc.ssl_server_credentials(
                 [(config.tls.private_key, config.tls.certificate)],
