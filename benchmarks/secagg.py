@@ -30,8 +30,9 @@ k and t. (Without ``veil.secagg.planning``, the fallback is the bounds below for
 A dropout rate r removes ``round(r n)`` clients after the share-keys stage (the costliest place:
 the server must rebuild their pairwise masks). Timed, after the inputs are made: every client's
 work (keys, Shamir sharing, sealing, masking, unmasking) and the server's (graph, routing,
-reconstruction, unmasking), reported as the server's seconds and all parties' seconds per round,
-median of ``--repeats``, next to the floor: the plain sum of the same n vectors in ``Z_2^32``
+reconstruction, unmasking), reported as the server's seconds and all parties' seconds per round
+(wall, and CPU seconds of the one thread all parties run in: the machine may be shared), median
+of ``--repeats``, next to the floor: the plain sum of the same n vectors in ``Z_2^32``
 (numpy ``uint32``). Every run's output is checked against the exact sum of the survivors.
 
 A cross-check of SecAgg+'s k and t, printed beside the planner's: this benchmark's own bounds
@@ -188,6 +189,23 @@ class ClientMemory:
         return out
 
 
+class Stopwatch:
+    """Wall and CPU seconds (this thread's: every party runs in it) per party."""
+
+    def __init__(self) -> None:
+        self.wall = {"client": 0.0, "server": 0.0}
+        self.cpu = {"client": 0.0, "server": 0.0}
+        self._started = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._started = (time.perf_counter(), time.thread_time())
+
+    def stop(self, party: str) -> None:
+        wall, cpu = self._started
+        self.wall[party] += time.perf_counter() - wall
+        self.cpu[party] += time.thread_time() - cpu
+
+
 def one_round(
     inputs: dict[int, np.ndarray],
     dropped: set[int],
@@ -205,7 +223,7 @@ def one_round(
 
     n = len(inputs)
     dim = next(iter(inputs.values())).size
-    clock = time.perf_counter
+    watch = Stopwatch()
     watched = 1 if memory is not None else None
 
     def run(u: int, fn: Any, *args: Any) -> Any:
@@ -214,16 +232,14 @@ def one_round(
             return memory.call(fn, *args)
         return fn(*args)
 
-    client_s = 0.0
-    server_s = 0.0
-    t = clock()
+    watch.start()
     clients = {
         u: run(u, lambda u=u, x=x: SecAggClient(u, session=b"bench", round=1, vector=x))
         for u, x in inputs.items()
     }
     adverts = [run(u, c.advertise) for u, c in clients.items()]
-    client_s += clock() - t
-    t = clock()
+    watch.stop("client")
+    watch.start()
     ids = range(1, n + 1)
     if graph == "complete" or degree >= n - 1:
         neighbours = neighbours_complete(ids)
@@ -233,32 +249,38 @@ def one_round(
         session=b"bench", round=1, threshold=threshold, dimension=dim, neighbours=neighbours
     )
     directory = server.collect_keys(adverts)
-    server_s += clock() - t
-    t = clock()
+    watch.stop("server")
+    watch.start()
     shares = [run(u, c.share_keys, directory) for u, c in clients.items()]
-    client_s += clock() - t
-    t = clock()
+    watch.stop("client")
+    watch.start()
     routed = server.collect_shares(shares)
-    server_s += clock() - t
+    watch.stop("server")
     alive = [u for u in clients if u not in dropped]
-    t = clock()
+    watch.start()
     masked = [run(u, clients[u].masked_input, routed[u]) for u in alive]
-    client_s += clock() - t
-    t = clock()
+    watch.stop("client")
+    watch.start()
     request = server.collect_masked(masked)
-    server_s += clock() - t
-    t = clock()
+    watch.stop("server")
+    watch.start()
     answers = [run(u, clients[u].unmask, request) for u in alive]
-    client_s += clock() - t
-    t = clock()
+    watch.stop("client")
+    watch.start()
     total = server.finish(answers)
-    server_s += clock() - t
+    watch.stop("server")
     expected = np.zeros(dim, dtype=np.uint32)
     for u in alive:
         expected += inputs[u]
     if not np.array_equal(total, expected):
         raise AssertionError("the secure sum differs from the exact sum of the survivors")
-    return {"client_total": client_s, "client_each": client_s / n, "server": server_s}
+    return {
+        "client_total": watch.wall["client"],
+        "client_each": watch.wall["client"] / n,
+        "server": watch.wall["server"],
+        "client_cpu": watch.cpu["client"],
+        "server_cpu": watch.cpu["server"],
+    }
 
 
 def plain_sum(inputs: dict[int, np.ndarray]) -> float:
@@ -310,9 +332,10 @@ def run_veil(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     print(
         "\n| clients | d | dropout | graph | t | plain sum s | client s (each) | server s | "
-        "server / plain sum | all parties s | all parties / plain sum |"
+        "server / plain sum | all parties s | all parties / plain sum | server CPU s | "
+        "all parties CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for n in args.clients:
         for dim in args.dims:
@@ -329,6 +352,8 @@ def run_veil(args: argparse.Namespace) -> list[dict[str, Any]]:
                     each = statistics.median(r["client_each"] for r in runs)
                     server = statistics.median(r["server"] for r in runs)
                     everything = statistics.median(r["client_total"] + r["server"] for r in runs)
+                    server_cpu = statistics.median(r["server_cpu"] for r in runs)
+                    all_cpu = statistics.median(r["client_cpu"] + r["server_cpu"] for r in runs)
                     rows.append(
                         {
                             "clients": n,
@@ -341,13 +366,16 @@ def run_veil(args: argparse.Namespace) -> list[dict[str, Any]]:
                             "client_each": each,
                             "server": server,
                             "all_parties": everything,
+                            "server_cpu": server_cpu,
+                            "all_parties_cpu": all_cpu,
                             "runs": runs,
                         }
                     )
                     print(
                         f"| {n} | {dim:,} | {rate:.0%} | {label} | {t} | {_s(plain)} | "
                         f"{_s(each)} | {_s(server)} | {ratio_text(server, plain)} | "
-                        f"{_s(everything)} | {ratio_text(everything, plain)} |",
+                        f"{_s(everything)} | {ratio_text(everything, plain)} | "
+                        f"{_s(server_cpu)} | {_s(all_cpu)} |",
                         flush=True,
                     )
     return rows
