@@ -9,12 +9,9 @@ import concurrent.futures
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
-
-pytest.importorskip("grpc")
-
-import grpc
 
 from veil.errors import RemoteProtocolError
 from veil.he import LinearModel, Mode, Packing, ScoringClient
