@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from conftest import synthetic
-from veil.errors import ConfigurationError, LocalProtocolError
+from veil.errors import ConfigurationError, DataError, LocalProtocolError, RemoteProtocolError
 from veil.federated import (
     ClientSampling,
     DpAggregator,
@@ -82,8 +82,14 @@ def test_the_secure_round_gives_the_weighted_mean_of_the_survivors() -> None:
     loss = weights @ np.array([updates[c][2] for c in alive]) / weights.sum()
     assert outcome.metrics["train_loss"] == pytest.approx(loss, abs=1e-4)
     assert set(outcome.completed) == set(alive) and set(outcome.dropped) == drop
-    # what reached the server: 32-bit words, and none equals the client's own encoding
+    # what reached the server: 32-bit words that differ from every client's own encoding
     assert all(m.vector.dtype == np.uint32 for m in masked)
+    quantizer = spec.quantizer()
+    for m in masked:
+        c = spec.clients[m.client - 1]
+        w = min(updates[c][1], spec.max_weight) / spec.max_weight
+        plain = quantizer.encode(np.concatenate([w * updates[c][0], [w * spec.clip, 0.0]]))
+        assert np.mean(m.vector == plain) < 0.01
 
 
 def test_the_server_refuses_a_plain_update_under_secure_aggregation() -> None:
@@ -183,7 +189,9 @@ def test_central_dp_under_secure_aggregation_charges_the_usual_event(ledger) -> 
         secure_aggregation=SecureAggregation(),
     )
     assert sim.server.encoding is Encoding.CENTRAL_DP
-    assert sim.server.round_event() == PoissonSampledEvent(0.5, GaussianEvent(1.0))
+    # not amplified: the server knows who took part, and whether a sum is released at all
+    # depends on how many did
+    assert sim.server.round_event() == PoissonSampledEvent(1.0, GaussianEvent(1.0))
     result = sim.run()
     assert ledger.status("synthetic/client").events == 2
     assert result.rounds[-1].completed is None  # withheld under client-level DP
@@ -211,9 +219,10 @@ def _distributed_noise_sd(z: float, clip: float, dim: int) -> tuple[float, float
         secure=SecureAggregation(distributed_dp=True),
         dim=dim,
     )
-    threshold = plan_round(12).threshold
+    # exactly the fewest survivors the round accepts (the 2^-20 quantile of Bin(12, 0.9))
+    least = plan_round(12).min_survivors
     zeros = {f"c{i}": (np.zeros(dim), 1, 0.0) for i in range(12)}
-    drop = {f"c{i}" for i in range(12 - threshold)}
+    drop = {f"c{i}" for i in range(12 - least)}
     _, _, spec = _drive(server, zeros, drop=drop, reservation=_FakeReservation(server))
     noise = server.parameters * 12
     target = z * (clip + math.sqrt(dim) * spec.granularity)
@@ -247,7 +256,7 @@ def test_the_same_check_catches_noise_calibrated_for_every_sampled_client(monkey
     monkeypatch.setattr(secure_mod, "distributed_noise", for_everyone)
     sd, target = _distributed_noise_sd(1.2, 0.5, 40_000)
     assert not _calibrated(sd, target, 40_000)
-    assert sd == pytest.approx(target * math.sqrt(plan_round(12).threshold / 12), rel=0.03)
+    assert sd == pytest.approx(target * math.sqrt(plan_round(12).min_survivors / 12), rel=0.03)
 
 
 # -- choosing the graph and threshold ----------------------------------------------------------
@@ -350,3 +359,196 @@ def test_under_central_dp_a_quantised_update_stays_within_the_clip_norm() -> Non
         worst = max(worst, float(np.linalg.norm(decoded)))
     assert worst <= 0.5
     assert worst > 0.5 * (1 - 1e-3)  # and the clipping costs next to nothing
+
+
+def test_central_dp_under_secure_aggregation_adds_the_calibrated_noise() -> None:
+    """Zero updates from 8 clients, all survive: the released update times the expected count
+    is the server's noise, sd z·C; a server that forgot the noise would release zeros."""
+    dim = 40_000
+    server = _server(
+        8,
+        strategy=Strategy(DpAggregator(noise_multiplier=1.1, clip_norm=0.5), Sgd()),
+        dim=dim,
+    )
+    zeros = {f"c{i}": (np.zeros(dim), 1, 0.0) for i in range(8)}
+    _drive(server, zeros, reservation=_FakeReservation(server))
+    noise = server.parameters * 8
+    assert _calibrated(float(noise.std()), 1.1 * 0.5, dim)
+    assert not _calibrated(float(noise.std()), 1.1 * 0.5 * 0.9, dim)
+
+
+def test_adaptive_clipping_counts_the_clients_within_the_norm_securely() -> None:
+    agg = DpAggregator(
+        noise_multiplier=0.5,
+        adaptive=AdaptiveClipping(initial_clip_norm=1.0, count_noise=0.3),
+    )
+    server = _server(9, strategy=Strategy(agg, Sgd()), dim=4)
+    rng = np.random.default_rng(0)
+    updates = {}
+    for i in range(9):  # 6 of 9 within the clip norm
+        u = rng.normal(size=4)
+        u *= (0.5 if i < 6 else 3.0) / np.linalg.norm(u)
+        updates[f"c{i}"] = u
+    instructions = server.start_round(InsecureSeededRandom(1), reservation=_FakeReservation(server))
+    spec = instructions[0].secure
+    clients = {i.client_id: SecureClient(i, rng=InsecureSeededRandom(2)) for i in instructions}
+    srv = SecureServerRound(spec)
+    d = srv.collect_keys([c.advertise() for c in clients.values()])
+    routed = srv.collect_shares([clients[c].share_keys(d) for c in spec.clients])
+    masked = []
+    for c in spec.clients:
+        within = float(np.linalg.norm(updates[c]) <= agg.clip_norm)
+        result = TrainResult(server.round, c, updates[c], 1, {"within_clip": within})
+        masked.append(clients[c].masked_input(routed[spec.number(c)], result))
+    request = srv.collect_masked(masked)
+    summed = srv.finish([clients[c].unmask(request) for c in spec.clients])
+    assert summed.metrics["within_clip"] == pytest.approx(6, abs=1e-6)
+    before = agg.clip_norm
+    server.close_round(InsecureSeededRandom(3), summed=summed)
+    # 6/9 within against a target of 1/2: the clip norm shrinks by about exp(-0.2 (2/3 - 1/2))
+    # (the count noise 2·0.3 moves the fraction by about 0.6/9)
+    assert agg.clip_norm < before * math.exp(-0.2 * (6 / 9 - 0.5 - 3 * 0.6 / 9))
+
+
+# -- a server that deviates from the protocol --------------------------------------------
+
+
+def _first_round(n: int, settings: SecureAggregation | None = None, **kw):
+    server = _server(n, secure=settings or SecureAggregation(), **kw)
+    return server, server.start_round(InsecureSeededRandom(0))
+
+
+def test_a_client_refuses_to_mask_when_the_server_withholds_its_neighbours_shares() -> None:
+    """The attack: send the target no shares, so that it masks with its self-mask only, then
+    ask its neighbours for that self-mask's shares. The target refuses to send its input."""
+    from veil.secagg.protocol import SharesForYou, UnmaskRequest
+
+    server, instructions = _first_round(5)
+    spec = instructions[0].secure
+    clients = {
+        i.client_id: SecureClient(i, rng=InsecureSeededRandom(4), settings=server.secure)
+        for i in instructions
+    }
+    srv = SecureServerRound(spec)
+    d = srv.collect_keys([c.advertise() for c in clients.values()])
+    routed = srv.collect_shares([clients[c].share_keys(d) for c in spec.clients])
+    result = TrainResult(1, "c0", np.ones(3), 1, {"train_loss": 0.0})
+    with pytest.raises(RemoteProtocolError, match="only 0 neighbours shared keys"):
+        clients["c0"].masked_input(SharesForYou({}), result)
+    # and a client does not answer for a neighbour it never masked with
+    partial = SharesForYou({u: b for u, b in routed[2].sealed.items() if u != 1})
+    clients["c1"].masked_input(partial, TrainResult(1, "c1", np.ones(3), 1, {"train_loss": 0.0}))
+    with pytest.raises(RemoteProtocolError, match="never shared keys"):
+        clients["c1"].unmask(UnmaskRequest(frozenset({1, 2, 3, 4, 5}), frozenset()))
+
+
+def test_a_client_refuses_a_lower_threshold_another_graph_or_another_mode() -> None:
+    import dataclasses as dc
+
+    from veil.secagg.protocol import neighbours_harary
+
+    settings = SecureAggregation(graph="secagg+", dropout=0.1)
+    server, instructions = _first_round(60, settings)
+    spec = instructions[0].secure
+    assert spec is not None and not spec.plan.complete
+    lower = dc.replace(spec, plan=dc.replace(spec.plan, threshold=spec.plan.threshold - 1))
+    with pytest.raises(RemoteProtocolError, match="this client's settings give"):
+        SecureClient(
+            dc.replace(instructions[0], secure=lower),
+            rng=InsecureSeededRandom(0),
+            settings=settings,
+        )
+    active = SecureAggregation(graph="secagg+", dropout=0.1, active=True)
+    with pytest.raises(RemoteProtocolError):
+        SecureClient(instructions[0], rng=InsecureSeededRandom(0), settings=active)
+    clients = {
+        i.client_id: SecureClient(i, rng=InsecureSeededRandom(1), settings=settings)
+        for i in instructions
+    }
+    srv = SecureServerRound(spec)
+    d = srv.collect_keys([c.advertise() for c in clients.values()])
+    chosen = neighbours_harary(sorted(d.keys), degree=spec.plan.degree, rng=InsecureSeededRandom(9))
+    with pytest.raises(RemoteProtocolError, match="graph is not the one"):
+        clients["c0"].share_keys(dc.replace(d, neighbours=chosen))
+    clients["c1"].share_keys(d)  # the graph the keys determine is accepted
+
+
+def test_a_client_refuses_a_round_it_already_took_part_in() -> None:
+    from veil.federated.secure import RoundGuard
+
+    _, instructions = _first_round(4)
+    guard = RoundGuard()
+    SecureClient(instructions[0], rng=InsecureSeededRandom(0), guard=guard)
+    with pytest.raises(RemoteProtocolError, match="not newer"):
+        SecureClient(instructions[0], rng=InsecureSeededRandom(0), guard=guard)
+
+
+def test_in_the_active_mode_a_client_trusts_its_own_enrolment_not_the_spec() -> None:
+    import dataclasses as dc
+
+    from veil.secagg.crypto import SigningKey
+
+    keys = {f"c{i}": SigningKey() for i in range(4)}
+    enrolled = {c: k.public for c, k in keys.items()}
+    settings = SecureAggregation(active=True)
+    _, instructions = _first_round(4, settings, enrolled=enrolled)
+    spec = instructions[0].secure
+    impostors = tuple(SigningKey().public for _ in spec.clients)
+    swapped = dc.replace(instructions[1], secure=dc.replace(spec, verify_keys=impostors))
+    client = SecureClient(
+        swapped,
+        rng=InsecureSeededRandom(0),
+        settings=settings,
+        signing_key=keys["c1"],
+        enrolled=enrolled,
+    )
+    assert client.inner._verify_keys == {i + 1: enrolled[c] for i, c in enumerate(spec.clients)}
+    off = dc.replace(instructions[1], secure=dc.replace(spec, verify_keys=()))
+    with pytest.raises(RemoteProtocolError, match="active mode"):
+        SecureClient(
+            off,
+            rng=InsecureSeededRandom(0),
+            settings=settings,
+            signing_key=keys["c1"],
+            enrolled=enrolled,
+        )
+
+
+def test_a_client_that_cannot_encode_its_update_drops_out_of_the_simulation(monkeypatch) -> None:
+    model, data = _model_and_data()
+    sim = Simulation(
+        model=model,
+        data=data,
+        rounds=2,
+        config=TrainConfig(learning_rate=0.5),
+        seed=1,
+        secure_aggregation=SecureAggregation(),
+    )
+    real = secure_mod.encode
+
+    def broken(spec, result, rng):
+        if result.client_id == "c3":
+            raise DataError("a broken client")
+        return real(spec, result, rng)
+
+    monkeypatch.setattr(secure_mod, "encode", broken)
+    result = sim.run()
+    assert all(r.completed == 11 and r.dropped == 1 for r in result.rounds)
+
+
+def test_distributed_dp_refuses_a_non_finite_update() -> None:
+    from veil.federated.secure import encode
+
+    server = _server(
+        5,
+        strategy=Strategy(DpAggregator(noise_multiplier=1.0, clip_norm=0.5), Sgd()),
+        secure=SecureAggregation(distributed_dp=True),
+    )
+    instructions = server.start_round(InsecureSeededRandom(0), reservation=_FakeReservation(server))
+    spec = instructions[0].secure
+    with pytest.raises(DataError, match="finite"):
+        encode(spec, TrainResult(1, "c0", np.array([np.nan, 0.0, 0.0]), 1), InsecureSeededRandom(0))
+
+
+def test_a_three_client_round_needs_all_three() -> None:
+    assert plan_round(3).threshold == 3

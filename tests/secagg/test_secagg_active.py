@@ -211,3 +211,78 @@ def test_active_plans_have_a_threshold_above_two_thirds(n) -> None:
     plan = plan_round(n, active=True)
     assert 3 * plan.threshold > 2 * (plan.degree + 1)
     assert plan.abort_probability <= 2.0**-20 or plan.complete
+
+
+def test_on_a_sparse_graph_each_revealed_peer_needs_confirmations_from_its_own_neighbourhood():
+    """SecAgg+ in the active mode: t is a share of a neighbourhood, not of all clients, so
+    two groups of t could each confirm contradicting lists. A client reveals a share of v only
+    when t of v's own neighbourhood signed the lists."""
+    from veil.secagg.protocol import Expectation, derived_graph
+
+    n, degree, t = 12, 6, 5
+    signing = {u: SigningKey() for u in range(1, n + 1)}
+    enrolled = {u: k.public for u, k in signing.items()}
+    clients = {
+        u: SecAggClient(
+            u,
+            session=b"A",
+            round=1,
+            vector=np.full(DIM, u, np.uint32),
+            signing_key=signing[u],
+            verify_keys=enrolled,
+            expect=Expectation(threshold=t, degree=degree),
+        )
+        for u in signing
+    }
+    server = SecAggServer(
+        session=b"A",
+        round=1,
+        threshold=t,
+        dimension=DIM,
+        neighbours=neighbours_complete(range(1, n + 1)),
+        active=True,
+        degree=degree,
+        verify_keys=enrolled,
+    )
+    directory = server.collect_keys([c.advertise() for c in clients.values()])
+    assert directory.neighbours == derived_graph(b"A", 1, directory.keys, degree)
+    routed = server.collect_shares([c.share_keys(directory) for c in clients.values()])
+    request = server.collect_masked([clients[u].masked_input(routed[u]) for u in clients])
+    checks = {u: clients[u].consistency(request) for u in clients}
+    graph = directory.neighbours
+    # a proof signed by t clients, none of them around client 1's neighbour v
+    v = min(graph[1])
+    far = [u for u in clients if u not in graph[v] and u != v][:t]
+    assert len(far) == t
+    thin = ConsistencyProof(request, {u: checks[u].signature for u in far})
+    with pytest.raises(RemoteProtocolError, match="neighbourhood confirmed the lists"):
+        clients[1].unmask(thin)
+    full = server.collect_consistency(list(checks.values()))
+    out = server.finish(
+        [clients[u].unmask(full) for u in clients if u != 1] + [clients[1].unmask(full)]
+    )
+    np.testing.assert_array_equal(out, np.full(DIM, sum(range(1, n + 1)), np.uint32))
+
+
+def test_the_server_drops_a_bad_signature_instead_of_passing_it_on() -> None:
+    clients, _, inputs = _federation(5, 4)
+    enrolled = {u: c._verify_keys[u] for u, c in clients.items()}
+    server = SecAggServer(
+        session=b"A",
+        round=2,
+        threshold=4,
+        dimension=DIM,
+        neighbours=neighbours_complete(range(1, 6)),
+        active=True,
+        verify_keys=enrolled,
+    )
+    alive, request = _up_to_consistency(clients, server)
+    checks = [clients[u].consistency(request) for u in sorted(alive)]
+    checks[0] = dataclasses.replace(checks[0], signature=bytes(64))  # garbage from client 1
+    proof = server.collect_consistency(checks)
+    assert 1 not in proof.signatures and len(proof.signatures) == 4
+    out = server.finish([clients[u].unmask(proof) for u in sorted(alive)])
+    expected = np.zeros(DIM, dtype=np.uint32)
+    for x in inputs.values():
+        expected += x
+    np.testing.assert_array_equal(out, expected)

@@ -22,6 +22,7 @@ from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction,
 from veil.federated.protocol import ClientSampling, FederatedServer, RoundOutcome, Stage
 from veil.federated.secure import (
     Encoding,
+    RoundGuard,
     SecureAggregation,
     SecureClient,
     SecureRoundSpec,
@@ -81,6 +82,7 @@ __all__ = [
     "NoisySum",
     "ParamLayout",
     "RoundContext",
+    "RoundGuard",
     "RoundOutcome",
     "RoundRecord",
     "SecureAggregation",

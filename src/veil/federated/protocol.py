@@ -161,10 +161,9 @@ class FederatedServer:
         self.encoding = None if self.secure is None else self.secure.encoding(aggregator)
         self.session = crypto.random_seed()[:16]
         self.private = aggregator.round_event(sampling_probability=1.0) is not None
-        distributed = self.encoding is Encoding.DISTRIBUTED_DP
         if (
             self.private
-            and not distributed
+            and self.secure is None
             and not (self.sampling.poisson or self.sampling.fraction == 1.0)
         ):
             raise ConfigurationError(
@@ -207,8 +206,11 @@ class FederatedServer:
     def round_event(self) -> Event | None:
         """The privacy cost of the next round, or None if the strategy is not private."""
         self._expect(Stage.IDLE, "ask for the next round's cost")
-        # Distributed DP is not amplified by sampling: the server knows who took part.
-        q = 1.0 if self.encoding is Encoding.DISTRIBUTED_DP else self.sampling.fraction
+        # Under secure aggregation a private round is not amplified by sampling: the server
+        # talks to the round's clients, and whether a round releases a sum at all (enough
+        # clients sampled, enough survivors) depends on who took part. Accounted per round as
+        # the Gaussian mechanism for one client's update replaced by zeros.
+        q = 1.0 if self.secure is not None else self.sampling.fraction
         return self.strategy.aggregator.round_event(sampling_probability=q)
 
     def start_round(

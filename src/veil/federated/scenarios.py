@@ -254,8 +254,8 @@ def run_scenario(
         z = dpsgd_noise_multiplier(
             epsilon=epsilon,
             delta=delta,
-            # distributed DP: the server knows who took part, so no amplification
-            sampling_probability=q if dp is DpMode.CLIENT else 1.0,
+            # under secure aggregation (distributed DP included) rounds are not amplified
+            sampling_probability=q if secure_aggregation == "none" else 1.0,
             steps=rounds,
         )
         strategy = Strategy(

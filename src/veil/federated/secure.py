@@ -54,7 +54,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from veil.errors import ConfigurationError, DataError, LocalProtocolError, RemoteProtocolError
 from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.strategies import Aggregator, SummedUpdates
 from veil.privacy.random import RandomSource
@@ -65,6 +65,7 @@ from veil.secagg.protocol import (
     AdvertiseKeys,
     ConsistencyCheck,
     ConsistencyProof,
+    Expectation,
     KeyDirectory,
     MaskedInput,
     SecAggClient,
@@ -74,12 +75,12 @@ from veil.secagg.protocol import (
     UnmaskRequest,
     UnmaskShares,
     neighbours_complete,
-    neighbours_harary,
 )
 from veil.secagg.quantize import Quantizer, from_ring, stochastic_round, to_ring
 
 __all__ = [
     "Encoding",
+    "RoundGuard",
     "SecureAggregation",
     "SecureClient",
     "SecureRoundSpec",
@@ -194,6 +195,8 @@ class SecureRoundSpec:
     """Distributed DP: each client's discrete Gaussian parameter ``σ_c``, in grid steps."""
     verify_keys: tuple[bytes, ...] = ()
     """Active mode: the enrolled public signing key of each of ``clients``."""
+    min_survivors: int = 0
+    """The fewest survivors the round is unmasked with (distributed DP calibrates to it)."""
 
     @property
     def active(self) -> bool:
@@ -227,7 +230,7 @@ def distributed_noise(
     z = _positive("noise_multiplier", noise_multiplier)
     root_d = math.sqrt(dimension)
     g = 2.0 ** math.floor(math.log2(clip / (_GRID_STEPS * root_d)))
-    while True:
+    for _ in range(64):
         sensitivity = clip / g + root_d
         sigma = sensitivity * z / math.sqrt(threshold)
         tau = 10.0 * (clients - 1) * math.exp(-(math.pi**2) * sigma**2)
@@ -241,6 +244,9 @@ def distributed_noise(
         if bound < _RING_HALF and sigma < 2.0**25:
             return g, sigma
         g *= 2.0
+    raise ConfigurationError(
+        f"no grid fits the 32-bit ring for {clients} clients at noise multiplier {z:g}"
+    )
 
 
 def make_spec(
@@ -281,6 +287,7 @@ def make_spec(
         "encoding": encoding,
         "dimension": dimension,
         "verify_keys": verify_keys,
+        "min_survivors": plan.min_survivors if settings.distributed_dp else plan.threshold,
     }
     if encoding is Encoding.WEIGHTED:
         return SecureRoundSpec(
@@ -310,7 +317,7 @@ def make_spec(
         clip=clip,
         dimension=dimension,
         clients=len(clients),
-        threshold=plan.threshold,
+        threshold=plan.min_survivors,
         noise_multiplier=aggregator.noise_multiplier,  # type: ignore[attr-defined]
     )
     return SecureRoundSpec(
@@ -333,6 +340,8 @@ def _rounding_slack(spec: SecureRoundSpec) -> float:
 def encode(spec: SecureRoundSpec, result: TrainResult, rng: RandomSource) -> npt.NDArray[np.uint32]:
     """A client's update (and metrics) as words of ``Z_2^32`` (see the module docstring)."""
     update = np.asarray(result.update, dtype=np.float64)
+    if not np.isfinite(update).all():
+        raise DataError("a client's update must be finite (no NaN or infinity)")
     if update.size != spec.dimension:
         raise LocalProtocolError(
             f"the update has {update.size} values; the round expects {spec.dimension}"
@@ -379,33 +388,79 @@ def decode(
     return SummedUpdates(values[:d].copy(), float(len(contributors)), metrics, contributors)
 
 
+class RoundGuard:
+    """A client's memory of the rounds it took part in: a server that runs a (session, round)
+    twice could subtract two sums over different survivors. Kept by the client across rounds
+    (the gRPC agent persists it)."""
+
+    def __init__(self) -> None:
+        self._last: dict[bytes, int] = {}
+
+    def admit(self, session: bytes, round: int) -> None:
+        last = self._last.get(session)
+        if last is not None and round <= last:
+            raise RemoteProtocolError(
+                f"round {round} of this session is not newer than round {last}, which this "
+                "client already took part in: refused"
+            )
+        self._last[session] = round
+
+
 class SecureClient:
-    """One client's side of a secure round: keys first, its update once it has trained."""
+    """One client's side of a secure round: keys first, its update once it has trained.
+
+    What the client trusts comes from its own configuration, not from the server's spec:
+    ``settings`` (the federation's secure aggregation, from which it recomputes the graph's
+    degree, the threshold and the fewest survivors), ``enrolled`` (every client's public
+    signing key) with its own ``signing_key`` for the active mode, ``noise_multiplier`` for
+    distributed DP (it refuses less noise than that calls for), and a :class:`RoundGuard`.
+    Without ``settings`` it takes the server's word (a test or a semi-honest server).
+    """
 
     def __init__(
         self,
         instruction: TrainInstruction,
         *,
         rng: RandomSource,
+        settings: SecureAggregation | None = None,
         signing_key: SigningKey | None = None,
+        enrolled: Mapping[str, bytes] | None = None,
+        noise_multiplier: float | None = None,
+        guard: RoundGuard | None = None,
     ) -> None:
         spec = instruction.secure
         if spec is None:
             raise LocalProtocolError("this instruction is not for a secure round")
-        if spec.active and signing_key is None:
-            raise ConfigurationError("the active mode needs this client's signing key")
+        if spec.round != instruction.round:
+            raise RemoteProtocolError("the secure round's spec is for another round")
         self.spec = spec
         self.client_id = instruction.client_id
         self.rng = rng
+        expect = None
+        if settings is not None:
+            expect = _check_spec(spec, settings, noise_multiplier)
+        active = spec.active if settings is None else settings.active
         verify = None
-        if spec.active:
-            verify = {i + 1: key for i, key in enumerate(spec.verify_keys)}
+        if active:
+            if signing_key is None:
+                raise ConfigurationError("the active mode needs this client's signing key")
+            if enrolled is None:
+                raise ConfigurationError(
+                    "the active mode needs the federation's enrolled keys on the client"
+                )
+            missing = [c for c in spec.clients if c not in enrolled]
+            if missing:
+                raise RemoteProtocolError(f"clients that are not enrolled in the round: {missing}")
+            verify = {i + 1: enrolled[c] for i, c in enumerate(spec.clients)}
+        if guard is not None:
+            guard.admit(spec.session, spec.round)
         self.inner = SecAggClient(
             spec.number(instruction.client_id),
             session=spec.session,
             round=spec.round,
-            signing_key=signing_key if spec.active else None,
+            signing_key=signing_key if active else None,
             verify_keys=verify,
+            expect=expect,
         )
 
     def advertise(self) -> AdvertiseKeys:
@@ -426,6 +481,57 @@ class SecureClient:
         return self.inner.unmask(request)
 
 
+def _check_spec(
+    spec: SecureRoundSpec, settings: SecureAggregation, noise_multiplier: float | None
+) -> Expectation:
+    """What the client requires of the round, recomputed from its own settings; refuses a
+    spec that asks for less (a lower threshold or floor of survivors, another graph, the
+    active mode off, less distributed noise)."""
+    plan = plan_round(
+        len(spec.clients),
+        graph=settings.graph,
+        dropout=settings.dropout,
+        failure=settings.failure,
+        active=settings.active,
+    )
+    if (spec.plan.threshold, spec.plan.degree) != (plan.threshold, plan.degree):
+        raise RemoteProtocolError(
+            f"the server planned degree {spec.plan.degree} and threshold {spec.plan.threshold}; "
+            f"this client's settings give {plan.degree} and {plan.threshold}: refused"
+        )
+    if spec.active != settings.active:
+        raise RemoteProtocolError("the server's round does not match this client's active mode")
+    distributed = spec.encoding is Encoding.DISTRIBUTED_DP
+    if distributed != settings.distributed_dp:
+        raise RemoteProtocolError("the server's round does not match this client's DP mode")
+    least = plan.threshold
+    if distributed:
+        least = plan.min_survivors
+        if spec.min_survivors < least:
+            raise RemoteProtocolError(
+                f"the server would unmask with {spec.min_survivors} survivors; this client's "
+                f"noise is calibrated for {least}: refused"
+            )
+        if noise_multiplier is not None:
+            _, sigma = distributed_noise(
+                clip=spec.clip,
+                dimension=spec.dimension,
+                clients=len(spec.clients),
+                threshold=least,
+                noise_multiplier=noise_multiplier,
+            )
+            if spec.client_sigma < sigma * (1 - 1e-12):
+                raise RemoteProtocolError(
+                    f"the server asks for noise {spec.client_sigma:.6g}; this client's target "
+                    f"needs {sigma:.6g}: refused"
+                )
+    return Expectation(
+        threshold=plan.threshold,
+        degree=None if plan.complete else plan.degree,
+        min_survivors=least,
+    )
+
+
 class SecureServerRound:
     """The server's side of a secure round; :meth:`finish` gives the :class:`SummedUpdates`."""
 
@@ -433,18 +539,17 @@ class SecureServerRound:
         self.spec = spec
         ids = range(1, len(spec.clients) + 1)
         plan = spec.plan
-        graph = (
-            neighbours_complete(ids)
-            if plan.complete
-            else neighbours_harary(ids, degree=plan.degree, rng=rng)
-        )
+        # SecAgg+: the graph is derived from the advertised keys (every client checks it)
         self.server = SecAggServer(
             session=spec.session,
             round=spec.round,
             threshold=plan.threshold,
             dimension=spec.length,
-            neighbours=graph,
+            neighbours=neighbours_complete(ids),
             active=spec.active,
+            degree=None if plan.complete else plan.degree,
+            min_survivors=spec.min_survivors,
+            verify_keys={i + 1: k for i, k in enumerate(spec.verify_keys)} or None,
         )
         self.bytes_received = 0
         self.bytes_sent = 0

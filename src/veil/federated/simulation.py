@@ -35,12 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from veil.errors import BudgetExceededError, ConfigurationError, RemoteProtocolError
+from veil.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    DataError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from veil.federated.data import FederatedData
 from veil.federated.dp import DpSgd
 from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
 from veil.federated.protocol import ClientSampling, FederatedServer, uniform
-from veil.federated.secure import SecureAggregation, SecureClient, SecureServerRound
+from veil.federated.secure import RoundGuard, SecureAggregation, SecureClient, SecureServerRound
 from veil.federated.strategies import Strategy, SummedUpdates, fedavg
 from veil.federated.training import ParamLayout, evaluate, train_central, train_clients, train_dpsgd
 from veil.ledger import Ledger, Reservation, Scope
@@ -175,10 +181,13 @@ class Simulation:
     ) -> dict[str, bytes] | None:
         """The active mode's enrolment, simulated: one long-term signing key per client."""
         self._signing: dict[str, SigningKey] = {}
+        self._enrolment: dict[str, bytes] | None = None
+        self._guards: dict[str, RoundGuard] = {}
         if secure is None or not secure.active:
             return None
         self._signing = {c: SigningKey() for c in clients}
-        return {c: k.public for c, k in self._signing.items()}
+        self._enrolment = {c: k.public for c, k in self._signing.items()}
+        return dict(self._enrolment)
 
     def party_scope(self, client_id: str) -> Scope:
         assert self.record_scope is not None
@@ -233,23 +242,41 @@ class Simulation:
             return None, (0, 0)
         spec = instructions[0].secure
         assert spec is not None
-        clients = {
-            ins.client_id: SecureClient(
-                ins, rng=self.rng, signing_key=self._signing.get(ins.client_id)
-            )
-            for ins in instructions
-        }
+        settings = self.server.secure
+        assert settings is not None
+        aggregator = self.strategy.aggregator
+        z = getattr(aggregator, "noise_multiplier", None) if settings.distributed_dp else None
         server = SecureServerRound(spec, rng=self.rng)
         try:
+            # each client checks the round against its own settings, keys and memory
+            clients = {
+                ins.client_id: SecureClient(
+                    ins,
+                    rng=self.rng,
+                    settings=settings,
+                    signing_key=self._signing.get(ins.client_id),
+                    enrolled=self._enrolment,
+                    noise_multiplier=z,
+                    guard=self._guards.setdefault(ins.client_id, RoundGuard()),
+                )
+                for ins in instructions
+            }
             directory = server.collect_keys([c.advertise() for c in clients.values()])
             routed = server.collect_shares(
                 [clients[cid].share_keys(directory) for cid in spec.clients]
             )
             results = [a for a in self._answers(instructions) if isinstance(a, TrainResult)]
-            masked = [
-                clients[r.client_id].masked_input(routed[spec.number(r.client_id)], r)
-                for r in results
-            ]
+            masked = []
+            sent = []
+            for r in results:
+                try:
+                    masked.append(
+                        clients[r.client_id].masked_input(routed[spec.number(r.client_id)], r)
+                    )
+                except (DataError, LocalProtocolError):
+                    continue  # a client that cannot encode its update drops out
+                sent.append(r)
+            results = sent
             request: UnmaskRequest | ConsistencyProof = server.collect_masked(masked)
             if spec.active:
                 assert isinstance(request, UnmaskRequest)

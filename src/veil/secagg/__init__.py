@@ -19,12 +19,13 @@ from veil.secagg.crypto import (
     seal,
     verify,
 )
-from veil.secagg.planning import RoundPlan, abort_probability, plan_round
+from veil.secagg.planning import RoundPlan, abort_probability, plan_round, survivors_quantile
 from veil.secagg.protocol import (
     AdvertiseKeys,
     ClientStage,
     ConsistencyCheck,
     ConsistencyProof,
+    Expectation,
     KeyDirectory,
     MaskedInput,
     SecAggClient,
@@ -34,6 +35,7 @@ from veil.secagg.protocol import (
     UnmaskRequest,
     UnmaskShares,
     active_threshold_ok,
+    derived_graph,
     neighbours_complete,
     neighbours_harary,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "ClientStage",
     "ConsistencyCheck",
     "ConsistencyProof",
+    "Expectation",
     "KeyDirectory",
     "MaskedInput",
     "Quantizer",
@@ -64,6 +67,7 @@ __all__ = [
     "combine",
     "crypto",
     "derive",
+    "derived_graph",
     "from_ring",
     "lagrange_at_zero",
     "mask",
@@ -77,6 +81,7 @@ __all__ = [
     "shamir",
     "split",
     "stochastic_round",
+    "survivors_quantile",
     "to_ring",
     "verify",
 ]

@@ -30,7 +30,7 @@ from scipy.stats import binom
 
 from veil.errors import ConfigurationError
 
-__all__ = ["RoundPlan", "abort_probability", "plan_round"]
+__all__ = ["RoundPlan", "abort_probability", "plan_round", "survivors_quantile"]
 
 Graph = Literal["secagg", "secagg+"]
 
@@ -46,6 +46,9 @@ class RoundPlan:
     threshold: int
     abort_probability: float
     """An upper bound on the chance that dropouts at rate ``dropout`` abort the round."""
+    min_survivors: int = 0
+    """The fewest survivors a round goes on with (at least ``threshold``): the ``failure``
+    quantile of the survivors' number, for noise that clients calibrate to it."""
 
     @property
     def complete(self) -> bool:
@@ -71,8 +74,14 @@ def abort_probability(clients: int, degree: int, threshold: int, dropout: float)
 
 
 def _least_threshold(size: int, active: bool) -> int:
-    """A strict majority of ``size`` (semi-honest), or more than two thirds (active)."""
-    return max(2, 2 * size // 3 + 1 if active else size // 2 + 1)
+    """A strict majority of ``size`` (semi-honest), or more than two thirds (active); never
+    below 3, since the sum of two inputs tells each of them the other."""
+    return max(3, 2 * size // 3 + 1 if active else size // 2 + 1)
+
+
+def survivors_quantile(clients: int, dropout: float, failure: float) -> int:
+    """The largest ``m`` with ``P(Binomial(clients, 1 - dropout) < m) <= failure``."""
+    return int(binom.ppf(failure, clients, 1.0 - dropout))
 
 
 def plan_round(
@@ -102,12 +111,16 @@ def plan_round(
         raise ConfigurationError(f"dropout must be in [0, 1), got {dropout!r}")
     if not isinstance(failure, int | float) or not 0 < failure < 1:
         raise ConfigurationError(f"failure must be in (0, 1), got {failure!r}")
+
+    def _floor(threshold: int) -> int:
+        return max(threshold, survivors_quantile(clients, dropout, failure))
+
     if graph == "secagg+":
         for degree in range(4, clients - 1, 2):
             threshold = _least_threshold(degree + 1, active)
             bound = abort_probability(clients, degree, threshold, dropout)
             if bound <= failure:
-                return RoundPlan("secagg+", clients, degree, threshold, bound)
-    threshold = _least_threshold(clients, active)
+                return RoundPlan("secagg+", clients, degree, threshold, bound, _floor(threshold))
+    threshold = min(clients, _least_threshold(clients, active))
     bound = abort_probability(clients, clients - 1, threshold, dropout)
-    return RoundPlan(graph, clients, clients - 1, threshold, bound)
+    return RoundPlan(graph, clients, clients - 1, threshold, bound, _floor(threshold))

@@ -46,6 +46,7 @@ __all__ = [
     "ClientStage",
     "ConsistencyCheck",
     "ConsistencyProof",
+    "Expectation",
     "KeyDirectory",
     "MaskedInput",
     "SecAggClient",
@@ -55,6 +56,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskShares",
     "active_threshold_ok",
+    "derived_graph",
     "neighbours_complete",
     "neighbours_harary",
 ]
@@ -137,6 +139,16 @@ class UnmaskShares:
     """dropped v -> this client's share of v's mask private key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Expectation:
+    """What a client itself requires of a round, whatever the server says: the threshold,
+    the graph's degree (None: complete), and the fewest survivors it will unmask for."""
+
+    threshold: int
+    degree: int | None = None
+    min_survivors: int = 0
+
+
 def neighbours_complete(clients: range | list[int]) -> dict[int, frozenset[int]]:
     """Plain SecAgg: every client is every other's neighbour."""
     ids = list(clients)
@@ -168,20 +180,55 @@ def neighbours_harary(
     return {u: frozenset(vs) for u, vs in graph.items()}
 
 
+def _context(label: bytes, session: bytes, round: int) -> bytes:
+    """A domain label, then the session (length-prefixed) and the round."""
+    return label + struct.pack(">Q", len(session)) + session + struct.pack(">Q", round)
+
+
 def _keys_message(session: bytes, round: int, client: int, mask: bytes, share: bytes) -> bytes:
-    return b"veil-secagg-keys|" + session + struct.pack(">QQ", round, client) + mask + share
+    return _context(b"veil-secagg-keys|", session, round) + struct.pack(">Q", client) + mask + share
 
 
 def _lists_message(session: bytes, round: int, request: UnmaskRequest) -> bytes:
     survivors = b"".join(struct.pack(">Q", u) for u in sorted(request.survivors))
     dropped = b"".join(struct.pack(">Q", u) for u in sorted(request.dropped))
     return (
-        b"veil-secagg-lists|"
-        + session
-        + struct.pack(">QQQ", round, len(request.survivors), len(request.dropped))
+        _context(b"veil-secagg-lists|", session, round)
+        + struct.pack(">QQ", len(request.survivors), len(request.dropped))
         + survivors
         + dropped
     )
+
+
+class _SeededWords:
+    """64-bit words from AES-CTR under a key: randomness every party can recompute."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @property
+    def is_secure(self) -> bool:
+        return True  # a secret-independent, public choice: pseudorandom from a hash
+
+    def words(self, n: int) -> npt.NDArray[np.uint64]:
+        return crypto.mask(self._key, 2 * n).view(np.uint64)
+
+
+def derived_graph(
+    session: bytes, round: int, keys: Mapping[int, tuple[bytes, bytes]], degree: int | None
+) -> dict[int, frozenset[int]]:
+    """The round's neighbour graph over the clients that advertised ``keys``: complete when
+    ``degree`` is None or reaches them all, else SecAgg+'s Harary graph relabelled by a hash
+    of every advertised key. Every client recomputes it, so the server cannot place a client
+    among neighbours of its choosing; changing the graph means changing someone's keys, and a
+    graph that puts chosen clients around a target is too rare to find by trying keys."""
+    ids = sorted(keys)
+    if degree is None or degree >= len(ids) - 1:
+        return neighbours_complete(ids)
+    digest = hashlib.sha256(_context(b"veil-secagg-graph|", session, round))
+    for u in ids:
+        digest.update(struct.pack(">Q", u) + keys[u][0] + keys[u][1])
+    return neighbours_harary(ids, degree=degree, rng=_SeededWords(digest.digest()))
 
 
 def active_threshold_ok(threshold: int, group: int) -> bool:
@@ -258,9 +305,12 @@ class SecAggClient:
         vector: npt.ArrayLike | None = None,
         signing_key: crypto.SigningKey | None = None,
         verify_keys: Mapping[int, bytes] | None = None,
+        expect: Expectation | None = None,
     ) -> None:
         """``signing_key`` (this client's long-term key) and ``verify_keys`` (every client's
-        public signing key, from the federation's enrolment) turn on the active mode."""
+        public signing key, from the federation's enrolment, not from the server) turn on the
+        active mode. ``expect`` is what this client itself requires of the round (threshold,
+        graph, fewest survivors); without it, it takes the server's word for them."""
         if not isinstance(client, int) or client < 1:
             raise ConfigurationError(f"client ids are integers >= 1, got {client!r}")
         if (signing_key is None) != (verify_keys is None):
@@ -275,6 +325,7 @@ class SecAggClient:
             )
         self._signing_key = signing_key
         self._verify_keys = None if verify_keys is None else dict(verify_keys)
+        self._expect_round = expect
         self.client = client
         self.session = bytes(session)
         self.round = round
@@ -350,6 +401,19 @@ class SecAggClient:
             )
         if directory.threshold < 2:
             raise RemoteProtocolError("a threshold below 2 would let one share reveal a secret")
+        expected = self._expect_round
+        if expected is not None:
+            if directory.threshold != expected.threshold:
+                raise RemoteProtocolError(
+                    f"the server set threshold {directory.threshold}; this client requires "
+                    f"{expected.threshold}: the round aborts"
+                )
+            graph = derived_graph(self.session, self.round, directory.keys, expected.degree)
+            if dict(directory.neighbours) != graph:
+                raise RemoteProtocolError(
+                    "the server's neighbour graph is not the one the advertised keys determine: "
+                    "the round aborts"
+                )
         if self.active:
             if not active_threshold_ok(directory.threshold, len(mine) + 1):
                 raise RemoteProtocolError(
@@ -405,6 +469,13 @@ class SecAggClient:
                 int.from_bytes(plain[33:], "big"),
             )
         self._u2 = frozenset(shares.sealed)
+        if len(self._u2) + 1 < self._directory.threshold:
+            # masking with fewer neighbours than that would let the server unmask this
+            # client alone with the shares of its self-mask
+            raise RemoteProtocolError(
+                f"only {len(self._u2)} neighbours shared keys with client {self.client}; the "
+                f"threshold is {self._directory.threshold}: the round aborts"
+            )
         y = _self_mask(self._self_seed, self.session, self.round, self.vector.size)
         y += self.vector
         for v in sorted(self._u2):
@@ -458,11 +529,22 @@ class SecAggClient:
         signers = set(proof.signatures)
         if not signers <= request.survivors:
             raise RemoteProtocolError("the consistency proof holds signatures of non-survivors")
-        if len(signers) < self._directory.threshold:
+        t = self._directory.threshold
+        if len(signers) < t:
             raise RemoteProtocolError(
                 f"only {len(signers)} survivors confirmed the lists; the threshold is "
-                f"{self._directory.threshold}: the round aborts"
+                f"{t}: the round aborts"
             )
+        # Before revealing a share of peer v, at least t of v's own neighbourhood must have
+        # signed these lists: two contradicting proofs would need 2t > k + 1 signers there.
+        graph = self._directory.neighbours
+        for v in (request.survivors | request.dropped) & graph[self.client]:
+            around = (graph[v] | {v}) & signers
+            if len(around) < t:
+                raise RemoteProtocolError(
+                    f"only {len(around)} of client {v}'s neighbourhood confirmed the lists; "
+                    f"the threshold is {t}: the round aborts"
+                )
         for v, signature in proof.signatures.items():
             try:
                 crypto.verify(self._verify_keys[v], signature, message)
@@ -483,9 +565,21 @@ class SecAggClient:
         if not (request.survivors | request.dropped) <= set(self._directory.keys):
             raise RemoteProtocolError("the server names clients that never took part")
         mine = self._directory.neighbours[self.client]
-        if len(request.survivors & mine) + 1 < self._directory.threshold:
+        named = (request.survivors | request.dropped) & mine
+        if not named <= self._u2:
+            # a survivor or dropout this client never masked with: its mask would not cancel
+            raise RemoteProtocolError(
+                "the server names neighbours that never shared keys with this client"
+            )
+        if len(request.survivors & self._u2) + 1 < self._directory.threshold:
             raise RemoteProtocolError(
                 "too few of this client's neighbours survive to keep its input hidden"
+            )
+        least = self._expect_round.min_survivors if self._expect_round else 0
+        if len(request.survivors) < least:
+            raise RemoteProtocolError(
+                f"{len(request.survivors)} survivors; this client requires at least {least} "
+                "(its noise is calibrated for them): the round aborts"
             )
         if not _connected(request.survivors, self._directory.neighbours):
             raise RemoteProtocolError(
@@ -510,9 +604,16 @@ class SecAggServer:
         dimension: int,
         neighbours: Mapping[int, frozenset[int]],
         active: bool = False,
+        degree: int | None = None,
+        min_survivors: int | None = None,
+        verify_keys: Mapping[int, bytes] | None = None,
     ) -> None:
-        """``active=True``: the clients sign their keys and the survivor lists, and the
-        threshold must exceed two thirds of every neighbourhood."""
+        """``neighbours`` names the clients (and is the graph, unless ``degree`` is given:
+        then the graph is :func:`derived_graph` of the advertised keys, which clients check).
+        ``active=True``: the clients sign their keys and the survivor lists, and the threshold
+        must exceed two thirds of every neighbourhood; with ``verify_keys`` the server drops
+        what does not verify instead of passing it on. ``min_survivors`` (at least the
+        threshold) aborts a round that keeps fewer."""
         n = len(neighbours)
         if not isinstance(threshold, int) or not 2 <= threshold <= n:
             raise ConfigurationError(f"threshold must be in [2, {n}], got {threshold!r}")
@@ -520,19 +621,26 @@ class SecAggServer:
             if u in vs or any(u not in neighbours.get(v, ()) for v in vs):
                 raise ConfigurationError("the neighbour graph must be symmetric without loops")
         least = min(len(vs) for vs in neighbours.values()) + 1
+        if degree is not None:
+            if not isinstance(degree, int) or degree < 2:
+                raise ConfigurationError(f"degree must be an integer >= 2, got {degree!r}")
+            least = min(least, degree + 1)
         if threshold > least:
             raise ConfigurationError(
                 f"threshold {threshold} exceeds the smallest neighbourhood ({least} with the "
                 "client itself): no client could share its secrets"
             )
         if active:
-            smallest = min(len(vs) for vs in neighbours.values()) + 1
+            smallest = least
             if not active_threshold_ok(threshold, smallest):
                 raise ConfigurationError(
                     f"the active mode needs a threshold above two thirds of every "
                     f"neighbourhood ({smallest} clients): {threshold} is too low"
                 )
         self.active = active
+        self.degree = degree
+        self.verify_keys = None if verify_keys is None else dict(verify_keys)
+        self.min_survivors = max(threshold, min_survivors or 0)
         self.session = bytes(session)
         self.round = round
         self.threshold = threshold
@@ -554,13 +662,37 @@ class SecAggServer:
                 f"{self.threshold}: the round aborts"
             )
 
+    def _signed(self, client: int, signature: bytes, message: bytes) -> bool:
+        if self.verify_keys is None:
+            return True
+        try:
+            crypto.verify(self.verify_keys.get(client, b""), signature, message)
+        except (RemoteProtocolError, ConfigurationError):
+            return False
+        return True
+
     def collect_keys(self, messages: list[AdvertiseKeys]) -> KeyDirectory:
         self._stage("collect keys", None)
         keys = {
-            m.client: (m.mask_key, m.share_key) for m in messages if m.client in self.neighbours
+            m.client: (m.mask_key, m.share_key)
+            for m in messages
+            if m.client in self.neighbours
+            and self._signed(
+                m.client,
+                m.signature,
+                _keys_message(self.session, self.round, m.client, m.mask_key, m.share_key),
+            )
         }
         self._enough(set(keys), "advertising keys")
         self.keys = keys
+        if self.degree is not None:
+            self.neighbours = derived_graph(self.session, self.round, keys, self.degree)
+            least = min(len(vs) for vs in self.neighbours.values()) + 1
+            if least < self.threshold:
+                raise RemoteProtocolError(
+                    f"too few clients advertised keys for a graph of degree {self.degree} "
+                    f"and threshold {self.threshold}: the round aborts"
+                )
         signatures = {m.client: m.signature for m in messages if m.client in keys}
         return KeyDirectory(
             MappingProxyType(dict(keys)),
@@ -591,6 +723,11 @@ class SecAggServer:
         self.inputs = inputs
         survivors = frozenset(inputs)
         self._enough(survivors, "sending masked inputs")
+        if len(survivors) < self.min_survivors:
+            raise RemoteProtocolError(
+                f"only {len(survivors)} clients sent masked inputs; the round needs "
+                f"{self.min_survivors}: the round aborts"
+            )
         self.request = UnmaskRequest(survivors, self.u2 - survivors)
         return self.request
 
@@ -599,7 +736,12 @@ class SecAggServer:
         self._stage("collect consistency checks", "collect masked inputs")
         if not self.active:
             raise LocalProtocolError("the consistency round is for the active mode")
-        signatures = {m.client: m.signature for m in messages if m.client in self.request.survivors}
+        message = _lists_message(self.session, self.round, self.request)
+        signatures = {
+            m.client: m.signature
+            for m in messages
+            if m.client in self.request.survivors and self._signed(m.client, m.signature, message)
+        }
         self._enough(set(signatures), "the consistency check")
         return ConsistencyProof(self.request, MappingProxyType(signatures))
 
