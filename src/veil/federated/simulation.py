@@ -239,6 +239,10 @@ class Simulation:
         (or drops out), and sends its masked update; the server unmasks the sum. Returns the
         sums (None if the round aborted) and the bytes the secure round sent and received."""
         if not instructions:
+            self.aborted.append(
+                f"round {self.server.round}: fewer than 3 clients sampled, too few to hide "
+                "anyone in a sum"
+            )
             return None, (0, 0)
         spec = instructions[0].secure
         assert spec is not None

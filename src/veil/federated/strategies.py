@@ -109,10 +109,6 @@ class Aggregator(abc.ABC):
     """Whether it needs only a weighted sum of the updates (so it works under secure
     aggregation, where the server never sees one client's update)."""
 
-    def weight(self, result: TrainResult) -> float:
-        """The weight of a client's update in the sum (for a summable aggregator)."""
-        return 1.0
-
     def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
         """The combined update from the secure sums (for a summable aggregator)."""
         raise ConfigurationError(
@@ -157,9 +153,6 @@ class WeightedMean(Aggregator):
     """FedAvg: the mean of the updates weighted by the clients' example counts."""
 
     summable = True
-
-    def weight(self, result: TrainResult) -> float:
-        return float(result.num_examples)
 
     def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
         if summed.weight <= 0:

@@ -21,6 +21,7 @@ Secrets (private keys, seeds, shared secrets) have no ``repr`` that shows them.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -141,16 +142,11 @@ def keystream(key: bytes, nonce: bytes, nbytes: int) -> bytes:
     return encryptor.update(bytes(nbytes)) + encryptor.finalize()
 
 
-_ZEROS = bytearray()
-
-
-def _zeros(nbytes: int) -> memoryview:
-    """A read-only view of ``nbytes`` zero bytes, from one buffer grown as needed (the masks
-    of a round all have one length, so it is allocated once)."""
-    global _ZEROS
-    if len(_ZEROS) < nbytes:
-        _ZEROS = bytearray(nbytes)
-    return memoryview(_ZEROS)[:nbytes].toreadonly()
+@functools.lru_cache(maxsize=2)
+def _zeros(nbytes: int) -> bytes:
+    """``nbytes`` zero bytes, the plaintext of a mask's keystream (the masks of a round share
+    one length, so each length is allocated once)."""
+    return bytes(nbytes)
 
 
 def mask(seed: bytes, size: int) -> npt.NDArray[np.uint32]:
