@@ -26,7 +26,7 @@ import numpy as np
 from veil.deploy import codec
 from veil.deploy.config import ModelSpec
 from veil.errors import ConfigurationError, DataError, ProtocolError, VeilError
-from veil.federated.messages import TrainInstruction, TrainResult
+from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.secure import SecureClient
 from veil.privacy.random import SecureRandom
 from veil.tls import TlsFiles
@@ -117,6 +117,7 @@ class Agent:
         self.report = AgentReport()
         self._channel: Any = None
         self.client_id = name
+        self._warm = False
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -206,6 +207,19 @@ class Agent:
 
             self.layout = ParamLayout(spec.build())
             self.data = ClientData(torch.from_numpy(self.x), torch.from_numpy(self.y))
+            if not self._warm:
+                # the first call of the batched trainer traces it (seconds on a busy machine):
+                # pay that now, not inside a round's deadline
+                from veil.federated.training import train_clients
+
+                train_clients(
+                    self.layout,
+                    self.layout.vector(),
+                    [self.data],
+                    TrainConfig(),
+                    generator=torch.Generator(),
+                )
+                self._warm = True
             after = int(joined.round)
             try:
                 while True:

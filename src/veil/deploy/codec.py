@@ -9,6 +9,7 @@ their header. Vectors travel as a header then chunks of little-endian bytes (:fu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -124,9 +125,13 @@ def config_from_pb(msg: pb.TrainConfig) -> TrainConfig:
     )
 
 
+def _has(cls: type, field: str) -> bool:
+    return field in {f.name for f in dataclasses.fields(cls)}
+
+
 def spec_to_pb(spec: SecureRoundSpec) -> pb.SecureRoundSpec:
     plan = spec.plan
-    return pb.SecureRoundSpec(
+    msg = pb.SecureRoundSpec(
         session=spec.session,
         round=spec.round,
         clients=list(spec.clients),
@@ -147,6 +152,10 @@ def spec_to_pb(spec: SecureRoundSpec) -> pb.SecureRoundSpec:
         client_sigma=spec.client_sigma,
         verify_keys=list(spec.verify_keys),
     )
+    # the fewest survivors a round unmasks with (planning that states it)
+    msg.plan.min_survivors = int(getattr(plan, "min_survivors", 0))
+    msg.min_survivors = int(getattr(spec, "min_survivors", 0))
+    return msg
 
 
 def spec_from_pb(msg: pb.SecureRoundSpec) -> SecureRoundSpec:
@@ -156,14 +165,22 @@ def spec_from_pb(msg: pb.SecureRoundSpec) -> SecureRoundSpec:
         raise RemoteProtocolError(f"unknown secure encoding {msg.encoding!r}") from None
     if msg.plan.graph not in ("secagg", "secagg+"):
         raise RemoteProtocolError(f"unknown secure aggregation graph {msg.plan.graph!r}")
+    extra: dict[str, Any] = {}
+    if _has(RoundPlan, "min_survivors"):
+        extra["min_survivors"] = int(msg.plan.min_survivors)
     plan = RoundPlan(
         graph=msg.plan.graph,  # type: ignore[arg-type]
         clients=int(msg.plan.clients),
         degree=int(msg.plan.degree),
         threshold=int(msg.plan.threshold),
         abort_probability=float(msg.plan.abort_probability),
+        **extra,
     )
+    fields: dict[str, Any] = {}
+    if _has(SecureRoundSpec, "min_survivors"):
+        fields["min_survivors"] = int(msg.min_survivors)
     return SecureRoundSpec(
+        **fields,
         session=bytes(msg.session),
         round=int(msg.round),
         clients=tuple(msg.clients),

@@ -63,21 +63,23 @@ class TrainConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., clip_norm: _Optional[float] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("graph", "clients", "degree", "threshold", "abort_probability")
+    __slots__ = ("graph", "clients", "degree", "threshold", "abort_probability", "min_survivors")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     ABORT_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     graph: str
     clients: int
     degree: int
     threshold: int
     abort_probability: float
-    def __init__(self, graph: _Optional[str] = ..., clients: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., abort_probability: _Optional[float] = ...) -> None: ...
+    min_survivors: int
+    def __init__(self, graph: _Optional[str] = ..., clients: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., abort_probability: _Optional[float] = ..., min_survivors: _Optional[int] = ...) -> None: ...
 
 class SecureRoundSpec(_message.Message):
-    __slots__ = ("session", "round", "clients", "plan", "encoding", "dimension", "clip", "max_weight", "metric_keys", "metric_bound", "granularity", "client_sigma", "verify_keys")
+    __slots__ = ("session", "round", "clients", "plan", "encoding", "dimension", "clip", "max_weight", "metric_keys", "metric_bound", "granularity", "client_sigma", "verify_keys", "min_survivors")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,7 @@ class SecureRoundSpec(_message.Message):
     GRANULARITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_SIGMA_FIELD_NUMBER: _ClassVar[int]
     VERIFY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     session: bytes
     round: int
     clients: _containers.RepeatedScalarFieldContainer[str]
@@ -104,7 +107,8 @@ class SecureRoundSpec(_message.Message):
     granularity: float
     client_sigma: float
     verify_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, session: _Optional[bytes] = ..., round: _Optional[int] = ..., clients: _Optional[_Iterable[str]] = ..., plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., encoding: _Optional[str] = ..., dimension: _Optional[int] = ..., clip: _Optional[float] = ..., max_weight: _Optional[int] = ..., metric_keys: _Optional[_Iterable[str]] = ..., metric_bound: _Optional[float] = ..., granularity: _Optional[float] = ..., client_sigma: _Optional[float] = ..., verify_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    min_survivors: int
+    def __init__(self, session: _Optional[bytes] = ..., round: _Optional[int] = ..., clients: _Optional[_Iterable[str]] = ..., plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., encoding: _Optional[str] = ..., dimension: _Optional[int] = ..., clip: _Optional[float] = ..., max_weight: _Optional[int] = ..., metric_keys: _Optional[_Iterable[str]] = ..., metric_bound: _Optional[float] = ..., granularity: _Optional[float] = ..., client_sigma: _Optional[float] = ..., verify_keys: _Optional[_Iterable[bytes]] = ..., min_survivors: _Optional[int] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
     __slots__ = ("kind", "round", "client_id", "config", "secure", "dtype", "length", "stage_seconds")
