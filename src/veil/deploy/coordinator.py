@@ -438,7 +438,7 @@ class Coordinator:
         return outcome
 
     def _secure_round(self, current: _Round) -> SummedUpdates | None:
-        spec = self.server.spec
+        spec = getattr(self.server, "spec", None)  # set by start_round
         if spec is None:
             self._open(current, "idle", set())
             return None
@@ -654,7 +654,7 @@ class Coordinator:
         return reply
 
     def _spec_number(self, name: str, number: int) -> int:
-        spec = self.server.spec
+        spec = getattr(self.server, "spec", None)  # set by start_round
         if spec is None or spec.round != number or name not in spec.clients:
             raise _AbortError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{name!r} is not in secure round {number}"
@@ -667,22 +667,29 @@ class Coordinator:
 
     def _advertise(self, raw: bytes, context: grpc.ServicerContext) -> Any:
         msg = codec.parse(pb.AdvertiseKeys, raw)
+        message = codec.advertise_from_pb(msg)  # the content is checked first
         name = self._identity(context)
         self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "advertise", codec.advertise_from_pb(msg))
+        return self._deliver(name, msg.round, "advertise", message)
 
     def _share(self, raw: bytes, context: grpc.ServicerContext) -> Any:
         msg = codec.parse(pb.ShareKeys, raw)
+        message = codec.share_keys_from_pb(msg)  # the content is checked first
         name = self._identity(context)
         self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "share", codec.share_keys_from_pb(msg))
+        return self._deliver(name, msg.round, "share", message)
 
-    def _read_vector(self, raws: Iterator[bytes]) -> tuple[pb.ChunkHeader, np.ndarray]:
+    def _read_vector(
+        self, raws: Iterator[bytes], check: Callable[[pb.ChunkHeader], int]
+    ) -> tuple[pb.ChunkHeader, np.ndarray]:
+        """The header, checked by ``check`` (which returns the length it allows) before any
+        data is read, and the vector."""
         first = codec.parse(pb.Chunk, next(raws, b""))
         if first.WhichOneof("part") != "header":
             raise RemoteProtocolError("a vector stream must start with its header")
         header = first.header
-        reader = codec.VectorReader(header.dtype, int(header.length), max_length=MAX_VECTOR)
+        allowed = min(check(header), MAX_VECTOR)
+        reader = codec.VectorReader(header.dtype, int(header.length), max_length=allowed)
         for raw in raws:
             chunk = codec.parse(pb.Chunk, raw)
             if chunk.WhichOneof("part") != "data":
@@ -692,9 +699,14 @@ class Coordinator:
 
     def _submit_masked(self, raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
         name = self._identity(context)
-        header, vector = self._read_vector(raws)
-        self._check_sender(name, header.round, header.client)
-        spec = self.server.spec
+
+        def check(header: pb.ChunkHeader) -> int:
+            self._check_sender(name, header.round, header.client)
+            spec = getattr(self.server, "spec", None)  # set by start_round
+            return MAX_VECTOR if spec is None else int(spec.length)
+
+        header, vector = self._read_vector(raws, check)
+        spec = getattr(self.server, "spec", None)
         assert spec is not None
         if header.dtype != "uint32" or vector.size != spec.length:
             raise RemoteProtocolError(
@@ -709,19 +721,21 @@ class Coordinator:
 
     def _consistency(self, raw: bytes, context: grpc.ServicerContext) -> Any:
         msg = codec.parse(pb.ConsistencyCheck, raw)
+        message = codec.consistency_from_pb(msg)  # the content is checked first
         name = self._identity(context)
         self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "consistency", codec.consistency_from_pb(msg))
+        return self._deliver(name, msg.round, "consistency", message)
 
     def _unmask(self, raw: bytes, context: grpc.ServicerContext) -> Any:
         msg = codec.parse(pb.UnmaskShares, raw)
+        message = codec.unmask_from_pb(msg)  # the content is checked first
         name = self._identity(context)
         self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "unmask", codec.unmask_from_pb(msg))
+        return self._deliver(name, msg.round, "unmask", message)
 
     def _submit_update(self, raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
         name = self._identity(context)
-        header, vector = self._read_vector(raws)
+        header, vector = self._read_vector(raws, lambda _: self.dimension)
         if header.dtype not in ("float32", "float64"):
             raise RemoteProtocolError(f"an update must be float32 or float64, not {header.dtype}")
         if vector.size != self.dimension:
