@@ -659,7 +659,7 @@ class Coordinator:
             raise _AbortError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{name!r} is not in secure round {number}"
             )
-        return spec.number(name)
+        return int(spec.number(name))
 
     def _check_sender(self, name: str, number: int, claimed: int) -> None:
         if claimed != self._spec_number(name, number):
