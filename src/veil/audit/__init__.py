@@ -1,0 +1,33 @@
+"""Audits: attacks and DP auditing, each returning evidence with confidence intervals.
+
+* :mod:`veil.audit.dp`: empirical lower bounds on epsilon (Jagielski et al.'s distinguishing
+  audit for any mechanism given as a callable; Steinke et al.'s one-run audit from canary
+  scores), set next to the claimed epsilon.
+* :mod:`veil.audit.stats`: Clopper-Pearson bounds and ROC curves (AUC, TPR at a low FPR).
+* :mod:`veil.audit.mia`: membership inference against a trained model (loss threshold, LiRA
+  offline and online with shadow models trained by veil); needs the ``federated`` extra.
+"""
+
+from veil.audit.dp import (
+    AuditMethod,
+    EpsilonAudit,
+    distinguishing_audit,
+    epsilon_from_rates,
+    one_run_audit,
+    one_run_epsilon,
+    one_run_p_value,
+)
+from veil.audit.stats import Roc, RocPoint, clopper_pearson
+
+__all__ = [
+    "AuditMethod",
+    "EpsilonAudit",
+    "Roc",
+    "RocPoint",
+    "clopper_pearson",
+    "distinguishing_audit",
+    "epsilon_from_rates",
+    "one_run_audit",
+    "one_run_epsilon",
+    "one_run_p_value",
+]
