@@ -18,9 +18,11 @@ and of the encoding scale, so that no slot but the result survives (see :mod:`ve
 from __future__ import annotations
 
 import abc
+import atexit
 import itertools
 import json
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -189,6 +191,7 @@ class _Scratch:
         self._dir = tempfile.mkdtemp(prefix="veil-he-", dir=base)
         self._count = itertools.count()
         self._pid = os.getpid()
+        atexit.register(shutil.rmtree, self._dir, ignore_errors=True)
 
     def path(self) -> str:
         return os.path.join(self._dir, f"{os.getpid()}-{threading.get_ident()}-{next(self._count)}")
@@ -215,13 +218,6 @@ class _Scratch:
             return obj
         finally:
             os.unlink(path)
-
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            if os.getpid() == self._pid:
-                os.rmdir(self._dir)
-        except OSError:
-            pass
 
 
 _scratch: _Scratch | None = None

@@ -32,6 +32,7 @@ import queue
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -331,6 +332,7 @@ def worker_main() -> None:
         print(f"{type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
         return
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit cleanly: atexit hooks run
     print("ok", flush=True)
     server.wait_for_termination()
 
