@@ -207,3 +207,33 @@ def test_clients_without_a_certificate_from_the_ca_are_refused(
         pytest.raises(RemoteProtocolError),
     ):
         r.describe()
+
+
+def test_session_limits_are_enforced_by_the_servicer(
+    model_file: Path, logit_client: ScoringClient, tmp_path: Path
+) -> None:
+    """The servicer without the network: the count of sessions, the bytes of keys kept, and
+    expiry after the TTL."""
+    from veil.he.service import _AbortError, _Servicer
+
+    bundle = logit_client.public_bundle()
+
+    def chunks() -> Iterator[pb.KeyChunk]:
+        yield pb.KeyChunk(total_size=len(bundle), data=bundle)
+
+    one = _Servicer(ServerConfig(model_path=str(model_file), max_sessions=1), tmp_path / "a")
+    one.store.mkdir()
+    sid = one._upload(chunks()).session_id
+    with pytest.raises(_AbortError, match="too many open sessions") as exc:
+        one._upload(chunks())
+    assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    small = _Servicer(
+        ServerConfig(model_path=str(model_file), max_store_bytes=len(bundle) + 10), tmp_path / "b"
+    )
+    small.store.mkdir()
+    small._upload(chunks())
+    with pytest.raises(_AbortError, match="as many keys as it may"):
+        small._upload(chunks())
+    expiring = _Servicer(ServerConfig(model_path=str(model_file), session_ttl=0.0), one.store)
+    with pytest.raises(_AbortError, match="unknown or closed session"):
+        expiring._session(sid)

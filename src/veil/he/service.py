@@ -84,7 +84,9 @@ class ServerConfig:
     insecure: bool = False
     max_key_bytes: int = 64 << 20
     max_request_bytes: int = 48 << 20
-    max_sessions: int = 1000
+    max_sessions: int = 200
+    max_store_bytes: int = 2 << 30
+    """Key bundles kept on disk at once, all sessions together."""
     session_ttl: float = 3600.0
     """Seconds a session lives after its keys were uploaded."""
     cached_sessions: int = 8
@@ -165,10 +167,16 @@ class _Servicer:
         bundle = b"".join(parts)
         session = self.scorer.open_session(bundle, mode, packing)  # validates every key
         self._expire()
-        if sum(1 for _ in self.store.glob("*.bundle")) >= self.config.max_sessions:
+        stored = self._stored_sizes()
+        if len(stored) >= self.config.max_sessions:
             raise _AbortError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many open sessions; close one or try later",
+            )
+        if sum(stored) + len(bundle) > self.config.max_store_bytes:
+            raise _AbortError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "the server holds as many keys as it may; close a session or try later",
             )
         sid = secrets.token_urlsafe(24)
         meta = json.dumps({"mode": mode.value, "packing": packing.value})
@@ -178,6 +186,15 @@ class _Servicer:
         tmp.rename(self.store / f"{sid}.bundle")
         self._remember(sid, session)
         return pb.Session(session_id=sid)
+
+    def _stored_sizes(self) -> list[int]:
+        sizes = []
+        for path in self.store.glob("*.bundle"):
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:  # closed meanwhile by another worker
+                continue
+        return sizes
 
     def _expire(self) -> None:
         """Forget sessions older than the TTL (any worker may do it for all)."""
