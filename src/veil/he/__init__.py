@@ -4,12 +4,13 @@ without seeing them and without holding a secret key.
 - :mod:`veil.he.params`: CKKS parameters at 128-bit security (HomomorphicEncryption.org table),
   chosen from a circuit's depth; over-budget parameters are refused.
 - :mod:`veil.he.backend`: the backend interface, with TenSEAL (Microsoft SEAL) as the default.
-- :mod:`veil.he.model`: linear and logistic models trained with scikit-learn, their model file,
-  and the feature encoding client and server share.
+- :mod:`veil.he.model`: linear and logistic models trained with scikit-learn (or scorecards
+  built elsewhere), their model file, and the feature encoding client and server share.
 - :mod:`veil.he.sigmoid`: the sigmoid polynomial fitted to a model's logit range.
 - :mod:`veil.he.circuits`: the scoring circuits (no slot but the result is readable).
 - :mod:`veil.he.scoring`: client and server sides without transport.
 - :mod:`veil.he.service`: the gRPC service (several worker processes) and its client SDK.
+- :mod:`veil.he.scenarios`: German credit end to end, as ``veil demo`` shows it.
 
 Needs the ``he`` extra (TenSEAL, grpcio, protobuf, scikit-learn): ``pip install 'veil[he]'``.
 """
