@@ -170,8 +170,11 @@ def keygen(
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     secret = out / "secret.key"
-    secret.write_bytes(client.keys.save_secret())
-    os.chmod(secret, 0o600)
+    # created owner-only, never readable by others even for a moment
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(client.keys.save_secret())
     (out / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
     (out / "plan.json").write_text(
         json.dumps({"mode": chosen.value, "packing": packing.value}), encoding="utf-8"

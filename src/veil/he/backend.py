@@ -352,6 +352,8 @@ class _TenSealKeys(ClientKeys):
             "rotations": list(self.rotations),
             "relinearization": self.relinearization,
         }
+        # (the key passes through the process's private scratch directory, mode 0700, for
+        # the moment SEAL takes to write it)
         return pack_bundle(header, {"secret_key": _files().save(self._secret)})
 
 
