@@ -118,3 +118,35 @@ def test_a_smaller_scale_fits_a_deeper_circuit_in_the_smaller_ring() -> None:
     assert parameters_for_depth(5, scale_bits=30, headroom_bits=6).poly_modulus_degree == 16384
     with pytest.raises(ConfigurationError, match="scale of 20 to 56 bits"):
         parameters_for_depth(2, scale_bits=12)
+
+
+def test_sums_without_rescale_hold_results_up_to_their_bound_and_no_further() -> None:
+    """Batch logit mode's parameters: one 60-bit residue, inputs at 2^29 and constants at 2^24
+    for results below 64; a result of 60 decodes, one of 100 wraps around."""
+    import numpy as np
+
+    from veil.he import circuits, parameters_for_sums
+
+    params = parameters_for_sums(bound=64)
+    assert params.coeff_modulus_bits == (60, 60) and params.scale_bits == 29
+    assert params.depth == 0
+    backend = TenSealBackend()
+    keys = backend.keygen(params, rotations=(), relinearization=False)
+    ev = backend.evaluator(params, keys.public_bundle())
+    slots = params.slots
+
+    def score(x: np.ndarray) -> np.ndarray:
+        out = circuits.batch_linear(ev, [ev.load(keys.encrypt(x))], [1.0], 0.0)
+        return keys.decrypt(ev.dump(out))[: len(x)]
+
+    # the worst case for the modulus is every slot at the bound (the plaintext polynomial is
+    # then the constant z * scale): 60 everywhere decodes, 100 everywhere wraps around
+    assert np.allclose(score(np.full(slots, 60.0)), 60.0, atol=1e-5)
+    assert np.allclose(score(np.full(slots, -60.0)), -60.0, atol=1e-5)
+    assert np.all(np.abs(score(np.full(slots, 100.0)) - 100.0) > 1.0)
+    x = np.random.default_rng(0).uniform(-60, 60, slots)
+    assert np.allclose(score(x), x, atol=1e-5)
+    with pytest.raises(ConfigurationError, match="less than 20 bits"):
+        parameters_for_sums(bound=2.0**30)
+    with pytest.raises(ConfigurationError, match="positive and finite"):
+        parameters_for_sums(bound=float("nan"))

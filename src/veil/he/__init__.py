@@ -36,6 +36,7 @@ from veil.he.params import (
     CkksParameters,
     check_security,
     parameters_for_depth,
+    parameters_for_sums,
 )
 from veil.he.scoring import Mode, Packing, Scorer, ScoringClient, ScoringPlan, ScoringSession
 from veil.he.sigmoid import FitMethod, SigmoidPolynomial, fit_sigmoid, sigmoid
@@ -62,6 +63,7 @@ __all__ = [
     "default_backend",
     "fit_sigmoid",
     "parameters_for_depth",
+    "parameters_for_sums",
     "read_rows",
     "scorecard_model",
     "sigmoid",

@@ -87,9 +87,15 @@ class Evaluator(abc.ABC):
 
     @abc.abstractmethod
     def multiply_plain_no_rescale(
-        self, ct: Ciphertext, values: float | npt.NDArray[np.float64]
+        self,
+        ct: Ciphertext,
+        values: float | npt.NDArray[np.float64],
+        *,
+        plain_scale: float | None = None,
     ) -> Ciphertext:
-        """``ct * values`` left at the larger scale (sum or rotate, then :meth:`rescale`)."""
+        """``ct * values`` left at the larger scale (sum or rotate, then :meth:`rescale`). The
+        constants are encoded at ``plain_scale``, by default at the last prime of ``ct``'s
+        level (so that one rescale restores ``ct``'s scale)."""
 
     @abc.abstractmethod
     def rescale(self, ct: Ciphertext) -> Ciphertext: ...
@@ -439,12 +445,19 @@ class _TenSealEvaluator(Evaluator):
         return out
 
     def multiply_plain_no_rescale(
-        self, ct: Ciphertext, values: float | npt.NDArray[np.float64]
+        self,
+        ct: Ciphertext,
+        values: float | npt.NDArray[np.float64],
+        *,
+        plain_scale: float | None = None,
     ) -> Ciphertext:
-        self._check_level(ct)
-        q = self._ctx.last_prime(ct)
+        if plain_scale is None:
+            self._check_level(ct)
+            plain_scale = self._ctx.last_prime(ct)
         pt = self._encode(
-            values if isinstance(values, np.ndarray) else float(values), ct.parms_id(), q
+            values if isinstance(values, np.ndarray) else float(values),
+            ct.parms_id(),
+            plain_scale,
         )
         out = self._ctx.s.Ciphertext()
         self._ev.multiply_plain(ct, pt, out)

@@ -22,7 +22,8 @@ Many applicants (feature-major): ciphertext ``j`` holds feature ``j`` of up to `
 applicants, one per slot. ``z = sum_j w_j ct_j + b`` needs no rotation, so no slot ever mixes two
 applicants or two features; the products are summed at the larger scale and rescaled once.
 
-Depth (rescales): single logit 2, batch logit 1, probability ``2 + ceil(log2 degree)`` either way.
+Depth (rescales): single logit 2, batch logit 0 (with a bound on the scores; 1 without),
+probability ``2 + ceil(log2 degree)`` either way.
 """
 
 from __future__ import annotations
@@ -141,15 +142,19 @@ def _batch_sum(
 ) -> Ciphertext:
     if len(cts) != len(weights):
         raise ConfigurationError(f"{len(cts)} ciphertexts for {len(weights)} features")
+    # Depth 0 (parameters_for_sums): constants at 2^(s-5), no rescale. Otherwise constants at
+    # the last prime and one rescale after the sum.
+    flat = ev.params.depth == 0
+    plain_scale = 2.0 ** (ev.params.scale_bits - 5) if flat else None
     total: Ciphertext | None = None
     for ct, w in zip(cts, weights, strict=True):
         if w == 0.0:
             continue
-        term = ev.multiply_plain_no_rescale(ct, w)
+        term = ev.multiply_plain_no_rescale(ct, w, plain_scale=plain_scale)
         total = term if total is None else ev.add_into(total, term)
     if total is None:  # an all-zero model: z = b
-        total = ev.multiply_plain_no_rescale(cts[0], 0.0)
-    return ev.add_plain(ev.rescale(total), bias)
+        total = ev.multiply_plain_no_rescale(cts[0], 0.0, plain_scale=plain_scale)
+    return ev.add_plain(total if flat else ev.rescale(total), bias)
 
 
 def batch_linear(

@@ -184,6 +184,15 @@ class LinearModel:
         z = self.logits(x)
         return sigmoid(z) if self.kind is ModelKind.LOGISTIC else z
 
+    @property
+    def score_bound(self) -> float | None:
+        """Eight times the largest score on the training data: what batch scoring must be able to
+        represent (``None`` when the training range is unknown, as for a scorecard)."""
+        lo, hi = self.logit_range
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        return 8.0 * max(abs(lo), abs(hi), 1.0)
+
     def public_spec(self) -> dict[str, Any]:
         """What a client may know: everything but the weights and the bias."""
         return {
@@ -194,6 +203,7 @@ class LinearModel:
             "positive": self.positive,
             "encoder": self.encoder.to_dict(),
             "features": self.features,
+            "score_bound": self.score_bound,
             "sigmoid": None if self.sigmoid is None else self.sigmoid.to_dict(),
         }
 

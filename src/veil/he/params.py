@@ -22,6 +22,7 @@ __all__ = [
     "CkksParameters",
     "check_security",
     "parameters_for_depth",
+    "parameters_for_sums",
 ]
 
 MAX_MODULUS_BITS_128: dict[int, int] = {
@@ -156,6 +157,34 @@ def parameters_for_depth(
         f"({total} bits of modulus) for {min_slots} slots at 128-bit security; "
         "use a lower polynomial degree"
     )
+
+
+def parameters_for_sums(*, bound: float, first_bits: int = 60) -> CkksParameters:
+    """Parameters for a circuit with no rescale: sums of ciphertexts times plaintext constants,
+    whose results stay below ``bound`` in magnitude (feature-major batch scoring).
+
+    The chain is ``[60, 60]`` at N = 8192 (``q_0`` and the special prime): one residue per
+    ciphertext, half the size of ``[60, 40, 60]``. Inputs are encoded at ``2^s`` and the
+    constants at ``2^(s-5)``, so a result has scale ``2^(2s-5)``; it decodes correctly while
+    ``|result| * 2^(2s-5) < q_0 / 2`` (sufficient: no coefficient of the plaintext exceeds the
+    largest slot times the scale, and a constant vector reaches that), so ``s`` is the largest
+    with ``2^(2s-5) * bound < 2^(first_bits-1)``. With ``bound`` = 64, ``s`` = 29: inputs and
+    constants keep 29 and 24 bits after the point (a logit error of about ``1e-6``).
+    Intermediate sums may wrap modulo ``q_0``: the arithmetic is exact in the ring, only the
+    result must fit.
+    """
+    if not (math.isfinite(bound) and bound > 0):
+        raise ConfigurationError(f"the results' bound must be positive and finite; got {bound}")
+    headroom = max(1, math.ceil(math.log2(bound)))
+    scale_bits = (first_bits - 1 - headroom + 5) // 2
+    if scale_bits < 20:
+        raise ConfigurationError(
+            f"results up to {bound:.3g} leave less than 20 bits of precision in a "
+            f"{first_bits}-bit modulus; scale the target down"
+        )
+    params = CkksParameters(8192, (first_bits, first_bits), scale_bits)
+    check_security(params)
+    return params
 
 
 def next_power_of_two(n: int) -> int:

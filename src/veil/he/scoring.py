@@ -23,7 +23,7 @@ from veil.errors import ConfigurationError, DataError
 from veil.he import circuits
 from veil.he.backend import ClientKeys, Evaluator, HEBackend, default_backend
 from veil.he.model import FeatureEncoder, LinearModel
-from veil.he.params import CkksParameters, parameters_for_depth
+from veil.he.params import CkksParameters, parameters_for_depth, parameters_for_sums
 from veil.he.sigmoid import SigmoidPolynomial, sigmoid
 
 __all__ = ["Mode", "Packing", "Scorer", "ScoringClient", "ScoringPlan", "ScoringSession"]
@@ -77,7 +77,11 @@ class ScoringPlan:
         )
         single = packing is Packing.SINGLE
         min_slots = circuits.single_rotations(features)[-1] * 2 if single else 1
-        if poly is None:
+        bound = spec.get("score_bound")
+        if poly is None and not single and isinstance(bound, int | float):
+            # no rescale at all: one 60-bit residue per ciphertext (parameters_for_sums)
+            params = parameters_for_sums(bound=float(bound))
+        elif poly is None:
             params = parameters_for_depth(depth, min_slots=min_slots)
         else:
             # The polynomial's result is a probability: a 30-bit scale (about 1e-3 of CKKS
