@@ -20,6 +20,8 @@ from veil import errors
         "veil.federated",
         "veil.secagg",
         "veil.he",
+        "veil.audit",
+        "veil.audit.mia",
     ],
 )
 def test_every_exported_name_exists(package: str) -> None:
@@ -74,6 +76,7 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.he.scoring",
             ],
         ),
+        ("veil.audit", ["veil.audit.dp", "veil.audit.stats"]),
         (
             "veil.secagg",
             [

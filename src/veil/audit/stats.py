@@ -60,6 +60,7 @@ class RocPoint:
 
     target_fpr: float
     fpr: float
+    fpr_upper: float
     tpr: float
     tpr_lower: float
     tpr_upper: float
@@ -117,15 +118,20 @@ class Roc:
 
     def tpr_at(self, fpr: float, *, confidence: float = 0.95) -> RocPoint:
         """The highest TPR over thresholds with empirical FPR at most ``fpr``, with two-sided
-        Clopper-Pearson bounds on it at ``confidence``."""
+        Clopper-Pearson bounds on it (and the upper bound of that threshold's FPR) at
+        ``confidence``."""
         target = _check_level("fpr", fpr)
         ok = np.flatnonzero(self.fpr <= target + 1e-12)
         i = int(ok[np.argmax(self.tpr[ok])])
         hits = round(self.tpr[i] * self.positives)
         lo, hi = clopper_pearson(hits, self.positives, confidence=confidence)
+        _, fpr_hi = clopper_pearson(
+            round(self.fpr[i] * self.negatives), self.negatives, confidence=confidence
+        )
         return RocPoint(
             target_fpr=target,
             fpr=float(self.fpr[i]),
+            fpr_upper=float(fpr_hi),
             tpr=float(self.tpr[i]),
             tpr_lower=float(lo),
             tpr_upper=float(hi),

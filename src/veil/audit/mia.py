@@ -1,0 +1,343 @@
+"""Membership inference against trained models: the loss-threshold attack and LiRA.
+
+Every attack scores a candidate record ``(x, y)`` against a model; a higher score means "more
+likely a member of the training set". Scores are built from the **logit-scaled confidence**
+
+    φ(x, y) = log p_y − log(1 − p_y) = z_y − logsumexp_{j≠y} z_j
+
+computed from the logits ``z`` in float64 (for a one-logit binary model, ``φ = z`` if ``y = 1``
+and ``-z`` otherwise). Computing it from probabilities, or a loss from float32 logits, saturates:
+confident records all get loss exactly 0 and the attack sees ties (AUC 0.5 where there is signal).
+
+* **Loss threshold** (Yeom, Giacomelli, Fredrikson and Jha 2018): the score is φ itself, a
+  monotone function of minus the loss, so thresholding it is thresholding the loss.
+* **LiRA** (Carlini, Chien, Nasr, Song, Terzis and Tramèr 2022): shadow models are trained on
+  random halves of a population that contains the candidates. For each record, φ under the
+  shadow models that did (IN) and did not (OUT) train on it is modelled as Gaussian; with few
+  shadow models, one variance per side is shared by all records ("fixed variance"). *Online*, the
+  score is the log-likelihood ratio ``log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²)``;
+  *offline* (OUT models only, reusable for any target), it is ``−log P[N(μ_out, σ_out²) ≥ φ]``.
+
+Shadow models come in pairs trained on complementary halves (:func:`train_shadow_models`), so
+every record has IN and OUT models. :func:`membership_audit` evaluates the attacks the way the
+LiRA paper does: each model in turn is the target and the others are its shadows; the scores of
+all targets are pooled into one ROC per attack (members are the positives), so there are enough
+non-members to read the TPR at a low FPR.
+
+A DP guarantee bounds every attack: an ``(ε, δ)``-DP training run allows at most
+``TPR <= e^ε FPR + δ`` at every threshold. :meth:`MembershipAudit.dp_bound_violations` checks the
+lower confidence bound of each attack's TPR against it.
+
+Needs the ``federated`` extra (PyTorch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from scipy import stats
+from torch import nn
+from torch.func import functional_call
+
+from veil.audit.stats import Roc
+from veil.errors import ConfigurationError, DataError
+from veil.federated.dp import DpSgd
+from veil.federated.messages import TrainConfig
+from veil.federated.training import (
+    ClientData,
+    ParamLayout,
+    evaluate,
+    train_clients,
+    train_dpsgd,
+)
+from veil.privacy.random import RandomSource
+
+__all__ = [
+    "Attack",
+    "MembershipAudit",
+    "ShadowModels",
+    "confidence_scores",
+    "lira_offline",
+    "lira_online",
+    "membership_audit",
+    "model_confidences",
+    "train_shadow_models",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+# Standard deviations below this are floored (a model that gives every record the same φ).
+_MIN_STD = 1e-6
+
+
+class Attack(enum.Enum):
+    """The membership inference attacks :func:`membership_audit` runs."""
+
+    LOSS = "loss"
+    LIRA_OFFLINE = "lira-offline"
+    LIRA_ONLINE = "lira-online"
+
+
+def confidence_scores(logits: torch.Tensor | npt.ArrayLike, labels: npt.ArrayLike) -> FloatArray:
+    """φ = z_y − logsumexp_{j≠y} z_j for each row of ``logits`` (float64; see the module
+    docstring). One column means a binary model with logit ``z``: φ = ±z."""
+    z = torch.as_tensor(logits).detach().to(torch.float64)
+    y = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
+    if z.dim() != 2 or z.shape[0] != y.shape[0]:
+        raise DataError(f"need logits (records, classes) and one label each, got {tuple(z.shape)}")
+    if z.shape[1] == 1:
+        sign = torch.where(y == 1, 1.0, -1.0).to(torch.float64)
+        return (sign * z[:, 0]).numpy()
+    if int(y.min()) < 0 or int(y.max()) >= z.shape[1]:
+        raise DataError(f"labels must be in [0, {z.shape[1]})")
+    true = z.gather(1, y[:, None])[:, 0]
+    others = z.scatter(1, y[:, None], -math.inf)
+    return (true - torch.logsumexp(others, dim=1)).numpy()
+
+
+@torch.no_grad()
+def model_confidences(
+    layout: ParamLayout, parameters: npt.ArrayLike, data: ClientData, *, batch: int = 4096
+) -> FloatArray:
+    """φ of every record of ``data`` under the model ``parameters`` (a flat vector for
+    ``layout``'s module)."""
+    dtype = data.x.dtype if data.x.is_floating_point() else torch.float32
+    params = layout.unflatten(torch.tensor(np.asarray(parameters), dtype=dtype))
+    out = []
+    for lo in range(0, len(data), batch):
+        logits = functional_call(layout.module, params, (data.x[lo : lo + batch],))
+        out.append(confidence_scores(logits, data.y[lo : lo + batch].numpy()))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowModels:
+    """What the attacks need from shadow models: ``confidences[j, i]`` is φ of population record
+    ``i`` under model ``j``, ``keep[j, i]`` whether model ``j`` trained on it; ``accuracy[j]`` is
+    model ``j``'s accuracy on held-out data (for the report)."""
+
+    confidences: FloatArray
+    keep: BoolArray
+    accuracy: FloatArray
+
+    def __post_init__(self) -> None:
+        if self.confidences.shape != self.keep.shape or self.confidences.ndim != 2:
+            raise DataError("confidences and keep must be (models, records) of the same shape")
+        if not np.all(np.isfinite(self.confidences)):
+            raise DataError("shadow confidences must be finite")
+
+    @property
+    def models(self) -> int:
+        return int(self.keep.shape[0])
+
+
+def _check_shadows(shadow: FloatArray, keep: BoolArray, target: FloatArray) -> None:
+    if shadow.ndim != 2 or shadow.shape != keep.shape or shadow.shape[1] != target.size:
+        raise DataError(
+            "need shadow confidences and keep of shape (models, records) and one target "
+            f"confidence per record; got {shadow.shape}, {keep.shape}, {target.shape}"
+        )
+
+
+def _side_stats(shadow: FloatArray, mask: BoolArray) -> tuple[FloatArray, float]:
+    """Per-record means over the models selected by ``mask`` and one pooled std."""
+    counts = mask.sum(axis=0)
+    if np.any(counts == 0):
+        raise DataError(
+            "some record has no shadow model on one side (IN or OUT); train shadow models in "
+            "complementary pairs (train_shadow_models does) and use at least 4"
+        )
+    mean = (shadow * mask).sum(axis=0) / counts
+    resid = np.where(mask, shadow - mean[None, :], 0.0)
+    dof = max(int(mask.sum()) - shadow.shape[1], 1)
+    std = max(math.sqrt(float(np.sum(resid**2)) / dof), _MIN_STD)
+    return mean, std
+
+
+def lira_offline(target: npt.ArrayLike, shadow: npt.ArrayLike, keep: npt.ArrayLike) -> FloatArray:
+    """LiRA offline scores of each record's ``target`` confidence against the OUT shadow models
+    (``shadow`` and ``keep`` are ``(models, records)``; only OUT entries are used)."""
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    s = np.asarray(shadow, dtype=np.float64)
+    k = np.asarray(keep, dtype=bool)
+    _check_shadows(s, k, t)
+    mu_out, sd_out = _side_stats(s, ~k)
+    return np.asarray(-stats.norm.logsf((t - mu_out) / sd_out), dtype=np.float64)
+
+
+def lira_online(target: npt.ArrayLike, shadow: npt.ArrayLike, keep: npt.ArrayLike) -> FloatArray:
+    """LiRA online scores: the Gaussian log-likelihood ratio of IN against OUT, fixed variance."""
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    s = np.asarray(shadow, dtype=np.float64)
+    k = np.asarray(keep, dtype=bool)
+    _check_shadows(s, k, t)
+    mu_in, sd_in = _side_stats(s, k)
+    mu_out, sd_out = _side_stats(s, ~k)
+    return np.asarray(
+        stats.norm.logpdf(t, mu_in, sd_in) - stats.norm.logpdf(t, mu_out, sd_out),
+        dtype=np.float64,
+    )
+
+
+def _halves(records: int, pairs: int, seed: int) -> BoolArray:
+    rng = np.random.default_rng(seed)
+    keep = np.zeros((2 * pairs, records), dtype=bool)
+    for p in range(pairs):
+        chosen = rng.permutation(records)[: records // 2]
+        keep[2 * p, chosen] = True
+        keep[2 * p + 1] = ~keep[2 * p]
+    return keep
+
+
+def train_shadow_models(
+    make_model: Callable[[], nn.Module],
+    population: ClientData,
+    *,
+    models: int,
+    config: TrainConfig,
+    holdout: ClientData | None = None,
+    dpsgd: DpSgd | None = None,
+    seed: int = 0,
+    rng: RandomSource | None = None,
+    threads: int | None = None,
+) -> ShadowModels:
+    """Train ``models`` models (an even number >= 4) on random halves of ``population``, in
+    complementary pairs, with veil's trainers, and record every model's φ on every record.
+
+    Without ``dpsgd`` the models train together (one batched ``vmap`` over the cohort, through
+    :func:`veil.federated.train_clients`) with ``config`` (its ``local_epochs`` are the epochs);
+    with it, each model trains with DP-SGD (:func:`veil.federated.train_dpsgd`) drawing its
+    noise from ``rng``. All models start from one initialisation (``make_model()`` under
+    ``torch.manual_seed(seed)``), as the batched trainer needs; they differ by their data (and
+    under DP-SGD by their noise). ``seed`` also fixes the halves and the minibatch order.
+    ``threads`` sets PyTorch's intra-op threads while training (restored afterwards); on a busy
+    machine 1 is often many times faster than the default.
+    """
+    if not isinstance(models, int) or models < 4 or models % 2:
+        raise ConfigurationError(f"models must be an even integer >= 4, got {models!r}")
+    n = len(population)
+    if n < 4:
+        raise DataError("the population needs at least 4 records")
+    if dpsgd is not None and rng is None:
+        raise ConfigurationError("DP-SGD shadow models need rng= (the noise source)")
+    keep = _halves(n, models // 2, seed)
+    confidences = np.empty((models, n))
+    accuracy = np.full(models, math.nan)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = make_model()
+    layout = ParamLayout(module)
+    start = np.asarray(layout.vector(), dtype=np.float64)
+    halves = [
+        ClientData(population.x[torch.from_numpy(np.flatnonzero(k))], population.y[k]) for k in keep
+    ]
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        if dpsgd is None:
+            generator = torch.Generator().manual_seed(seed)
+            outcomes = train_clients(layout, start, halves, config, generator=generator)
+        else:
+            assert rng is not None
+            outcomes = [train_dpsgd(layout, start, h, config, dpsgd, rng=rng) for h in halves]
+    finally:
+        torch.set_num_threads(before)
+    for j, outcome in enumerate(outcomes):
+        params = start + outcome.update
+        confidences[j] = model_confidences(layout, params, population)
+        if holdout is not None and len(holdout):
+            accuracy[j] = evaluate(layout, params, holdout)["accuracy"]
+    return ShadowModels(confidences, keep, accuracy)
+
+
+@dataclasses.dataclass(frozen=True)
+class MembershipAudit:
+    """Each attack's pooled ROC over the target models (leave-one-model-out)."""
+
+    rocs: Mapping[Attack, Roc]
+    targets: int
+    shadow_models: int
+    records: int
+    mean_accuracy: float
+
+    def summary(self, *, confidence: float = 0.95) -> list[dict[str, float | str]]:
+        """One row per attack: AUC, advantage, TPR at 0.1% and 1% FPR with their bounds."""
+        rows: list[dict[str, float | str]] = []
+        for attack, roc in self.rocs.items():
+            row: dict[str, float | str] = {
+                "attack": attack.value,
+                "auc": roc.auc,
+                "advantage": roc.advantage,
+            }
+            for fpr, name in ((0.001, "0.1%"), (0.01, "1%")):
+                p = roc.tpr_at(fpr, confidence=confidence)
+                row[f"tpr@{name}"] = p.tpr
+                row[f"tpr@{name} low"] = p.tpr_lower
+                row[f"tpr@{name} high"] = p.tpr_upper
+            rows.append(row)
+        return rows
+
+    def dp_bound_violations(
+        self, *, epsilon: float, delta: float, fprs: tuple[float, ...] = (0.001, 0.01, 0.1)
+    ) -> list[tuple[Attack, float, float, float]]:
+        """``(attack, fpr, tpr lower bound, DP limit)`` wherever the lower confidence bound of
+        the TPR exceeds ``e^ε · FPR + δ`` (an empty list when the DP claim survives).
+
+        The FPR is that of the threshold read at each target rate (:meth:`Roc.tpr_at`), taken at
+        its upper confidence bound: the empirical FPR of a threshold picked for the best TPR is
+        itself an estimate, and with a few false positives in thousands it can be well below
+        the true rate."""
+        out = []
+        for attack, roc in self.rocs.items():
+            for fpr in fprs:
+                p = roc.tpr_at(fpr)
+                limit = math.exp(epsilon) * p.fpr_upper + delta
+                if p.tpr_lower > limit:
+                    out.append((attack, fpr, p.tpr_lower, limit))
+        return out
+
+
+def membership_audit(shadows: ShadowModels, *, targets: int | None = None) -> MembershipAudit:
+    """Run every :class:`Attack` with each of the first ``targets`` models (default: all) as the
+    target and the remaining models as its shadows; pool the scores into one ROC per attack."""
+    m = shadows.models
+    count = m if targets is None else targets
+    if not 1 <= count <= m:
+        raise ConfigurationError(f"targets must be between 1 and {m}, got {targets!r}")
+    if m - 1 < 3:
+        raise ConfigurationError("need at least 4 models (one target and three shadows)")
+    pooled: dict[Attack, tuple[list[FloatArray], list[FloatArray]]] = {a: ([], []) for a in Attack}
+    for t in range(count):
+        others = np.arange(m) != t
+        target = shadows.confidences[t]
+        member = shadows.keep[t]
+        shadow = shadows.confidences[others]
+        keep = shadows.keep[others]
+        scores = {
+            Attack.LOSS: target,
+            Attack.LIRA_OFFLINE: lira_offline(target, shadow, keep),
+            Attack.LIRA_ONLINE: lira_online(target, shadow, keep),
+        }
+        for attack, s in scores.items():
+            pooled[attack][0].append(s[member])
+            pooled[attack][1].append(s[~member])
+    rocs = {
+        a: Roc.from_scores(np.concatenate(pos), np.concatenate(neg))
+        for a, (pos, neg) in pooled.items()
+    }
+    acc = shadows.accuracy[~np.isnan(shadows.accuracy)]
+    return MembershipAudit(
+        rocs=rocs,
+        targets=count,
+        shadow_models=m - 1,
+        records=int(shadows.keep.shape[1]),
+        mean_accuracy=float(acc.mean()) if acc.size else math.nan,
+    )
