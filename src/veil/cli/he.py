@@ -187,9 +187,13 @@ def keygen(
         f"{'yes' if client.plan.relinearization else 'no'}"
     )
     console.print(
-        f"public bundle {len(bundle) / 2**20:.2f} MiB (uploaded once per session); made in "
+        f"public bundle {_size(len(bundle))} (uploaded once per session); made in "
         f"{seconds:.2f} s; secret key in {secret} (keep it private)"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def _load_client(keys: Path) -> Any:
