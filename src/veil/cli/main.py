@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from veil._version import __version__
-from veil.cli import certs, demo, fl, he, ledger, privacy, release
+from veil.cli import audit, certs, demo, fl, he, ledger, privacy, release
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.add_typer(audit.app, name="audit")
 app.add_typer(certs.app, name="certs")
 app.add_typer(fl.app, name="fl")
 app.add_typer(he.app, name="he")

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from veil.errors import MissingDependencyError
 
-__all__ = ["have_matplotlib", "line_plot", "pmf_plot"]
+__all__ = ["epsilon_plot", "have_matplotlib", "line_plot", "pmf_plot", "roc_plot"]
 
 
 def _pyplot() -> ModuleType:
@@ -78,6 +78,68 @@ def pmf_plot(
         ax.set_title(title)
         ax.set_xlabel("noise value")
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def roc_plot(
+    path: Path,
+    curves: Mapping[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]],
+    *,
+    title: str,
+    dp_limit: tuple[float, float] | None = None,
+) -> None:
+    """ROC curves ``name -> (fpr, tpr)`` on log-log axes (low false-positive rates are where an
+    attack matters), with chance and, if given ``(epsilon, delta)``, the DP limit
+    ``TPR = min(1, e^ε FPR + δ)``, saved as a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 5.0), dpi=120)
+    floor = 1e-4
+    grid = np.logspace(-4, 0, 200)
+    ax.plot(grid, grid, color="#999999", ls="--", lw=1, label="chance")
+    if dp_limit is not None:
+        eps, delta = dp_limit
+        ax.plot(
+            grid,
+            np.minimum(1.0, np.exp(eps) * grid + delta),
+            color="#c0392b",
+            ls=":",
+            lw=1.5,
+            label=f"(ε={eps:g}, δ={delta:g})-DP limit",
+        )
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), lw=1.5, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def epsilon_plot(path: Path, rows: Sequence[tuple[str, float, float]], *, title: str) -> None:
+    """Horizontal bars ``(label, empirical lower bound, claimed epsilon)``: each audit's bound
+    with its claim marked, saved as a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.6 * len(rows)), dpi=120)
+    y = np.arange(len(rows))
+    lower = [r[1] for r in rows]
+    ax.barh(y, lower, color="#4c78a8", height=0.5, label="empirical ε (lower bound)")
+    for i, (_, _, claim) in enumerate(rows):
+        ax.plot([claim, claim], [i - 0.35, i + 0.35], color="#c0392b", lw=2.5)
+    ax.plot([], [], color="#c0392b", lw=2.5, label="claimed ε")
+    ax.set_yticks(y, [r[0] for r in rows])
+    ax.set_xlabel("epsilon")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,95 @@
+"""``veil audit dp|mia``: the verdict, the exit code under --check, JSON and the HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from veil.cli.main import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dp_audit_of_a_correct_laplace_mechanism(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "report"
+    code, out, _ = run(
+        capsys, "audit", "dp", "--epsilon", "1", "--seed", "1", "--check", "--report", str(folder)
+    )
+    assert code == 0
+    assert "consistent with the claim" in out
+    html = (folder / "report.html").read_text()
+    assert "empirical epsilon (lower bound)" in html
+    assert "claimed epsilon" in html
+    assert (folder / "roc.png").exists()
+    assert (folder / "epsilon.png").exists()
+
+
+def test_dp_audit_catches_neighbours_further_apart_than_the_sensitivity(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(
+        capsys, "audit", "dp", "--epsilon", "1", "--shift", "2", "--seed", "1", "--check", "--json"
+    )
+    assert code == 1
+    result = json.loads(out)
+    assert result["exceeds_claim"] is True
+    assert result["epsilon_lower"] > 1.0
+    assert result["claimed_epsilon"] == 1.0
+
+
+def test_one_run_audit_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ("audit", "dp", "--method", "one-run", "--epsilon", "1", "--canaries", "2000")
+    code, out, _ = run(capsys, *common, "--seed", "3", "--json")
+    assert code == 0
+    ok = json.loads(out)
+    assert ok["method"] == "one-run"
+    assert 0 < ok["epsilon_lower"] <= 1.0
+    code, out, _ = run(capsys, *common, "--shift", "4", "--seed", "3", "--json", "--check")
+    assert code == 1
+    assert json.loads(out)["exceeds_claim"] is True
+
+
+def test_mia_from_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = tmp_path / "mia"
+    code, out, _ = run(
+        capsys,
+        "audit",
+        "mia",
+        "--population",
+        "200",
+        "--models",
+        "4",
+        "--epochs",
+        "200",
+        "--report",
+        str(folder),
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)
+    attacks = {r["attack"]: r for r in result["attacks"]}
+    assert set(attacks) == {"loss", "lira-offline", "lira-online"}
+    assert all(0.0 <= r["auc"] <= 1.0 for r in attacks.values())
+    assert attacks["lira-online"]["auc"] > 0.6
+    assert result["dp_limit_violations"] is None
+    html = (folder / "report.html").read_text()
+    assert "lira-online" in html
+    assert (folder / "roc.png").exists()
+
+
+def test_audit_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "audit", "dp", "--epsilon", "1", "--mechanism", "cauchy")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "--mechanism must be one of: laplace, gaussian" in err
+    code, _, err = run(capsys, "audit", "mia", "--population", "3")
+    assert code == 1
+    assert "--population must be between 8" in err
