@@ -250,7 +250,8 @@ def test_demo_writes_a_report(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert "Federated learning: three hospitals" in html
     assert "Encrypted credit scoring: German credit" in html
     runs = json.loads((folder / "federated-hospitals" / "metrics.json").read_text())
-    assert [r["summary"]["dp"] for r in runs] == ["none", "record", "record"]
+    assert [r["summary"]["dp"] for r in runs] == ["none", "record", "record", "none", "distributed"]
+    assert [r["summary"]["secure_aggregation"] for r in runs][3:] == ["secagg+", "secagg+"]
     for r in runs:  # every run trained all its rounds (none was stopped by an old spend)
         assert r["summary"]["rounds_run"] == 30 and r["summary"]["stopped"] is None
         assert r["summary"]["final_test_accuracy"] > 0.7
