@@ -16,6 +16,7 @@ PAGES = [
     "docs/federated.md",
     "docs/secagg.md",
     "docs/he.md",
+    "docs/audit.md",
 ]
 
 
