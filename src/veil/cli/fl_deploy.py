@@ -108,6 +108,7 @@ def serve(
     console.print(f"coordinator of {cfg.name} listening on port {coordinator.port}")
     try:
         coordinator.wait()
+        coordinator.linger(min(cfg.stage_seconds, 10.0))
     finally:
         status = coordinator.status()
         coordinator.stop(grace=2.0)

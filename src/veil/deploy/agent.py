@@ -251,6 +251,10 @@ class Agent:
                     raise ProtocolError(
                         f"the coordinator refused a request: {exc.code().name}: {exc.details()}"
                     ) from None
+                if after >= int(joined.rounds):
+                    # the last round is done and the coordinator has gone: the run is over
+                    self.report.finished = True
+                    return self.report
                 log.warning("lost the coordinator (%s); rejoining", exc.code().name)
                 self._channel.close()
                 self._channel = None

@@ -74,6 +74,7 @@ __all__ = ["SERVICE", "Coordinator", "build_strategy"]
 SERVICE = "veil.fl.v1.Coordinator"
 MAX_MESSAGE_BYTES = 4 << 20
 """Largest single gRPC message accepted (vectors come in 1 MiB chunks)."""
+_GRACE_SECONDS = 2.0
 MAX_VECTOR = 50_000_000
 """Largest vector (values) a client may announce."""
 log = logging.getLogger("veil.deploy")
@@ -116,6 +117,10 @@ class _Round:
     inbox: dict[str, Any] = dataclasses.field(default_factory=dict)
     published: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     closed: bool = False
+    present: frozenset[str] = frozenset()
+    """Clients that were asking for a task when the round started."""
+    fetched: set[str] = dataclasses.field(default_factory=set)
+    """Clients that received the round's task."""
 
 
 class Coordinator:
@@ -188,6 +193,7 @@ class Coordinator:
         self._round: _Round | None = None
         self._seen: dict[str, float] = {}
         self._waiting: set[str] = set()
+        self._told: set[str] = set()
         self._history: list[dict[str, Any]] = self.store.history()
         self._bytes_in = 0
         self._bytes_out = 0
@@ -233,6 +239,14 @@ class Coordinator:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.finished.wait(timeout)
+
+    def linger(self, seconds: float) -> None:
+        """After the last round, keep answering until every client that took part has been
+        told the federation is over (or ``seconds`` pass), so none keeps retrying."""
+        deadline = time.monotonic() + seconds
+        with self._cv:
+            while time.monotonic() < deadline and not self._seen.keys() <= self._told:
+                self._cv.wait(timeout=0.2)
 
     def stop(self, grace: float = 1.0) -> None:
         self._stopped.set()
@@ -339,6 +353,8 @@ class Coordinator:
             return
         started = time.perf_counter()
         in0, out0 = self._bytes_in, self._bytes_out
+        with self._cv:
+            present = frozenset(self._waiting)
         reservation = self._pay(number)
         try:
             instructions = self.server.start_round(self.rng, reservation=reservation)
@@ -349,6 +365,7 @@ class Coordinator:
                 {i.client_id: i for i in instructions},
                 b"" if first is None else _header(first, self.config.stage_seconds),
                 model,
+                present=present,
             )
             emit("round_started", round=number, sampled=len(instructions))
             if self.server.secure is None:
@@ -406,13 +423,21 @@ class Coordinator:
         """Open ``stage`` for ``expected`` clients; their messages once all are in or the
         deadline passed."""
         self._open(current, stage, expected)
-        deadline = time.monotonic() + self.config.stage_seconds
+        opened = time.monotonic()
+        deadline = opened + self.config.stage_seconds
+        first = stage in ("advertise", "update")
+        grace = opened + min(self.config.stage_seconds, _GRACE_SECONDS)
+
+        def done() -> bool:
+            if expected <= current.inbox.keys():
+                return True
+            # a round's first stage does not wait out its deadline for clients that were not
+            # connected when it started and have not fetched their task since
+            awaited = expected & (current.present | current.fetched)
+            return first and time.monotonic() >= grace and awaited <= current.inbox.keys()
+
         with self._cv:
-            while (
-                not expected <= current.inbox.keys()
-                and not self._stopped.is_set()
-                and time.monotonic() < deadline
-            ):
+            while not done() and not self._stopped.is_set() and time.monotonic() < deadline:
                 self._cv.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
             got = dict(current.inbox)
             current.stage = f"{stage}:closed"
@@ -583,6 +608,7 @@ class Coordinator:
         with self._cv:
             self._waiting.add(name)
             self._cv.notify_all()
+            outcome = pb.TASK_TRAIN
             try:
                 while True:
                     r = self._round
@@ -592,17 +618,26 @@ class Coordinator:
                         and name in r.instructions
                         and r.stage == first
                     ):
+                        r.fetched.add(name)
                         break
                     if self.finished.is_set() or self._stopped.is_set():
-                        yield pb.Chunk(task=pb.TaskHeader(kind=pb.TASK_FINISHED))
-                        return
+                        outcome = pb.TASK_FINISHED
+                        break
                     left = deadline - time.monotonic()
                     if left <= 0 or not context.is_active():
-                        yield pb.Chunk(task=pb.TaskHeader(kind=pb.TASK_WAIT))
-                        return
+                        outcome = pb.TASK_WAIT
+                        break
                     self._cv.wait(timeout=min(left, 0.5))
             finally:
                 self._waiting.discard(name)
+        if outcome != pb.TASK_TRAIN:
+            yield pb.Chunk(task=pb.TaskHeader(kind=outcome))
+            if outcome == pb.TASK_FINISHED:
+                with self._cv:
+                    self._told.add(name)
+                    self._cv.notify_all()
+            return
+        assert r is not None
         header = pb.TaskHeader.FromString(r.header)
         header.client_id = name
         instruction = r.instructions[name]
