@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= reports/demo
 
-.PHONY: demo test lint typecheck bench clean he-proto
+.PHONY: demo test lint typecheck bench clean he-proto deploy-proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ he-proto: $(VENV)/.test-installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt grpcio-tools
 	cd src/veil/he/proto && ../../../../$(BIN)/python -m grpc_tools.protoc -I. \
 		--python_out=. --pyi_out=. scoring.proto
+
+# The same for the federation's coordinator service (src/veil/deploy/proto/federation.proto).
+deploy-proto: $(VENV)/.test-installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt grpcio-tools
+	cd src/veil/deploy/proto && ../../../../$(BIN)/python -m grpc_tools.protoc -I. \
+		--python_out=. --pyi_out=. federation.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache reports
