@@ -12,12 +12,15 @@ import pytest
 
 from veil.audit import (
     AuditMethod,
+    OneRunTest,
     Roc,
     clopper_pearson,
     distinguishing_audit,
     epsilon_from_rates,
+    gaussian_dp_mu,
     one_run_audit,
     one_run_epsilon,
+    one_run_fdp_epsilon,
     one_run_p_value,
 )
 from veil.errors import ConfigurationError, DataError
@@ -213,30 +216,58 @@ def gaussian_one_run(
     return noisy.astype(np.float64), included
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_one_run_gaussian_never_above_the_claim(seed: int) -> None:
-    sigma, claim = gaussian_claim(1.0)
-    assert claim == pytest.approx(1.0, abs=0.01)
-    scores, included = gaussian_one_run(10_000, seed, sigma=sigma)
-    audit = one_run_audit(scores, included, claimed_epsilon=claim, delta=DELTA)
-    assert audit.method is AuditMethod.ONE_RUN
-    assert 0.0 < audit.epsilon_lower <= claim
+@pytest.fixture(scope="module")
+def gaussian_audits() -> dict[tuple[float, OneRunTest], list[tuple[float, float]]]:
+    """``(bound, claim)`` of both one-run tests on 10,000 canaries, seeds 0 to 4, at claimed
+    epsilon 1 and 2 (the same scores for both tests)."""
+    out: dict[tuple[float, OneRunTest], list[tuple[float, float]]] = {}
+    for epsilon in (1.0, 2.0):
+        sigma, claim = gaussian_claim(epsilon)
+        assert claim == pytest.approx(epsilon, rel=0.01)
+        for seed in range(5):
+            scores, included = gaussian_one_run(10_000, seed, sigma=sigma)
+            for test in OneRunTest:
+                audit = one_run_audit(
+                    scores, included, claimed_epsilon=claim, delta=DELTA, test=test
+                )
+                out.setdefault((epsilon, test), []).append((audit.epsilon_lower, claim))
+    return out
 
 
-def test_one_run_gaussian_reaches_thirty_percent_with_ten_thousand_canaries() -> None:
-    sigma, claim = gaussian_claim(2.0)
-    scores, included = gaussian_one_run(10_000, 7, sigma=sigma)
-    audit = one_run_audit(scores, included, claimed_epsilon=claim, delta=DELTA)
-    assert 0.3 * claim <= audit.epsilon_lower <= claim
+@pytest.mark.parametrize("epsilon", [1.0, 2.0])
+def test_one_run_gaussian_never_above_the_claim_and_at_least_thirty_percent(
+    gaussian_audits: dict[tuple[float, OneRunTest], list[tuple[float, float]]], epsilon: float
+) -> None:
+    for bound, claim in gaussian_audits[(epsilon, OneRunTest.APPROXIMATE_DP)]:
+        assert 0.3 * claim <= bound <= claim
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 2.0])
+def test_one_run_fdp_never_above_the_claim_and_forty_five_percent_on_average(
+    gaussian_audits: dict[tuple[float, OneRunTest], list[tuple[float, float]]], epsilon: float
+) -> None:
+    fdp = gaussian_audits[(epsilon, OneRunTest.GAUSSIAN_FDP)]
+    assert all(0 < bound <= claim for bound, claim in fdp)
+    assert np.mean([bound / claim for bound, claim in fdp]) >= 0.45
+    # the Gaussian curve is a stronger hypothesis than the (epsilon, delta) box around it
+    plain = gaussian_audits[(epsilon, OneRunTest.APPROXIMATE_DP)]
+    assert np.mean([b for b, _ in fdp]) > np.mean([b for b, _ in plain])
+
+
+def test_gaussian_dp_mu_matches_the_analytic_gaussian() -> None:
+    for epsilon in (0.5, 1.0, 4.0):
+        sigma = gaussian_noise_multiplier(epsilon=epsilon, delta=DELTA)
+        assert gaussian_dp_mu(epsilon=epsilon, delta=DELTA) == pytest.approx(1 / sigma, rel=1e-6)
 
 
 def test_one_run_catches_noise_four_times_too_small() -> None:
     # The bug: the claim of sigma, the noise of sigma / 4.
     sigma, claim = gaussian_claim(1.0)
     scores, included = gaussian_one_run(1000, 5, sigma=sigma / 4)
-    audit = one_run_audit(scores, included, claimed_epsilon=claim, delta=DELTA)
-    assert audit.epsilon_lower > claim
-    assert audit.exceeds_claim
+    for test in OneRunTest:
+        audit = one_run_audit(scores, included, claimed_epsilon=claim, delta=DELTA, test=test)
+        assert audit.epsilon_lower > claim, test
+        assert audit.exceeds_claim
 
 
 def test_one_run_without_signal_finds_nothing() -> None:
@@ -254,3 +285,5 @@ def test_one_run_checks_its_inputs() -> None:
         one_run_audit([1.0, 2.0], [True, False], delta=DELTA, guess_counts=[3])
     with pytest.raises(ConfigurationError, match="correct <= guesses"):
         one_run_epsilon(canaries=10, guesses=5, correct=6, delta=DELTA)
+    with pytest.raises(ConfigurationError, match="delta in"):
+        one_run_fdp_epsilon(canaries=10, guesses=5, correct=5, delta=0.0)

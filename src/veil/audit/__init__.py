@@ -11,10 +11,13 @@
 from veil.audit.dp import (
     AuditMethod,
     EpsilonAudit,
+    OneRunTest,
     distinguishing_audit,
     epsilon_from_rates,
+    gaussian_dp_mu,
     one_run_audit,
     one_run_epsilon,
+    one_run_fdp_epsilon,
     one_run_p_value,
 )
 from veil.audit.stats import Roc, RocPoint, clopper_pearson
@@ -22,12 +25,15 @@ from veil.audit.stats import Roc, RocPoint, clopper_pearson
 __all__ = [
     "AuditMethod",
     "EpsilonAudit",
+    "OneRunTest",
     "Roc",
     "RocPoint",
     "clopper_pearson",
     "distinguishing_audit",
     "epsilon_from_rates",
+    "gaussian_dp_mu",
     "one_run_audit",
     "one_run_epsilon",
+    "one_run_fdp_epsilon",
     "one_run_p_value",
 ]

@@ -46,17 +46,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import optimize, special, stats
 
 from veil.errors import ConfigurationError, DataError
 
 __all__ = [
     "AuditMethod",
     "EpsilonAudit",
+    "OneRunTest",
     "distinguishing_audit",
     "epsilon_from_rates",
+    "gaussian_dp_mu",
     "one_run_audit",
     "one_run_epsilon",
+    "one_run_fdp_epsilon",
     "one_run_p_value",
 ]
 
@@ -72,6 +75,21 @@ class AuditMethod(enum.Enum):
 
     DISTINGUISHING = "distinguishing"
     ONE_RUN = "one-run"
+    ONE_RUN_FDP = "one-run f-DP"
+
+
+class OneRunTest(enum.Enum):
+    """The hypothesis a one-run audit tests.
+
+    * ``APPROXIMATE_DP``: the run is ``(ε, δ)``-DP (Steinke et al. 2023); valid for any mechanism.
+    * ``GAUSSIAN_FDP``: the run has the trade-off curve of the Gaussian mechanism that is exactly
+      ``(ε, δ)``-DP, i.e. is μ-GDP with that μ (Mahloujifar, Melis and Chaudhuri 2024). A
+      stronger hypothesis, so the same guesses refute more of it; it is the right one for the
+      Gaussian mechanism and DP-SGD, whose claims come from that curve, and not for others.
+    """
+
+    APPROXIMATE_DP = "approximate-dp"
+    GAUSSIAN_FDP = "gaussian-fdp"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +352,84 @@ def one_run_epsilon(
     return lo
 
 
+def gaussian_dp_mu(*, epsilon: float, delta: float) -> float:
+    """The μ of the Gaussian mechanism (sensitivity / σ) that is exactly ``(epsilon, delta)``-DP:
+    the root of ``Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2) = δ`` (Balle and Wang 2018)."""
+    if not epsilon >= 0 or not 0 < delta < 1:
+        raise ConfigurationError(f"need epsilon >= 0 and delta in (0, 1), got {epsilon}, {delta}")
+
+    def excess(mu: float) -> float:
+        a = float(special.ndtr(-epsilon / mu + mu / 2.0))
+        b = float(special.ndtr(-epsilon / mu - mu / 2.0))
+        return a - math.exp(epsilon) * b - delta
+
+    hi = 1.0
+    while excess(hi) < 0:
+        hi *= 2.0
+    lo = hi / 2.0
+    while excess(lo) > 0 and lo > 1e-12:
+        lo /= 2.0
+    return float(optimize.brentq(excess, lo, hi, xtol=1e-12, rtol=1e-12))
+
+
+def _fdp_rejects(mu: float, *, canaries: int, guesses: int, correct: int, level: float) -> bool:
+    """Whether ``correct`` right guesses out of ``guesses`` refute μ-GDP at ``level``.
+
+    Mahloujifar et al. bound, for a mechanism with trade-off curve ``f``, the chance of each
+    number of correct guesses by walking down from ``correct``: start from the mass ``level``
+    spread over the correct (``r``) and wrong (``h``) guesses in proportion, and at each step
+    raise ``h`` to ``f̄(r) = Φ(Φ⁻¹(r) - μ)`` (what the curve forces the wrong guesses to be),
+    moving mass to ``r`` in the ratio of right to wrong guesses left; if the total ever exceeds
+    ``guesses / canaries``, no μ-GDP mechanism makes this outcome as likely as ``level``.
+    """
+    k, c, m = guesses, correct, canaries
+    right = level * c / m
+    wrong = level * (k - c) / m
+    for i in range(c - 1, -1, -1):
+        forced = float(special.ndtr(special.ndtri(right) - mu))
+        if forced <= wrong:
+            break  # nothing moves any more
+        right = min(right + (i / (k - i)) * (forced - wrong), 1.0)
+        wrong = forced
+    return right + wrong > k / m
+
+
+def one_run_fdp_epsilon(
+    *,
+    canaries: int,
+    guesses: int,
+    correct: int,
+    delta: float,
+    significance: float = 0.05,
+    tolerance: float = 1e-5,
+) -> float:
+    """The largest epsilon whose Gaussian trade-off curve (:class:`OneRunTest`) is refuted at
+    ``significance`` by ``correct`` right guesses out of ``guesses`` (0 if none is)."""
+    _check_counts(canaries, guesses, correct)
+    sig = _check_level("significance", significance)
+    if not 0 < delta < 1:
+        raise ConfigurationError(f"the f-DP test needs delta in (0, 1), got {delta!r}")
+    if correct == 0 or guesses == correct == 0:
+        return 0.0
+
+    def rejected(eps: float) -> bool:
+        mu = gaussian_dp_mu(epsilon=eps, delta=delta)
+        return _fdp_rejects(mu, canaries=canaries, guesses=guesses, correct=correct, level=sig)
+
+    lo = 0.0
+    if not rejected(1e-9):
+        return 0.0
+    hi = 1.0
+    while rejected(hi):
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e3:
+            return math.inf  # pragma: no cover
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if rejected(mid) else (lo, mid)
+    return lo
+
+
 def _default_guess_grid(m: int) -> list[int]:
     grid = sorted(
         {
@@ -354,6 +450,7 @@ def one_run_audit(
     significance: float = 0.05,
     guess_counts: Sequence[int] | None = None,
     two_sided: bool = True,
+    test: OneRunTest = OneRunTest.APPROXIMATE_DP,
 ) -> EpsilonAudit:
     """Steinke et al.'s one-run audit from each canary's ``score`` (higher means "included") and
     whether it was ``included`` (drawn independently with probability 1/2 before the run).
@@ -363,6 +460,7 @@ def one_run_audit(
     (``two_sided=True``, which gave higher bounds on the Gaussian mechanism), or "in" for the ``k``
     highest (``two_sided=False``, the paper's main variant). Each ``k`` is tested at
     ``significance / len(guess_counts)`` (Bonferroni), and the best bound is reported.
+    ``test`` chooses the hypothesis (:class:`OneRunTest`).
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     inc = np.asarray(included).reshape(-1).astype(bool)
@@ -387,14 +485,14 @@ def one_run_audit(
             correct = int(ranked[:top].sum()) + int((~ranked[m - bottom :]).sum())
         else:
             correct = int(ranked[:k].sum())
-        eps = one_run_epsilon(
-            canaries=m, guesses=k, correct=correct, delta=d, significance=per_test
-        )
+        bound = one_run_fdp_epsilon if test is OneRunTest.GAUSSIAN_FDP else one_run_epsilon
+        eps = bound(canaries=m, guesses=k, correct=correct, delta=d, significance=per_test)
         if eps > best[0] or best[1] == 0:
             best = (eps, k, correct)
     eps, k, correct = best
+    fdp = test is OneRunTest.GAUSSIAN_FDP
     return EpsilonAudit(
-        method=AuditMethod.ONE_RUN,
+        method=AuditMethod.ONE_RUN_FDP if fdp else AuditMethod.ONE_RUN,
         claimed_epsilon=claim,
         delta=d,
         epsilon_lower=eps,
