@@ -57,6 +57,21 @@ def test_one_run_audit_from_the_command_line(capsys: pytest.CaptureFixture[str])
     assert json.loads(out)["exceeds_claim"] is True
 
 
+def test_one_run_fdp_audit_of_the_gaussian_mechanism(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ("audit", "dp", "--mechanism", "gaussian", "--method", "one-run-fdp")
+    common += ("--epsilon", "2", "--canaries", "2000", "--seed", "3", "--json")
+    code, out, _ = run(capsys, *common)
+    assert code == 0
+    ok = json.loads(out)
+    assert ok["method"] == "one-run f-DP"
+    assert 0 < ok["epsilon_lower"] <= ok["claimed_epsilon"]
+    code, out, _ = run(capsys, *common, "--shift", "4", "--check")
+    assert code == 1
+    code, _, err = run(capsys, "audit", "dp", "--method", "one-run-fdp", "--epsilon", "1")
+    assert code == 1
+    assert "needs --delta > 0" in err
+
+
 def test_mia_from_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     folder = tmp_path / "mia"
     code, out, _ = run(

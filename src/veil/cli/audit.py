@@ -12,11 +12,11 @@ import numpy.typing as npt
 import typer
 from rich.table import Table
 
-from veil.audit.dp import EpsilonAudit, distinguishing_audit, one_run_audit
+from veil.audit.dp import EpsilonAudit, OneRunTest, distinguishing_audit, one_run_audit
 from veil.audit.stats import Roc
 from veil.cli._common import console, fmt, parse_enum, print_json
 from veil.errors import ConfigurationError
-from veil.privacy.mechanisms import GaussianMechanism, LaplaceMechanism
+from veil.privacy.mechanisms import Domain, GaussianMechanism, LaplaceMechanism
 from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ class MechanismKind(enum.Enum):
 class DpMethod(enum.Enum):
     DISTINGUISHING = "distinguishing"
     ONE_RUN = "one_run"
+    ONE_RUN_FDP = "one_run_fdp"
 
 
 class Dataset(enum.Enum):
@@ -45,14 +46,29 @@ def _source(seed: int | None) -> RandomSource:
 
 
 def _build(
-    kind: MechanismKind, *, epsilon: float, delta: float, sensitivity: float, dimension: int
+    kind: MechanismKind,
+    *,
+    epsilon: float,
+    delta: float,
+    sensitivity: float,
+    dimension: int,
+    domain: Domain,
 ) -> LaplaceMechanism | GaussianMechanism:
     if kind is MechanismKind.LAPLACE:
         return LaplaceMechanism(
-            sensitivity=sensitivity, epsilon=epsilon, dimension=dimension, max_changed=1
+            sensitivity=sensitivity,
+            epsilon=epsilon,
+            dimension=dimension,
+            max_changed=1,
+            domain=domain,
         )
     return GaussianMechanism(
-        sensitivity=sensitivity, epsilon=epsilon, delta=delta, dimension=dimension, max_changed=1
+        sensitivity=sensitivity,
+        epsilon=epsilon,
+        delta=delta,
+        dimension=dimension,
+        max_changed=1,
+        domain=domain,
     )
 
 
@@ -73,7 +89,10 @@ def dp(
         "larger than --sensitivity plays a calibration bug that the audit should catch.",
     ),
     method: str = typer.Option(
-        "distinguishing", "--method", help="distinguishing (many runs) or one-run (canaries)."
+        "distinguishing",
+        "--method",
+        help="distinguishing (many runs), one-run (canaries) or one-run-fdp (canaries, tested "
+        "against the Gaussian trade-off curve of the claim).",
     ),
     trials: int = typer.Option(
         100_000, "--trials", help="Runs on each neighbour (distinguishing audit)."
@@ -94,7 +113,8 @@ def dp(
     epsilon from an attack on two neighbouring inputs (0 and --shift).
 
     Example: veil audit dp --epsilon 1 --shift 2 (noise for sensitivity 1, neighbours 2 apart:
-    the bound exceeds the claim).
+    the bound exceeds the claim). Whole-number --sensitivity and --shift audit veil's integer
+    mechanisms; others its mechanisms on reals.
     """
     kind: MechanismKind = parse_enum(MechanismKind, mechanism, "--mechanism")
     how: DpMethod = parse_enum(DpMethod, method, "--method")
@@ -105,14 +125,22 @@ def dp(
     if not math.isfinite(step) or step <= 0:
         raise ConfigurationError(f"--shift must be a finite number > 0, got {step!r}")
     rng = _source(seed)
-    claim = _build(kind, epsilon=epsilon, delta=d, sensitivity=sensitivity, dimension=1)
+    # whole numbers are audited on veil's integer mechanisms (exact, and fast to calibrate)
+    whole = float(sensitivity).is_integer() and float(step).is_integer()
+    domain = Domain.INTEGERS if whole else Domain.REALS
+    claim = _build(
+        kind, epsilon=epsilon, delta=d, sensitivity=sensitivity, dimension=1, domain=domain
+    )
     claimed = claim.epsilon if isinstance(claim, LaplaceMechanism) else claim.epsilon(d)
     kept: dict[float, npt.NDArray[np.float64]] = {}
     if how is DpMethod.DISTINGUISHING:
 
         def run(value: float, n: int) -> npt.NDArray[np.float64]:
-            mech = _build(kind, epsilon=epsilon, delta=d, sensitivity=sensitivity, dimension=n)
-            out = np.asarray(mech.release(np.full(n, value), rng=rng), dtype=np.float64)
+            mech = _build(
+                kind, epsilon=epsilon, delta=d, sensitivity=sensitivity, dimension=n, domain=domain
+            )
+            data = np.full(n, int(value) if whole else value)
+            out = np.asarray(mech.release(data, rng=rng), dtype=np.float64)
             kept[value] = out
             return out
 
@@ -127,9 +155,20 @@ def dp(
         if canaries < 10:
             raise ConfigurationError(f"--canaries must be at least 10, got {canaries}")
         included = np.random.default_rng(seed).random(canaries) < 0.5
-        mech = _build(kind, epsilon=epsilon, delta=d, sensitivity=sensitivity, dimension=canaries)
-        scores = np.asarray(mech.release(included * step, rng=rng), dtype=np.float64)
-        audit = one_run_audit(scores, included, claimed_epsilon=claimed, delta=d)
+        mech = _build(
+            kind,
+            epsilon=epsilon,
+            delta=d,
+            sensitivity=sensitivity,
+            dimension=canaries,
+            domain=domain,
+        )
+        values = included * (int(step) if whole else step)
+        scores = np.asarray(mech.release(values, rng=rng), dtype=np.float64)
+        test = OneRunTest.GAUSSIAN_FDP if how is DpMethod.ONE_RUN_FDP else OneRunTest.APPROXIMATE_DP
+        if test is OneRunTest.GAUSSIAN_FDP and d <= 0:
+            raise ConfigurationError("the f-DP one-run audit needs --delta > 0")
+        audit = one_run_audit(scores, included, claimed_epsilon=claimed, delta=d, test=test)
         roc = Roc.from_scores(scores[included], scores[~included])
     if as_json:
         print_json({"mechanism": claim.describe(), "shift": step, **audit.to_dict()})
