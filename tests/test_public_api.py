@@ -22,6 +22,7 @@ from veil import errors
         "veil.he",
         "veil.audit",
         "veil.audit.mia",
+        "veil.audit.canaries",
     ],
 )
 def test_every_exported_name_exists(package: str) -> None:

@@ -2,8 +2,9 @@
 
 * :mod:`veil.audit.dp`: empirical lower bounds on epsilon (Jagielski et al.'s distinguishing
   audit for any mechanism given as a callable; Steinke et al.'s one-run audit from canary
-  scores), set next to the claimed epsilon.
+  scores, and its f-DP refinement), set next to the claimed epsilon.
 * :mod:`veil.audit.stats`: Clopper-Pearson bounds and ROC curves (AUC, TPR at a low FPR).
+* :mod:`veil.audit.canaries`: white-box gradient canaries for a one-run audit of DP-SGD.
 * :mod:`veil.audit.mia`: membership inference against a trained model (loss threshold, LiRA
   offline and online with shadow models trained by veil); needs the ``federated`` extra.
 """

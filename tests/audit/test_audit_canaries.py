@@ -1,0 +1,105 @@
+"""One-run audit of DP-SGD's release path with white-box Dirac gradient canaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from veil.audit.canaries import dpsgd_canary_audit, dpsgd_canary_scores, noisy_mean
+from veil.errors import ConfigurationError
+from veil.federated import DpSgd, NoisySum
+from veil.privacy import InsecureSeededRandom, RandomSource
+
+DELTA = 1e-5
+RECORDS, BATCH, EPOCHS, CANARIES = 1000, 200, 20, 1000  # q = 0.2, 100 steps
+
+# Noise multipliers whose claims (computed below by veil's accountant) are about 1 and 8.
+Z_EPS1, Z_EPS8 = 7.62, 1.444
+
+
+def noise_scaled_for_the_mean(
+    total: np.ndarray, noise: NoisySum, batch_size: int, rng: RandomSource
+) -> np.ndarray:
+    """The bug: noise calibrated to the sensitivity of the averaged gradient (C / B) added to
+    the summed gradient, so B times too little noise."""
+    wrong = NoisySum(
+        clip_norm=noise.clip_norm / batch_size,
+        noise_multiplier=noise.noise_multiplier,
+        dimension=noise.dimension,
+    )
+    return wrong.release(total, rng) / batch_size
+
+
+@pytest.mark.parametrize(("z", "low", "high"), [(Z_EPS1, 0.9, 1.1), (Z_EPS8, 7.0, 9.0)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dpsgd_with_white_box_canaries_never_above_the_claim(
+    z: float, low: float, high: float, seed: int
+) -> None:
+    dpsgd = DpSgd(noise_multiplier=z, clip_norm=1.0, batch_size=BATCH)
+    audit = dpsgd_canary_audit(
+        dpsgd,
+        records=RECORDS,
+        epochs=EPOCHS,
+        canaries=CANARIES,
+        delta=DELTA,
+        rng=InsecureSeededRandom(seed),
+        seed=seed,
+    )
+    assert audit.claimed_epsilon is not None
+    assert low <= audit.claimed_epsilon <= high
+    assert audit.epsilon_lower <= audit.claimed_epsilon
+    if z == Z_EPS8:
+        assert audit.epsilon_lower > 1.0  # the canaries do see the weaker noise
+
+
+def test_noise_scaled_for_the_averaged_gradient_is_caught() -> None:
+    dpsgd = DpSgd(noise_multiplier=Z_EPS1, clip_norm=1.0, batch_size=BATCH)
+    audit = dpsgd_canary_audit(
+        dpsgd,
+        records=RECORDS,
+        epochs=EPOCHS,
+        canaries=CANARIES,
+        delta=DELTA,
+        rng=InsecureSeededRandom(9),
+        seed=9,
+        aggregate=noise_scaled_for_the_mean,
+    )
+    assert audit.claimed_epsilon is not None
+    assert audit.claimed_epsilon <= 1.1
+    assert audit.exceeds_claim
+
+
+def test_included_canaries_move_by_the_expected_amount_without_noise() -> None:
+    dpsgd = DpSgd(noise_multiplier=1.0, clip_norm=1.0, batch_size=BATCH)
+
+    def no_noise(total: np.ndarray, noise: NoisySum, b: int, rng: RandomSource) -> np.ndarray:
+        return total / b
+
+    scores, included = dpsgd_canary_scores(
+        dpsgd,
+        records=RECORDS,
+        epochs=EPOCHS,
+        canaries=CANARIES,
+        rng=InsecureSeededRandom(0),
+        aggregate=no_noise,
+    )
+    assert np.all(scores[~included] == 0)
+    # each included canary is sampled Binomial(100, 0.2) times, each time moving C / B
+    assert np.mean(scores[included]) == pytest.approx(100 * 0.2 / BATCH, rel=0.05)
+    assert (
+        noisy_mean(
+            np.ones(CANARIES),
+            NoisySum(clip_norm=1.0, noise_multiplier=0.0, dimension=CANARIES),
+            4,
+            InsecureSeededRandom(0),
+        )[0]
+        == 0.25
+    )
+
+
+def test_canary_arguments_are_checked() -> None:
+    dpsgd = DpSgd(noise_multiplier=1.0)
+    with pytest.raises(ConfigurationError, match="canaries"):
+        dpsgd_canary_scores(dpsgd, records=100, epochs=1, canaries=5, rng=InsecureSeededRandom(0))
+    with pytest.raises(ConfigurationError, match="records"):
+        dpsgd_canary_scores(dpsgd, records=50, epochs=1, canaries=100, rng=InsecureSeededRandom(0))
