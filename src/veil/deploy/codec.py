@@ -74,21 +74,24 @@ class VectorReader:
             )
         self.dtype = _dtype(dtype)
         self.expected = length * self.dtype.itemsize
-        self.buffer = bytearray()
+        self.buffer = bytearray(self.expected)
+        self.filled = 0
 
     def add(self, data: bytes) -> None:
-        if len(self.buffer) + len(data) > self.expected:
+        end = self.filled + len(data)
+        if end > self.expected:
             raise RemoteProtocolError(
                 f"more vector data than announced ({self.expected} bytes); refused"
             )
-        self.buffer += data
+        self.buffer[self.filled : end] = data
+        self.filled = end
 
     def vector(self) -> npt.NDArray[Any]:
-        if len(self.buffer) != self.expected:
+        if self.filled != self.expected:
             raise RemoteProtocolError(
-                f"the vector stream ended after {len(self.buffer)} of {self.expected} bytes"
+                f"the vector stream ended after {self.filled} of {self.expected} bytes"
             )
-        out = np.frombuffer(bytes(self.buffer), dtype=self.dtype)
+        out = np.frombuffer(self.buffer, dtype=self.dtype)
         return out.astype(self.dtype.newbyteorder("="), copy=False)
 
 

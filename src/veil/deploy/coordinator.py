@@ -111,7 +111,8 @@ class _Round:
     number: int
     instructions: dict[str, TrainInstruction]
     header: bytes
-    model: bytes
+    model: list[bytes]
+    """The model's data chunks, serialised."""
     stage: str = "starting"
     expected: frozenset[str] = frozenset()
     inbox: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -359,7 +360,7 @@ class Coordinator:
         try:
             instructions = self.server.start_round(self.rng, reservation=reservation)
             first = instructions[0] if instructions else None
-            model = b"" if first is None else codec_model(first)
+            model = [] if first is None else codec_model(first)
             current = _Round(
                 number,
                 {i.client_id: i for i in instructions},
@@ -558,7 +559,7 @@ class Coordinator:
         return call
 
     def _count_out(self, message: Any) -> bytes:
-        data: bytes = message.SerializeToString()
+        data: bytes = message if isinstance(message, bytes) else message.SerializeToString()
         self._bytes_out += len(data)
         return data
 
@@ -599,7 +600,7 @@ class Coordinator:
             secure=self.server.secure is not None,
         )
 
-    def _next_task(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+    def _next_task(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.Chunk | bytes]:
         request = codec.parse(pb.TaskRequest, raw)
         name = self._identity(context)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
@@ -644,9 +645,7 @@ class Coordinator:
         if instruction.secure is not None:
             header.secure.CopyFrom(codec.spec_to_pb(instruction.secure))
         yield pb.Chunk(task=header)
-        view = memoryview(r.model)
-        for lo in range(0, len(r.model), codec.CHUNK_BYTES):
-            yield pb.Chunk(data=bytes(view[lo : lo + codec.CHUNK_BYTES]))
+        yield from r.model  # serialised once for every client of the round
 
     def _deliver(self, name: str, number: int, stage: str, message: Any) -> Any:
         """Put ``message`` in the inbox of ``stage``; the driver's answer when it closes."""
@@ -822,11 +821,16 @@ class Coordinator:
         return out
 
 
-def codec_model(instruction: TrainInstruction) -> bytes:
-    """The model's little-endian bytes (the same for every client of a round)."""
+def codec_model(instruction: TrainInstruction) -> list[bytes]:
+    """The model's little-endian bytes as serialised data chunks (the same for every client of
+    a round)."""
     params = instruction.parameters
-    data: bytes = np.ascontiguousarray(params, dtype=params.dtype.newbyteorder("<")).tobytes()
-    return data
+    data = np.ascontiguousarray(params, dtype=params.dtype.newbyteorder("<")).tobytes()
+    view = memoryview(data)
+    return [
+        pb.Chunk(data=bytes(view[lo : lo + codec.CHUNK_BYTES])).SerializeToString()
+        for lo in range(0, len(data), codec.CHUNK_BYTES)
+    ]
 
 
 def _header(instruction: TrainInstruction, stage_seconds: float) -> bytes:
