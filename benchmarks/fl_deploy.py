@@ -8,7 +8,10 @@ client), same training (one full-batch epoch), same aggregation (plain FedAvg, o
 Reported per round (the median over rounds 2..R; round 1 includes the agents' first contact):
 seconds, and bytes on the wire as the coordinator counts them (gRPC payloads in and out, not
 TLS or HTTP/2 framing), against the simulator's seconds and the payload bytes it counts. The
-ratio ``deployed / simulator`` is the transport's overhead (target: at most 1.5).
+ratio ``deployed / simulator`` is the transport's overhead (target: at most 1.5). The agents
+also report the seconds they spent computing (training, encoding, masking); the deployed round
+minus its slowest agent's computing is the coordination and the transport (on this 2-core
+machine N agent processes share two cores, where in a consortium each has its own machine).
 
     .venv/bin/python benchmarks/fl_deploy.py                      # 3 and 10 clients, both modes
     .venv/bin/python benchmarks/fl_deploy.py --clients 3 --mode secagg+ --rounds 4
@@ -130,7 +133,7 @@ def deployed(clients: int, rounds: int, mode: str) -> dict[str, Any]:
                     str(folder / f"{n}.npz"),
                 ],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=(folder / f"{n}.err").open("wb"),
                 cwd=folder,
                 env=env,
             )
@@ -152,15 +155,29 @@ def deployed(clients: int, rounds: int, mode: str) -> dict[str, Any]:
         ]
         if code != 0:
             raise SystemExit(f"the coordinator failed: {(folder / 'coordinator.err').read_text()}")
+        compute: dict[int, float] = {}
+        for n in names:
+            for line in (folder / f"{n}.err").read_text().splitlines():
+                if line.startswith('{"event": "round_done"'):
+                    e = json.loads(line)
+                    compute[e["round"]] = max(compute.get(e["round"], 0.0), e["compute_seconds"])
     closed = [e for e in events if e["event"] == "round_closed"]
     later = closed[1:] or closed
+    started = {e["round"]: e["t"] for e in events if e["event"] == "round_started"}
+    stages = [
+        {"round": e["round"], "stage": e["stage"], "at": round(e["t"] - started[e["round"]], 3)}
+        for e in events
+        if e["event"] == "stage_closed"
+    ]
     return {
         "seconds": statistics.median(e["seconds"] for e in later),
+        "slowest_agent_compute": statistics.median(compute[e["round"]] for e in later),
         "bytes": statistics.median(e["bytes_received"] + e["bytes_sent"] for e in later),
         "completed": [e["completed"] for e in closed],
         "rounds": [
             {k: e[k] for k in ("round", "seconds", "bytes_received", "bytes_sent")} for e in closed
         ],
+        "stages": stages,
     }
 
 
@@ -225,10 +242,12 @@ def main() -> None:
             sim = simulated(n, args.rounds, mode)
             dep = deployed(n, args.rounds, mode)
             rows.append({"mode": mode, "clients": n, "simulator": sim, "deployed": dep})
+            rest = dep["seconds"] - dep["slowest_agent_compute"]
             print(
                 f"{mode:8s} n={n:3d} d={sim['parameters']:,}: simulator {sim['seconds']:.3f} s "
-                f"and {sim['bytes'] / 1e6:.1f} MB per round; deployed {dep['seconds']:.3f} s and "
-                f"{dep['bytes'] / 1e6:.1f} MB per round; ratio "
+                f"and {sim['bytes'] / 1e6:.1f} MB per round; deployed {dep['seconds']:.3f} s "
+                f"(slowest agent computing {dep['slowest_agent_compute']:.3f} s, the rest "
+                f"{rest:.3f} s) and {dep['bytes'] / 1e6:.1f} MB per round; ratio "
                 f"{ratio_text(dep['seconds'], sim['seconds'])} "
                 f"(completed {dep['completed']}; {time.perf_counter() - started:.0f} s)",
                 flush=True,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -231,8 +232,23 @@ class Agent:
                         continue
                     after = int(header.round)
                     try:
-                        self._round(header, model)
+                        started = time.perf_counter()
+                        sent, received = self.report.bytes_sent, self.report.bytes_received
+                        compute = self._round(header, model)
                         self.report.rounds.append(after)
+                        log.info(
+                            json.dumps(
+                                {
+                                    "event": "round_done",
+                                    "round": after,
+                                    "client": self.client_id,
+                                    "seconds": round(time.perf_counter() - started, 4),
+                                    "compute_seconds": round(compute, 4),
+                                    "bytes_sent": self.report.bytes_sent - sent,
+                                    "bytes_received": self.report.bytes_received - received,
+                                }
+                            )
+                        )
                     except grpc.RpcError as exc:
                         if exc.code() in (
                             grpc.StatusCode.ABORTED,
@@ -304,7 +320,9 @@ class Agent:
             out.metrics,
         )
 
-    def _round(self, header: pb.TaskHeader, model: np.ndarray | None) -> None:
+    def _round(self, header: pb.TaskHeader, model: np.ndarray | None) -> float:
+        """Take part in one round; the seconds spent computing (training, encoding and
+        masking), as opposed to waiting for the coordinator and the network."""
         assert model is not None
         number = int(header.round)
         spec = codec.spec_from_pb(header.secure) if header.HasField("secure") else None
@@ -313,7 +331,9 @@ class Agent:
         )
         budget = 3 * float(header.stage_seconds) + 10.0
         if spec is None:
+            clock = time.perf_counter()
             result = self._train(instruction)
+            compute = time.perf_counter() - clock
             if self.straggle:
                 time.sleep(self.straggle)
             head = pb.Chunk(
@@ -326,7 +346,7 @@ class Agent:
                 )
             )
             self._stream_in("SubmitUpdate", codec.chunks(head, result.update), pb.RoundDone, budget)
-            return
+            return compute
         client = SecureClient(instruction, rng=SecureRandom())
         directory = self._unary(
             "Advertise", codec.advertise_to_pb(number, client.advertise()), pb.KeyDirectory, budget
@@ -337,10 +357,12 @@ class Agent:
             pb.SharesForYou,
             budget,
         )
+        clock = time.perf_counter()
         result = self._train(instruction)
+        masked = client.masked_input(codec.shares_for_you_from_pb(shares), result)
+        compute = time.perf_counter() - clock
         if self.straggle:
             time.sleep(self.straggle)
-        masked = client.masked_input(codec.shares_for_you_from_pb(shares), result)
         head = pb.Chunk(
             header=pb.ChunkHeader(
                 round=number, dtype="uint32", length=int(masked.vector.size), client=masked.client
@@ -354,3 +376,4 @@ class Agent:
         except VeilError as exc:
             raise ProtocolError(f"round {number}: refused to unmask: {exc}") from None
         self._unary("Unmask", codec.unmask_to_pb(number, shares_out), pb.RoundDone, budget)
+        return compute
