@@ -77,7 +77,7 @@ def test_every_exported_name_exists(package: str) -> None:
                 "veil.he.scoring",
             ],
         ),
-        ("veil.audit", ["veil.audit.dp", "veil.audit.stats"]),
+        ("veil.audit", ["veil.audit.dp", "veil.audit.stats", "veil.audit.tradeoff"]),
         (
             "veil.secagg",
             [

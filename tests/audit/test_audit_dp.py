@@ -16,8 +16,10 @@ from veil.audit import (
     Roc,
     clopper_pearson,
     distinguishing_audit,
+    dp_tpr_limit,
     epsilon_from_rates,
     gaussian_dp_mu,
+    limit_violations,
     one_run_audit,
     one_run_epsilon,
     one_run_fdp_epsilon,
@@ -146,6 +148,22 @@ def test_the_audit_finds_the_downward_direction_too() -> None:
     )
     assert audit.details["upward"] == 0.0
     assert audit.exceeds_claim
+
+
+def test_a_laplace_attack_stays_under_the_pure_dp_curve_unless_the_noise_is_wrong() -> None:
+    def roc(sensitivity: float) -> Roc:
+        run = laplace_runs(sensitivity, seed=21)
+        return Roc.from_scores(run(1.0, 100_000), run(0.0, 100_000))
+
+    def limit(fpr: float) -> float:
+        return float(dp_tpr_limit(fpr, epsilon=1.0, delta=0.0))
+
+    fprs = (0.001, 0.01, 0.1, 0.3)
+    assert limit_violations(roc(1.0), limit, fprs=fprs) == []
+    assert limit_violations(roc(0.5), limit, fprs=fprs) != []
+    assert dp_tpr_limit([0.0, 0.5, 1.0], epsilon=1.0, delta=0.0) == pytest.approx(
+        [0.0, 1 - math.exp(-1) * 0.5, 1.0]
+    )
 
 
 def test_identical_inputs_give_no_evidence() -> None:

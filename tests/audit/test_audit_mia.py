@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from veil.audit import Roc
+from veil.audit import Roc, accountant_tpr_limit, dp_tpr_limit
 from veil.audit.mia import (
     Attack,
     MembershipAudit,
@@ -22,7 +22,7 @@ from veil.audit.mia import (
 )
 from veil.errors import ConfigurationError, DataError
 from veil.federated import ClientData, DpSgd, TrainConfig, data, models
-from veil.privacy import InsecureSeededRandom, dpsgd_noise_multiplier
+from veil.privacy import Accountant, InsecureSeededRandom, PldAccountant, dpsgd_noise_multiplier
 
 DELTA = 1e-5
 
@@ -54,7 +54,7 @@ def overfit(digits: data.FederatedData) -> MembershipAudit:
 
 
 @pytest.fixture(scope="module")
-def private(digits: data.FederatedData) -> tuple[MembershipAudit, float]:
+def private(digits: data.FederatedData) -> tuple[MembershipAudit, float, Accountant]:
     """8 MLPs trained with DP-SGD at epsilon 1 (delta 1e-5) on halves of 1,347 digits."""
     population = ClientData(digits.x, digits.y)
     members = len(population) // 2
@@ -79,7 +79,8 @@ def private(digits: data.FederatedData) -> tuple[MembershipAudit, float]:
         seed=0,
         threads=1,
     )
-    return membership_audit(shadows), z
+    accountant = PldAccountant().compose(dpsgd.event(members, epochs))
+    return membership_audit(shadows), z, accountant
 
 
 def test_overfit_mlp_is_attackable(overfit: MembershipAudit) -> None:
@@ -101,8 +102,10 @@ def test_the_overfit_model_breaks_an_epsilon_one_claim(overfit: MembershipAudit)
     assert {v[0] for v in violations} >= {Attack.LIRA_ONLINE, Attack.LIRA_OFFLINE}
 
 
-def test_dpsgd_at_epsilon_one_stays_near_chance(private: tuple[MembershipAudit, float]) -> None:
-    audit, z = private
+def test_dpsgd_at_epsilon_one_stays_near_chance(
+    private: tuple[MembershipAudit, float, Accountant],
+) -> None:
+    audit, z, _ = private
     assert z > 5  # the noise the accountant asked for
     assert audit.mean_accuracy > 0.6
     for attack, roc in audit.rocs.items():
@@ -110,6 +113,24 @@ def test_dpsgd_at_epsilon_one_stays_near_chance(private: tuple[MembershipAudit, 
         point = roc.tpr_at(0.01)
         assert point.tpr_lower < math.exp(1.0) * 0.01 + DELTA, attack
     assert audit.dp_bound_violations(epsilon=1.0, delta=DELTA) == []
+
+
+def test_no_attack_beats_the_accountants_trade_off_curve(
+    private: tuple[MembershipAudit, float, Accountant], overfit: MembershipAudit
+) -> None:
+    audit, _, accountant = private
+    assert accountant.epsilon(DELTA) == pytest.approx(1.0, abs=0.01)
+
+    curve = accountant_tpr_limit(accountant)
+
+    def limit(fpr: float) -> float:
+        return float(curve(fpr))
+
+    # the curve is tighter than the (epsilon, delta) lines it comes from
+    assert limit(0.01) < float(dp_tpr_limit(0.01, epsilon=1.0, delta=DELTA))
+    assert audit.limit_violations(limit) == []
+    # the non-private models, held to the same curve, break it
+    assert {v[0] for v in overfit.limit_violations(limit)} >= {Attack.LIRA_ONLINE}
 
 
 def test_confidence_does_not_saturate() -> None:

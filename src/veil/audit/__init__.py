@@ -4,6 +4,8 @@
   audit for any mechanism given as a callable; Steinke et al.'s one-run audit from canary
   scores, and its f-DP refinement), set next to the claimed epsilon.
 * :mod:`veil.audit.stats`: Clopper-Pearson bounds and ROC curves (AUC, TPR at a low FPR).
+* :mod:`veil.audit.tradeoff`: the most any attack can achieve against a DP claim or an
+  accountant's composed events, and the check that an attack's ROC stays under it.
 * :mod:`veil.audit.canaries`: white-box gradient canaries for a one-run audit of DP-SGD.
 * :mod:`veil.audit.mia`: membership inference against a trained model (loss threshold, LiRA
   offline and online with shadow models trained by veil); needs the ``federated`` extra.
@@ -22,6 +24,7 @@ from veil.audit.dp import (
     one_run_p_value,
 )
 from veil.audit.stats import Roc, RocPoint, clopper_pearson
+from veil.audit.tradeoff import accountant_tpr_limit, dp_tpr_limit, limit_violations
 
 __all__ = [
     "AuditMethod",
@@ -29,10 +32,13 @@ __all__ = [
     "OneRunTest",
     "Roc",
     "RocPoint",
+    "accountant_tpr_limit",
     "clopper_pearson",
     "distinguishing_audit",
+    "dp_tpr_limit",
     "epsilon_from_rates",
     "gaussian_dp_mu",
+    "limit_violations",
     "one_run_audit",
     "one_run_epsilon",
     "one_run_fdp_epsilon",

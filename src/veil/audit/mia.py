@@ -25,8 +25,10 @@ all targets are pooled into one ROC per attack (members are the positives), so t
 non-members to read the TPR at a low FPR.
 
 A DP guarantee bounds every attack: an ``(ε, δ)``-DP training run allows at most
-``TPR <= e^ε FPR + δ`` at every threshold. :meth:`MembershipAudit.dp_bound_violations` checks the
-lower confidence bound of each attack's TPR against it.
+``TPR <= e^ε FPR + δ`` at every threshold, and the accountant's trade-off curve for the run's
+events bounds it more tightly (:mod:`veil.audit.tradeoff`).
+:meth:`MembershipAudit.dp_bound_violations` and :meth:`MembershipAudit.limit_violations` check
+the lower confidence bound of each attack's TPR against them.
 
 Needs the ``federated`` extra (PyTorch).
 """
@@ -46,6 +48,7 @@ from torch import nn
 from torch.func import functional_call
 
 from veil.audit.stats import Roc
+from veil.audit.tradeoff import dp_tpr_limit, limit_violations
 from veil.errors import ConfigurationError, DataError
 from veil.federated.dp import DpSgd
 from veil.federated.messages import TrainConfig
@@ -285,24 +288,33 @@ class MembershipAudit:
             rows.append(row)
         return rows
 
+    def limit_violations(
+        self, limit: Callable[[float], float], *, fprs: tuple[float, ...] = (0.001, 0.01, 0.1)
+    ) -> list[tuple[Attack, float, float, float]]:
+        """``(attack, fpr, tpr lower bound, limit)`` wherever an attack's TPR is significantly
+        above ``limit`` (a function of the FPR, e.g. from :mod:`veil.audit.tradeoff`); an empty
+        list when every ROC lies under the curve."""
+        return [
+            (attack, fpr, low, bound)
+            for attack, roc in self.rocs.items()
+            for fpr, low, bound in limit_violations(roc, limit, fprs=fprs)
+        ]
+
     def dp_bound_violations(
         self, *, epsilon: float, delta: float, fprs: tuple[float, ...] = (0.001, 0.01, 0.1)
     ) -> list[tuple[Attack, float, float, float]]:
-        """``(attack, fpr, tpr lower bound, DP limit)`` wherever the lower confidence bound of
-        the TPR exceeds ``e^ε · FPR + δ`` (an empty list when the DP claim survives).
+        """:meth:`limit_violations` against the ``(epsilon, delta)``-DP limit
+        ``TPR <= min(e^ε · FPR + δ, 1 − e^{−ε}(1 − δ − FPR))``.
 
         The FPR is that of the threshold read at each target rate (:meth:`Roc.tpr_at`), taken at
         its upper confidence bound: the empirical FPR of a threshold picked for the best TPR is
         itself an estimate, and with a few false positives in thousands it can be well below
         the true rate."""
-        out = []
-        for attack, roc in self.rocs.items():
-            for fpr in fprs:
-                p = roc.tpr_at(fpr)
-                limit = math.exp(epsilon) * p.fpr_upper + delta
-                if p.tpr_lower > limit:
-                    out.append((attack, fpr, p.tpr_lower, limit))
-        return out
+
+        def limit(fpr: float) -> float:
+            return float(dp_tpr_limit(fpr, epsilon=epsilon, delta=delta))
+
+        return self.limit_violations(limit, fprs=fprs)
 
 
 def membership_audit(shadows: ShadowModels, *, targets: int | None = None) -> MembershipAudit:
