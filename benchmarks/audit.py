@@ -1,0 +1,367 @@
+"""Privacy audits: the empirical epsilon of veil's mechanisms and DP-SGD next to their claims,
+and membership inference (LiRA against the loss attack) with and without DP-SGD.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/audit.py [--seeds 5] [--models 16] [--out reports/benchmarks/audit]
+
+What it measures (every figure is a 95% lower bound on epsilon or a rate with its 95%
+Clopper-Pearson interval; fixed seeds, insecure seeded noise so that a run is reproducible):
+
+* **distinguishing audit** (Jagielski et al. 2020) of veil's integer Laplace mechanism at claimed
+  epsilon 0.5, 1 and 2, 100,000 runs per neighbour: the bound as a fraction of the claim over the
+  seeds, and the bound when the neighbours are 2 apart but the noise is for sensitivity 1. The
+  floor for its time: drawing the same 200,000 noisy outputs alone.
+* **one-run audit** (Steinke et al. 2023) and its **f-DP refinement** (Mahloujifar et al. 2024)
+  of veil's integer Gaussian mechanism at claimed epsilon 1, 2, 4 and 8 with 10,000 canaries,
+  and with noise 4x too small at 1,000 canaries. A one-run bound is capped by its number of
+  guesses (about 4.5 when 500 guesses are all right), so a bug under a large claim needs more
+  canaries than 1,000 to show.
+* **DP-SGD with white-box gradient canaries**: the one-run audit of DP-SGD's release path
+  (q = 0.2, 100 steps, 1,000 canaries) at claimed epsilon 1 and 8, and with noise scaled for the
+  averaged gradient.
+* **membership inference** on digits: ``--models`` MLPs 64-128-10, each the target in turn;
+  non-private (fitting 200 of 400 digits, 500 epochs of full-batch gradient descent) and DP-SGD
+  at epsilon 1 and 8 (halves of 1,347 digits, 20 epochs, q = 0.2, C = 1). The floor is chance
+  (AUC 0.5, TPR = FPR); under DP, the ceiling is the (ε, δ) limit TPR <= e^ε FPR + δ and,
+  tighter, the trade-off curve of the run's events from the PLD accountant (checked at 0.1%,
+  1% and 10% FPR with the TPR's lower and the FPR's upper confidence bound).
+
+Times are wall-clock with this process's CPU time in brackets (the machine may be shared).
+Figures (ROC curves, the bounds against the claims) go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import machine, ratio_text
+from veil.audit import (
+    OneRunTest,
+    accountant_tpr_limit,
+    distinguishing_audit,
+    one_run_audit,
+)
+from veil.audit.canaries import dpsgd_canary_audit
+from veil.audit.mia import Attack, MembershipAudit, membership_audit, train_shadow_models
+from veil.federated import ClientData, DpSgd, NoisySum, TrainConfig, data, models
+from veil.privacy import (
+    Domain,
+    GaussianMechanism,
+    InsecureSeededRandom,
+    LaplaceMechanism,
+    PldAccountant,
+    RandomSource,
+    dpsgd_noise_multiplier,
+    gaussian_noise_multiplier,
+)
+from veil.reports.plots import epsilon_plot, have_matplotlib, roc_plot
+
+DELTA = 1e-5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def laplace_runs(epsilon: float, seed: int) -> Callable[[int, int], np.ndarray]:
+    """veil's integer Laplace mechanism for sensitivity 1 at ``epsilon``, ``n`` runs at once."""
+    rng = InsecureSeededRandom(seed)
+
+    def run(value: int, n: int) -> np.ndarray:
+        mech = LaplaceMechanism(
+            sensitivity=1, epsilon=epsilon, dimension=n, max_changed=1, domain=Domain.INTEGERS
+        )
+        return np.asarray(mech.release(np.full(n, value), rng=rng), dtype=np.float64)
+
+    return run
+
+
+def distinguishing(seeds: int, rows: list[tuple[str, float, float]]) -> None:
+    print("\n## Distinguishing audit: veil's integer Laplace mechanism, 100,000 runs per side\n")
+    print(
+        "| claimed ε | bound / claim, mean (min-max) over seeds | bug: neighbours 2 apart, "
+        "bound | time per audit, wall [CPU] s | floor: drawing the outputs, s | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    for eps in (0.5, 1.0, 2.0):
+        fractions = []
+        times: list[tuple[float, float]] = []
+        for seed in range(seeds):
+            run = laplace_runs(eps, seed)
+            clock = Clock()
+            audit = distinguishing_audit(run, (0, 1), trials=100_000, claimed_epsilon=eps)
+            times.append(clock.read())
+            fractions.append(audit.epsilon_lower / eps)
+        run = laplace_runs(eps, 99)
+        bug = distinguishing_audit(run, (0, 2), trials=100_000, claimed_epsilon=eps)
+        floor_clock = Clock()
+        run(0, 100_000)
+        run(1, 100_000)
+        floor, _ = floor_clock.read()
+        wall = statistics.median(t[0] for t in times)
+        cpu = statistics.median(t[1] for t in times)
+        print(
+            f"| {eps:g} | {spread(fractions)} | {bug.epsilon_lower:.3f} "
+            f"({'refuted' if bug.exceeds_claim else 'NOT refuted'}) | {wall:.2f} [{cpu:.2f}] "
+            f"| {floor:.2f} | {ratio_text(wall, floor)} |"
+        )
+        rows.append((f"Laplace ε={eps:g}, distinguishing", statistics.mean(fractions) * eps, eps))
+
+
+def gaussian_canaries(m: int, seed: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    included = np.random.default_rng(seed).random(m) < 0.5
+    mech = GaussianMechanism(
+        sensitivity=1, sigma=sigma, domain=Domain.INTEGERS, dimension=m, max_changed=1
+    )
+    scores = mech.release(included.astype(np.int64), rng=InsecureSeededRandom(seed))
+    return np.asarray(scores, dtype=np.float64), included
+
+
+def one_run(seeds: int, rows: list[tuple[str, float, float]]) -> None:
+    print("\n## One-run audit: veil's integer Gaussian mechanism, 10,000 canaries\n")
+    print(
+        "| claimed ε | (ε, δ) test: bound / claim | f-DP test: bound / claim | bug σ/4, 1,000 "
+        "canaries: (ε, δ) / f-DP bound | audit time, wall [CPU] s |"
+    )
+    print("|---|---|---|---|---|")
+    for target in (1.0, 2.0, 4.0, 8.0):
+        sigma = gaussian_noise_multiplier(epsilon=target, delta=DELTA)
+        claim = GaussianMechanism(sensitivity=1, sigma=sigma, domain=Domain.INTEGERS).epsilon(DELTA)
+        plain, fdp = [], []
+        clock = Clock()
+        for seed in range(seeds):
+            scores, included = gaussian_canaries(10_000, seed, sigma)
+            for test, out in ((OneRunTest.APPROXIMATE_DP, plain), (OneRunTest.GAUSSIAN_FDP, fdp)):
+                audit = one_run_audit(
+                    scores, included, claimed_epsilon=claim, delta=DELTA, test=test
+                )
+                out.append(audit.epsilon_lower / claim)
+        wall, cpu = clock.read()
+        scores, included = gaussian_canaries(1000, 5, sigma / 4)
+        bugs = [
+            one_run_audit(scores, included, claimed_epsilon=claim, delta=DELTA, test=t)
+            for t in OneRunTest
+        ]
+        verdicts = " / ".join("refuted" if b.exceeds_claim else "not refuted" for b in bugs)
+        print(
+            f"| {claim:.3f} | {spread(plain)} | {spread(fdp)} | "
+            f"{bugs[0].epsilon_lower:.2f} / {bugs[1].epsilon_lower:.2f} ({verdicts}) | "
+            f"{wall / (2 * seeds):.2f} [{cpu / (2 * seeds):.2f}] |"
+        )
+        rows.append(
+            (f"Gaussian, claim {claim:.2f}, one-run f-DP", statistics.mean(fdp) * claim, claim)
+        )
+
+
+def averaged_noise(total: np.ndarray, noise: NoisySum, batch: int, rng: RandomSource) -> Any:
+    wrong = NoisySum(
+        clip_norm=noise.clip_norm / batch,
+        noise_multiplier=noise.noise_multiplier,
+        dimension=noise.dimension,
+    )
+    return wrong.release(total, rng) / batch
+
+
+def dpsgd_canaries(seeds: int, rows: list[tuple[str, float, float]]) -> None:
+    print("\n## DP-SGD with white-box gradient canaries (q = 0.2, 100 steps, 1,000 canaries)\n")
+    print(
+        "| target ε | noise multiplier | claim | bound, mean (min-max) over seeds | bug: noise "
+        "scaled for the mean, bound | time per run, wall [CPU] s |"
+    )
+    print("|---|---|---|---|---|---|")
+    records, batch, epochs = 1000, 200, 20
+    for target in (1.0, 8.0):
+        z = dpsgd_noise_multiplier(
+            epsilon=target, delta=DELTA, sampling_probability=batch / records, steps=100
+        )
+        dpsgd = DpSgd(noise_multiplier=z, clip_norm=1.0, batch_size=batch)
+        bounds = []
+        clock = Clock()
+        claim = math.nan
+        for seed in range(seeds):
+            audit = dpsgd_canary_audit(
+                dpsgd,
+                records=records,
+                epochs=epochs,
+                canaries=1000,
+                delta=DELTA,
+                rng=InsecureSeededRandom(seed),
+                seed=seed,
+            )
+            claim = audit.claimed_epsilon or math.nan
+            bounds.append(audit.epsilon_lower)
+        wall, cpu = clock.read()
+        bug = dpsgd_canary_audit(
+            dpsgd,
+            records=records,
+            epochs=epochs,
+            canaries=1000,
+            delta=DELTA,
+            rng=InsecureSeededRandom(99),
+            seed=99,
+            aggregate=averaged_noise,
+        )
+        print(
+            f"| {target:g} | {z:.4g} | {claim:.3f} | {spread(bounds)} | {bug.epsilon_lower:.2f} "
+            f"({'refuted' if bug.exceeds_claim else 'not refuted: the cap of 1,000 canaries'}) | "
+            f"{wall / seeds:.2f} [{cpu / seeds:.2f}] |"
+        )
+        rows.append((f"DP-SGD ε={target:g}, white-box", statistics.mean(bounds), claim))
+
+
+def mia_row(name: str, audit: MembershipAudit, train: tuple[float, float]) -> list[str]:
+    out = []
+    for attack in Attack:
+        roc = audit.rocs[attack]
+        p1, p01 = roc.tpr_at(0.01), roc.tpr_at(0.001)
+        out.append(
+            f"| {name} | {attack.value} | {roc.auc:.3f} | {p01.tpr:.2%} "
+            f"[{p01.tpr_lower:.2%}, {p01.tpr_upper:.2%}] | {p1.tpr:.2%} "
+            f"[{p1.tpr_lower:.2%}, {p1.tpr_upper:.2%}] | {ratio_text(p1.tpr, 0.01)} |"
+        )
+    out.append(
+        f"| {name} | (test accuracy {audit.mean_accuracy:.3f}; {audit.targets} targets, "
+        f"{audit.rocs[Attack.LOSS].negatives} non-members pooled; training "
+        f"{train[0]:.1f} [{train[1]:.1f}] s) | | | | |"
+    )
+    return out
+
+
+def shadow_event(z: float, members: int, batch: int) -> Any:
+    return DpSgd(noise_multiplier=z, batch_size=batch).event(members, 20)
+
+
+def mia(models_count: int, out: Path | None) -> None:
+    print(f"\n## Membership inference on digits, {models_count} MLPs 64-128-10\n")
+    digits = data.digits(clients=1, alpha=None, seed=0)
+    lines = []
+    curves: dict[str, Any] = {}
+    population = ClientData(digits.x[:400], digits.y[:400])
+    clock = Clock()
+    shadows = train_shadow_models(
+        lambda: models.Mlp(64, 10, (128,)),
+        population,
+        models=models_count,
+        config=TrainConfig(local_epochs=500, learning_rate=1.0),
+        holdout=digits.test,
+        seed=0,
+        threads=1,
+    )
+    train = clock.read()
+    clock = Clock()
+    plain = membership_audit(shadows)
+    attack_time = clock.read()
+    lines += mia_row("no DP", plain, train)
+    loss1 = plain.rocs[Attack.LOSS].tpr_at(0.01).tpr
+    lira1 = plain.rocs[Attack.LIRA_ONLINE].tpr_at(0.01).tpr
+    curves["no DP"] = plain
+    private: dict[float, MembershipAudit] = {}
+    curves_dp: dict[float, Callable[[float], float]] = {}
+    everyone = ClientData(digits.x, digits.y)
+    members = len(everyone) // 2
+    batch = members // 5
+    for eps in (1.0, 8.0):
+        shape = DpSgd(noise_multiplier=1.0, batch_size=batch)
+        z = dpsgd_noise_multiplier(
+            epsilon=eps,
+            delta=DELTA,
+            sampling_probability=shape.sampling_probability(members),
+            steps=shape.steps(members, 20),
+        )
+        clock = Clock()
+        shadows = train_shadow_models(
+            lambda: models.Mlp(64, 10, (128,)),
+            everyone,
+            models=models_count,
+            config=TrainConfig(local_epochs=20, learning_rate=0.5),
+            holdout=digits.test,
+            dpsgd=DpSgd(noise_multiplier=z, clip_norm=1.0, batch_size=batch),
+            rng=InsecureSeededRandom(0),
+            seed=0,
+            threads=1,
+        )
+        train = clock.read()
+        private[eps] = membership_audit(shadows)
+        curve = accountant_tpr_limit(PldAccountant().compose(shadow_event(z, members, batch)))
+        curves_dp[eps] = lambda fpr, c=curve: float(c(fpr))
+        lines += mia_row(f"DP-SGD ε={eps:g} (z={z:.3g})", private[eps], train)
+    print("| model | attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | TPR@1% / floor (1%) |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    print(
+        f"\nLiRA online / loss attack, TPR at 1% FPR without DP: {ratio_text(lira1, loss1)} "
+        f"(target >= 3); attack evaluation {attack_time[0]:.2f} [{attack_time[1]:.2f}] s "
+        "for all targets"
+    )
+    for eps, audit in private.items():
+        worst = max(r.auc for r in audit.rocs.values())
+        violations = audit.dp_bound_violations(epsilon=eps, delta=DELTA)
+        above_curve = audit.limit_violations(curves_dp[eps])
+        nodp_above = plain.limit_violations(curves_dp[eps])
+        print(
+            f"DP-SGD ε={eps:g}: highest AUC {worst:.3f}; (attack, FPR) pairs above the "
+            f"(ε, δ) limit: {len(violations)}, above the accountant's trade-off curve: "
+            f"{len(above_curve)} (the non-private models: {len(nodp_above)})"
+        )
+    if out is not None and have_matplotlib():
+        roc_plot(
+            out / "mia_roc_nodp.png",
+            {a.value: (r.fpr, r.tpr) for a, r in plain.rocs.items()},
+            title="membership inference, no DP (digits, 400 records)",
+        )
+        roc_plot(
+            out / "mia_roc_dp1.png",
+            {a.value: (r.fpr, r.tpr) for a, r in private[1.0].rocs.items()},
+            title="membership inference, DP-SGD at ε = 1",
+            dp_limit=(1.0, DELTA),
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--models", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/audit"))
+    args = parser.parse_args()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(machine(f"torch {torch.__version__}, numpy {np.__version__}"))
+    started = Clock()
+    rows: list[tuple[str, float, float]] = []
+    distinguishing(args.seeds, rows)
+    one_run(args.seeds, rows)
+    dpsgd_canaries(args.seeds, rows)
+    mia(args.models, args.out)
+    if have_matplotlib():
+        epsilon_plot(
+            args.out / "epsilon.png", rows, title="empirical epsilon (mean bound) vs claim"
+        )
+        print(f"\nfigures in {args.out}")
+    wall, cpu = started.read()
+    print(f"\nTotal: {wall:.0f} s wall [{cpu:.0f} s CPU]")
+
+
+if __name__ == "__main__":
+    main()
