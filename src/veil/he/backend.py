@@ -49,6 +49,7 @@ class ClientKeys(abc.ABC):
     params: CkksParameters
     rotations: tuple[int, ...]
     relinearization: bool
+    conjugation: bool
 
     @abc.abstractmethod
     def encrypt(self, values: npt.ArrayLike) -> bytes:
@@ -113,7 +114,19 @@ class Evaluator(abc.ABC):
         ``total``."""
 
     @abc.abstractmethod
-    def add_plain(self, ct: Ciphertext, values: float | npt.NDArray[np.float64]) -> Ciphertext: ...
+    def add_plain(
+        self,
+        ct: Ciphertext,
+        values: float | npt.NDArray[np.float64] | npt.NDArray[np.complex128],
+        *,
+        fresh: bool = False,
+    ) -> Ciphertext:
+        """``ct + values``; complex ``values`` set imaginary parts too. ``fresh``: values used
+        once (per-query randomness), not kept in the evaluator's cache of model constants."""
+
+    @abc.abstractmethod
+    def conjugate(self, ct: Ciphertext) -> Ciphertext:
+        """Every slot's complex conjugate (the Galois automorphism of element ``2N - 1``)."""
 
     @abc.abstractmethod
     def rotate(self, ct: Ciphertext, step: int) -> Ciphertext:
@@ -130,7 +143,12 @@ class HEBackend(abc.ABC):
 
     @abc.abstractmethod
     def keygen(
-        self, params: CkksParameters, *, rotations: Sequence[int], relinearization: bool
+        self,
+        params: CkksParameters,
+        *,
+        rotations: Sequence[int],
+        relinearization: bool,
+        conjugation: bool = False,
     ) -> ClientKeys: ...
 
     @abc.abstractmethod
@@ -144,9 +162,11 @@ class HEBackend(abc.ABC):
         *,
         rotations: Sequence[int] = (),
         relinearization: bool = False,
+        conjugation: bool = False,
     ) -> Evaluator:
         """An evaluator for ``params`` from a client's public bundle, which must carry the
-        evaluation keys for ``rotations`` (and relinearisation keys if asked); a bundle for other
+        evaluation keys for ``rotations`` (and relinearisation keys, and the conjugation key,
+        if asked); a bundle for other
         parameters, with missing keys, or with anything else (a secret key) is refused."""
 
 
@@ -254,6 +274,11 @@ def _galois_element(step: int, n: int) -> int:
     return pow(3, step if step > 0 else slots + step, 2 * n)
 
 
+def _conjugation_element(n: int) -> int:
+    """SEAL's Galois element for complex conjugation of every slot: ``2N - 1``."""
+    return 2 * n - 1
+
+
 class _Context:
     def __init__(self, params: CkksParameters) -> None:
         check_security(params)
@@ -280,9 +305,16 @@ class _Context:
     def chain_index(self, ct: Any) -> int:
         return int(self.context.get_context_data(ct.parms_id()).chain_index())
 
-    def encode(self, values: float | npt.NDArray[np.float64], parms_id: Any, scale: float) -> Any:
+    def encode(
+        self,
+        values: float | npt.NDArray[np.float64] | npt.NDArray[np.complex128],
+        parms_id: Any,
+        scale: float,
+    ) -> Any:
         pt = self.s.Plaintext()
-        if isinstance(values, np.ndarray):
+        if isinstance(values, np.ndarray) and np.iscomplexobj(values):
+            self.encoder.encode([complex(v) for v in values], parms_id, scale, pt)
+        elif isinstance(values, np.ndarray):
             self.encoder.encode(values.astype(np.float64).tolist(), parms_id, scale, pt)
         else:
             self.encoder.encode(float(values), parms_id, scale, pt)
@@ -297,6 +329,7 @@ class _TenSealKeys(ClientKeys):
         *,
         rotations: Sequence[int],
         relinearization: bool,
+        conjugation: bool,
     ) -> None:
         s = ctx.s
         self._ctx = ctx
@@ -304,6 +337,7 @@ class _TenSealKeys(ClientKeys):
         self.params = ctx.params
         self.rotations = tuple(sorted(set(rotations)))
         self.relinearization = relinearization
+        self.conjugation = conjugation
         self._encryptor = s.Encryptor(ctx.context, secret)
         self._decryptor = s.Decryptor(ctx.context, secret)
         self._keygen = s.KeyGenerator(ctx.context, secret)
@@ -337,8 +371,10 @@ class _TenSealKeys(ClientKeys):
         sections: dict[str, bytes] = {}
         if self.relinearization:
             sections["relin_keys"] = _files().save(self._keygen.create_relin_keys())
-        if self.rotations:
-            elements = [_galois_element(r, n) for r in self.rotations]
+        elements = [_galois_element(r, n) for r in self.rotations]
+        if self.conjugation:
+            elements.append(_conjugation_element(n))
+        if elements:
             # (SEAL reads a list of non-negative ints as Galois elements, not steps.)
             sections["galois_keys"] = _files().save(self._keygen.create_galois_keys(elements))
         header = {
@@ -347,6 +383,7 @@ class _TenSealKeys(ClientKeys):
             "params": self.params.to_dict(),
             "rotations": list(self.rotations),
             "relinearization": self.relinearization,
+            "conjugation": self.conjugation,
         }
         return pack_bundle(header, sections)
 
@@ -357,6 +394,7 @@ class _TenSealKeys(ClientKeys):
             "params": self.params.to_dict(),
             "rotations": list(self.rotations),
             "relinearization": self.relinearization,
+            "conjugation": self.conjugation,
         }
         # (the key passes through the process's private scratch directory, mode 0700, for
         # the moment SEAL takes to write it)
@@ -382,7 +420,12 @@ class _TenSealEvaluator(Evaluator):
     def __repr__(self) -> str:
         return f"Evaluator(backend='tenseal', params={self.params!r})"
 
-    def _encode(self, values: float | npt.NDArray[np.float64], parms_id: Any, scale: float) -> Any:
+    def _encode(
+        self,
+        values: float | npt.NDArray[np.float64] | npt.NDArray[np.complex128],
+        parms_id: Any,
+        scale: float,
+    ) -> Any:
         raw = values.tobytes() if isinstance(values, np.ndarray) else float(values)
         key = (raw, tuple(parms_id), scale)
         with self._plaintexts_lock:
@@ -493,8 +536,17 @@ class _TenSealEvaluator(Evaluator):
         self._ev.add_inplace(total, ct)
         return total
 
-    def add_plain(self, ct: Ciphertext, values: float | npt.NDArray[np.float64]) -> Ciphertext:
-        pt = self._encode(values, ct.parms_id(), ct.scale)
+    def add_plain(
+        self,
+        ct: Ciphertext,
+        values: float | npt.NDArray[np.float64] | npt.NDArray[np.complex128],
+        *,
+        fresh: bool = False,
+    ) -> Ciphertext:
+        if fresh:
+            pt = self._ctx.encode(values, ct.parms_id(), ct.scale)
+        else:
+            pt = self._encode(values, ct.parms_id(), ct.scale)
         out = self._ctx.s.Ciphertext()
         self._ev.add_plain(ct, pt, out)
         return out
@@ -507,6 +559,14 @@ class _TenSealEvaluator(Evaluator):
             raise ConfigurationError(f"this session has no Galois key for rotation {step}")
         out = self._ctx.s.Ciphertext()
         self._ev.rotate_vector(ct, step, self._galois, out)
+        return out
+
+    def conjugate(self, ct: Ciphertext) -> Ciphertext:
+        element = _conjugation_element(self.params.poly_modulus_degree)
+        if self._galois is None or not self._galois.has_key(element):
+            raise ConfigurationError("this session has no conjugation key")
+        out = self._ctx.s.Ciphertext()
+        self._ev.complex_conjugate(ct, self._galois, out)
         return out
 
     def scale(self, ct: Ciphertext) -> float:
@@ -529,14 +589,23 @@ class TenSealBackend(HEBackend):
         return ctx
 
     def keygen(
-        self, params: CkksParameters, *, rotations: Sequence[int], relinearization: bool
+        self,
+        params: CkksParameters,
+        *,
+        rotations: Sequence[int],
+        relinearization: bool,
+        conjugation: bool = False,
     ) -> ClientKeys:
         ctx = self._context(params)
         for r in rotations:
             _galois_element(r, params.poly_modulus_degree)
         keygen = ctx.s.KeyGenerator(ctx.context)
         return _TenSealKeys(
-            ctx, keygen.secret_key(), rotations=rotations, relinearization=relinearization
+            ctx,
+            keygen.secret_key(),
+            rotations=rotations,
+            relinearization=relinearization,
+            conjugation=conjugation,
         )
 
     def load_client(self, data: bytes) -> ClientKeys:
@@ -554,6 +623,7 @@ class TenSealBackend(HEBackend):
             secret,
             rotations=[int(r) for r in header.get("rotations", [])],
             relinearization=bool(header.get("relinearization")),
+            conjugation=bool(header.get("conjugation")),
         )
 
     def evaluator(
@@ -563,6 +633,7 @@ class TenSealBackend(HEBackend):
         *,
         rotations: Sequence[int] = (),
         relinearization: bool = False,
+        conjugation: bool = False,
     ) -> Evaluator:
         header, sections = unpack_bundle(bundle)
         if header.get("backend") != self.name or header.get("kind") != "public":
@@ -595,6 +666,8 @@ class TenSealBackend(HEBackend):
         for r in rotations:
             if galois is None or not galois.has_key(_galois_element(r, n)):
                 raise DataError(f"the key bundle has no Galois key for rotation {r}")
+        if conjugation and (galois is None or not galois.has_key(_conjugation_element(n))):
+            raise DataError("the key bundle has no conjugation key; this circuit needs it")
         return _TenSealEvaluator(ctx, relin, galois)
 
 

@@ -2,25 +2,50 @@
 
 Single applicant (one ciphertext, features in slots ``0 .. F-1``, ``P`` the next power of two):
 
-1. ``t = x * w`` slot by slot, ``w`` zero outside ``0 .. F-1`` (one rescale);
-2. rotate and add with steps ``P/2, ..., 2, 1``: slot 0 now holds ``w . x``;
-3. multiply by the one-hot vector of slot 0 (one rescale), add ``b`` in slot 0.
+1. ``t = x * (w / 2)`` slot by slot, ``w`` zero outside ``0 .. F-1`` (one rescale);
+2. rotate and add with steps ``P/2, ..., 2, 1``: slot 0 now holds ``w . x / 2``;
+3. add the complex conjugate (one key switch): every slot now holds ``Re(...)``, twice;
+4. multiply by the one-hot vector of slot 0 (one rescale), add ``b`` in slot 0;
+5. add a fresh plaintext of uniform noise in ``[-B, B]`` to every slot but slot 0's real part
+   (both parts of slots ``1 ..``, the imaginary part of slot 0): :func:`flood`.
 
 Step 2 alone would leave *partial* sums of ``w_j x_j`` in slots ``1 .. P-1`` (TenSEAL's
 ``CKKSVector.dot`` returns exactly that), from which a client holding the secret key reads every
-weight in one query. Step 3 multiplies every slot but the result by zero. It also holds against a
-client that packs its ciphertext in some other way: slot 0 after step 2 is ``sum_{j<P} w_j
-x_j`` whatever the other slots held, and nothing else survives. What remains in the other slots
-is CKKS noise, about ``1e-9`` at a scale of ``2^40`` (``tests/he/test_he_leak.py``).
+weight in one query. Step 4 multiplies them by the mask, but not by an exact zero: the mask is
+encoded with a rounding error ``e`` of about ``2^-35`` per slot, so slot ``i`` keeps ``e_i``
+times the partial sum, a residue that grows with the client's inputs (about ``1e-6`` for
+``|x| ~ 2e4``) and that a client who runs this public circuit on basis weights can solve for
+the weights by least squares. Step 5 drowns that residue: fresh noise per query, from
+``secrets``, at ``B = 2^(q_0 bits - scale bits - 2)`` (``2^18`` in logit mode, 4 in probability
+mode), the largest that keeps every coefficient of the result far inside ``q_0`` (at N = 8192
+the coefficients of uniform slot values have a standard deviation of about ``B * scale / 100``,
+so ``q_0 / 2`` is over 200 of them away). A residue ``r`` is then hidden up to a statistical
+distance of about ``r / B`` per slot and query: for ordinary inputs (``|x|`` up to 1e4, ``r``
+under 1e-6) the 8,190 real values of a result tell about ``1e-8`` of the weights' worth, so
+that averaging needs far more queries than extracting the model from exact scores
+(``F + 1``). A client that sends inputs of ``1e10`` and more (``r`` near 1) pays a query per
+few bits; the server cannot see the inputs, so this bound rests on the randomisation alone.
 
-Probability mode runs steps 1-2 with ``w / R`` and adds ``b / R``, so slot 0 holds
+Step 3 is there because a slot is complex: with ``x = a + i b`` slot 0 would hold
+``w . a + i (w . b)``, a second score per query. Conjugating removes the imaginary part exactly
+whatever the inputs (flooding could not: ``w . b`` is as large as the client likes).
+
+It also holds against a client that packs its ciphertext in some other way: slot 0 after step 2
+is ``sum_{j<P} w_j x_j`` whatever the other slots held.
+
+Probability mode runs steps 1-3 with ``w / R`` and adds ``b / R``, so slot 0 holds
 ``u = z / R`` in ``[-1, 1]``, then evaluates the sigmoid polynomial ``sum_k c_k u^k``: the powers
 ``u^k`` by binary splitting (depth ``ceil(log2 k)``), each multiplied by the plaintext
-``c_k * one_hot`` (so the mask costs no extra level), summed, plus ``c_0`` in slot 0.
+``c_k * one_hot`` (so the mask costs no extra level), summed, plus ``c_0`` in slot 0, and
+floods the other slots as in step 5 (its residues, about ``2e-5`` at a ``2^30`` scale, are
+drowned by ``B = 4``; the logits fed to the polynomial are bounded by the client's inputs only).
 
 Many applicants (feature-major): ciphertext ``j`` holds feature ``j`` of up to ``N/2``
 applicants, one per slot. ``z = sum_j w_j ct_j + b`` needs no rotation, so no slot ever mixes two
 applicants or two features; the products are summed at the larger scale and rescaled once.
+Every slot is a result, so there is nothing to mask or flood, but batch mode gives the model
+away by construction: unit vectors as applicants return every weight and the bias in one query
+(and complex inputs score two applicants per slot). Servers enable it for trusted clients only.
 
 Depth (rescales): single logit 2, batch logit 0 (with a bound on the scores; 1 without),
 probability ``2 + ceil(log2 degree)`` either way.
@@ -29,7 +54,8 @@ probability ``2 + ceil(log2 degree)`` either way.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +68,8 @@ __all__ = [
     "batch_linear",
     "batch_probability",
     "circuit_depth",
+    "flood",
+    "flood_bound",
     "single_linear",
     "single_probability",
     "single_rotations",
@@ -72,17 +100,51 @@ def _rotate_sum(ev: Evaluator, t: Ciphertext, features: int) -> Ciphertext:
     return t
 
 
-def single_linear(
-    ev: Evaluator, ct: Ciphertext, weights: Sequence[float], bias: float
+def _real_part_twice(ev: Evaluator, t: Ciphertext) -> Ciphertext:
+    """``t + conj(t)``: ``2 Re`` of every slot, the imaginary parts gone whatever they held."""
+    return ev.add(t, ev.conjugate(t))
+
+
+def flood_bound(ev: Evaluator, ct: Ciphertext) -> float:
+    """``B = 2^(q_0 bits - 2) / scale``: the noise :func:`flood` adds (see the module text)."""
+    return float(2.0 ** (ev.params.coeff_modulus_bits[0] - 2) / ev.scale(ct))
+
+
+def flood(
+    ev: Evaluator,
+    ct: Ciphertext,
+    *,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
 ) -> Ciphertext:
-    """Slot 0: ``w . x + b``; every other slot: zero (up to CKKS noise)."""
+    """``ct`` plus fresh uniform noise in ``[-B, B]`` in both parts of every slot except the
+    real part of slot 0, the result. ``random_bytes`` must be a CSPRNG outside tests."""
+    slots = ev.params.slots
+    bound = flood_bound(ev, ct)
+    raw = np.frombuffer(random_bytes(16 * slots), dtype=np.uint64).astype(np.float64)
+    uniform = (raw / 2.0**64 * 2.0 - 1.0) * bound
+    noise = uniform[:slots] + 1j * uniform[slots:]
+    noise[0] = 1j * noise[0].imag
+    return ev.add_plain(ct, noise, fresh=True)
+
+
+def single_linear(
+    ev: Evaluator,
+    ct: Ciphertext,
+    weights: Sequence[float],
+    bias: float,
+    *,
+    flood: bool = True,
+) -> Ciphertext:
+    """Slot 0: ``w . Re(x) + b``; every other slot (and slot 0's imaginary part): fresh noise.
+    ``flood=False`` is for tests (the attacker's own copy of the circuit)."""
     slots = ev.params.slots
     scale = ev.scale(ct)
-    t = ev.multiply_plain(ct, _padded(weights, slots), target_scale=scale)
-    t = _rotate_sum(ev, t, len(weights))
+    t = ev.multiply_plain(ct, _padded([w / 2 for w in weights], slots), target_scale=scale)
+    t = _real_part_twice(ev, _rotate_sum(ev, t, len(weights)))
     one_hot = _padded([1.0], slots)
     t = ev.multiply_plain(t, one_hot, target_scale=scale)
-    return ev.add_plain(t, bias * one_hot)
+    t = ev.add_plain(t, bias * one_hot)
+    return _flood(ev, t) if flood else t
 
 
 def _polynomial(
@@ -124,17 +186,19 @@ def single_probability(
     *,
     radius: float,
     coefficients: Sequence[float],
+    flood: bool = True,
 ) -> Ciphertext:
-    """Slot 0: ``p(z)`` for the sigmoid polynomial ``p``; every other slot: zero."""
+    """Slot 0: ``p(z)`` for the sigmoid polynomial ``p``; every other slot: fresh noise."""
     slots = ev.params.slots
-    # Rotated before the rescale, at scale 2^30 * q: the key-switching noise of the rotations
+    # Rotated (and conjugated) before the rescale, at scale 2^30 * q: the key-switching noise
     # is then tiny next to the scale. (Probability mode runs at a 2^30 scale, where rotating
     # after the rescale costs about 2e-3 of precision; rotating first costs one more prime in
     # each rotation.)
-    t = ev.multiply_plain_no_rescale(ct, _padded([w / radius for w in weights], slots))
-    t = ev.rescale(_rotate_sum(ev, t, len(weights)))
+    t = ev.multiply_plain_no_rescale(ct, _padded([w / (2 * radius) for w in weights], slots))
+    t = ev.rescale(_real_part_twice(ev, _rotate_sum(ev, t, len(weights))))
     u = ev.add_plain(t, bias / radius)
-    return _polynomial(ev, u, coefficients, _padded([1.0], slots))
+    p = _polynomial(ev, u, coefficients, _padded([1.0], slots))
+    return _flood(ev, p) if flood else p
 
 
 def _batch_sum(
@@ -176,3 +240,6 @@ def batch_probability(
     """Slot ``i``: ``p(z_i)``."""
     u = _batch_sum(ev, cts, [w / radius for w in weights], bias / radius)
     return _polynomial(ev, u, coefficients, None)
+
+
+_flood = flood  # the circuits' keyword ``flood`` shadows the function's name

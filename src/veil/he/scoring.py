@@ -58,6 +58,9 @@ class ScoringPlan:
     rotations: tuple[int, ...]
     relinearization: bool
     sigmoid: SigmoidPolynomial | None
+    conjugation: bool = False
+    """A Galois key for complex conjugation (the single-applicant circuits keep only the real
+    part of the result slot)."""
 
     @classmethod
     def for_spec(cls, spec: Mapping[str, Any], mode: Mode, packing: Packing) -> ScoringPlan:
@@ -104,6 +107,7 @@ class ScoringPlan:
             rotations=circuits.single_rotations(features) if single else (),
             relinearization=poly is not None,
             sigmoid=poly,
+            conjugation=single,
         )
 
     @property
@@ -119,7 +123,11 @@ class ScoringClient:
     """The applicant's side: keys, encoding, encryption, and reading results."""
 
     def __init__(self, spec: Mapping[str, Any], plan: ScoringPlan, keys: ClientKeys) -> None:
-        if keys.params != plan.params or tuple(keys.rotations) != plan.rotations:
+        if (
+            keys.params != plan.params
+            or tuple(keys.rotations) != plan.rotations
+            or keys.conjugation != plan.conjugation
+        ):
             raise ConfigurationError(
                 "these keys were made for other parameters; run keygen for this mode and model"
             )
@@ -140,7 +148,10 @@ class ScoringClient:
         """New keys for ``spec`` in ``mode`` and ``packing``."""
         plan = ScoringPlan.for_spec(spec, mode, packing)
         keys = (backend or default_backend()).keygen(
-            plan.params, rotations=plan.rotations, relinearization=plan.relinearization
+            plan.params,
+            rotations=plan.rotations,
+            relinearization=plan.relinearization,
+            conjugation=plan.conjugation,
         )
         return cls(spec, plan, keys)
 
@@ -209,6 +220,7 @@ class Scorer:
             bundle,
             rotations=plan.rotations,
             relinearization=plan.relinearization,
+            conjugation=plan.conjugation,
         )
         return ScoringSession(plan, ev)
 
@@ -221,6 +233,9 @@ class Scorer:
             )
         ev = session.evaluator
         cts = [ev.load(c) for c in ciphertexts]
+        return ev.dump(self._evaluate(plan, ev, cts))
+
+    def _evaluate(self, plan: ScoringPlan, ev: Evaluator, cts: list[Any]) -> Any:
         w, b = self.model.weights, self.model.bias
         poly = plan.sigmoid
         if plan.packing is Packing.SINGLE:
@@ -236,4 +251,4 @@ class Scorer:
             out = circuits.batch_probability(
                 ev, cts, w, b, radius=poly.radius, coefficients=poly.coefficients
             )
-        return ev.dump(out)
+        return out
