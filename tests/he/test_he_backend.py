@@ -3,6 +3,8 @@ truncated, oversized, foreign or carrying a secret key are refused with a clear 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,47 @@ def test_secret_keys_round_trip_and_decrypt(
         TenSealBackend().load_client(logit_client.public_bundle())
     with pytest.raises(DataError, match="NaN"):
         logit_client.keys.encrypt([float("nan")])
+
+
+def _all_zero_ciphertext(client: ScoringClient) -> bytes:
+    """A well-formed SEAL ciphertext whose polynomials are all zero (a "transparent"
+    ciphertext: it decrypts without the key), as a client can write it by hand."""
+    import struct
+
+    keys: Any = client.keys
+    ctx = keys._ctx
+    n = client.plan.params.poly_modulus_degree
+    k = len(client.plan.params.coeff_modulus_bits) - 1
+
+    def header(body: bytes) -> bytes:  # SEAL's serialization header, no compression
+        return struct.pack("<HBBBBH", 0xA15E, 16, 4, 3, 0, 0) + struct.pack("<Q", 16 + len(body))
+
+    coefficients = np.zeros(2 * n * k, dtype=np.uint64)
+    inner = struct.pack("<Q", len(coefficients)) + coefficients.tobytes()
+    parms_id = ctx.context.first_parms_id()
+    body = (
+        struct.pack("<4Q", *parms_id)
+        + b"\x01"  # NTT form
+        + struct.pack("<QQQdQ", 2, n, k, ctx.scale, 1)
+        + header(inner)
+        + inner
+    )
+    return header(body) + body
+
+
+def test_a_transparent_ciphertext_is_a_data_error(
+    model: LinearModel, logit_client: ScoringClient
+) -> None:
+    session = Scorer(model).open_session(logit_client.public_bundle(), Mode.LOGIT, Packing.SINGLE)
+    with pytest.raises(DataError, match="transparent"):
+        Scorer(model).score(session, [_all_zero_ciphertext(logit_client)])
+
+
+def test_a_ciphertext_not_in_ntt_form_is_named_as_such(
+    model: LinearModel, logit_client: ScoringClient
+) -> None:
+    data = bytearray(_all_zero_ciphertext(logit_client))
+    data[16 + 32] = 0  # the NTT-form flag, after the header and the parms_id
+    session = Scorer(model).open_session(logit_client.public_bundle(), Mode.LOGIT, Packing.SINGLE)
+    with pytest.raises(DataError, match="NTT"):
+        Scorer(model).score(session, [bytes(data)])

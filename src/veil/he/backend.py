@@ -449,8 +449,14 @@ class _TenSealEvaluator(Evaluator):
             raise DataError("not a valid ciphertext for this session's parameters") from None
         if ct.parms_id() != self._ctx.context.first_parms_id() or ct.size() != 2:
             raise DataError("the ciphertext is not a fresh encryption at the first level")
-        if not ct.is_ntt_form() or abs(ct.scale / self._ctx.scale - 1) > 1e-9:
+        if not ct.is_ntt_form():
+            raise DataError("the ciphertext is not in NTT form, as SEAL's CKKS encryptions are")
+        if abs(ct.scale / self._ctx.scale - 1) > 1e-9:
             raise DataError(f"the ciphertext is not at scale 2^{self.params.scale_bits}")
+        if ct.is_transparent():
+            # all-zero mask polynomials: not an encryption (it decrypts without the key), and
+            # SEAL refuses to compute on it
+            raise DataError("the ciphertext is transparent (not an encryption); encrypt again")
         return ct
 
     def dump(self, ct: Ciphertext) -> bytes:

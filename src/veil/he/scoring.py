@@ -233,7 +233,11 @@ class Scorer:
             )
         ev = session.evaluator
         cts = [ev.load(c) for c in ciphertexts]
-        return ev.dump(self._evaluate(plan, ev, cts))
+        try:
+            out = self._evaluate(plan, ev, cts)
+        except RuntimeError as exc:  # SEAL refusing an input that passed the checks in load
+            raise DataError(f"the ciphertexts cannot be evaluated: {exc}") from None
+        return ev.dump(out)
 
     def _evaluate(self, plan: ScoringPlan, ev: Evaluator, cts: list[Any]) -> Any:
         w, b = self.model.weights, self.model.bias
