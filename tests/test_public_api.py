@@ -23,6 +23,7 @@ from veil import errors
         "veil.audit",
         "veil.audit.mia",
         "veil.audit.canaries",
+        "veil.audit.inversion",
     ],
 )
 def test_every_exported_name_exists(package: str) -> None:

@@ -7,6 +7,8 @@
 * :mod:`veil.audit.tradeoff`: the most any attack can achieve against a DP claim or an
   accountant's composed events, and the check that an attack's ROC stays under it.
 * :mod:`veil.audit.canaries`: white-box gradient canaries for a one-run audit of DP-SGD.
+* :mod:`veil.audit.inversion`: gradient inversion of a federated update (label recovery,
+  analytic first layer, DLG, Inverting Gradients) measured by PSNR.
 * :mod:`veil.audit.mia`: membership inference against a trained model (loss threshold, LiRA
   offline and online with shadow models trained by veil); needs the ``federated`` extra.
 """
