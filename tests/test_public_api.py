@@ -24,6 +24,7 @@ from veil import errors
         "veil.audit.mia",
         "veil.audit.canaries",
         "veil.audit.inversion",
+        "veil.audit.reconstruction",
     ],
 )
 def test_every_exported_name_exists(package: str) -> None:

@@ -9,6 +9,8 @@
 * :mod:`veil.audit.canaries`: white-box gradient canaries for a one-run audit of DP-SGD.
 * :mod:`veil.audit.inversion`: gradient inversion of a federated update (label recovery,
   analytic first layer, DLG, Inverting Gradients) measured by PSNR.
+* :mod:`veil.audit.reconstruction`: Dinur-Nissim reconstruction from subset sums (LP decoding),
+  against exact answers, a mechanism, or veil's release engine.
 * :mod:`veil.audit.mia`: membership inference against a trained model (loss threshold, LiRA
   offline and online with shadow models trained by veil); needs the ``federated`` extra.
 """

@@ -1,0 +1,92 @@
+"""Dinur-Nissim reconstruction of 100 secret bits: exact answers give them back; veil's release
+engine, which composes every answer into one budget of epsilon 4, does not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veil.audit.reconstruction import (
+    lp_decode,
+    random_subsets,
+    reconstruction_attack,
+    subset_sum_sql,
+)
+from veil.errors import BudgetExceededError, DataError
+from veil.privacy import Domain, InsecureSeededRandom, LaplaceMechanism
+
+PEOPLE, QUERIES = 100, 400
+
+
+@pytest.fixture(scope="module")
+def secret() -> np.ndarray:
+    return np.random.default_rng(42).integers(0, 2, PEOPLE)
+
+
+def test_exact_answers_give_the_bits_back(secret: np.ndarray) -> None:
+    result = reconstruction_attack(
+        lambda ids: float(secret[list(ids)].sum()), people=PEOPLE, queries=QUERIES
+    )
+    assert result.accuracy(secret) >= 0.99
+
+
+def test_bounded_noise_below_root_n_is_no_defence(secret: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    noise = np.sqrt(PEOPLE) / 4  # |e| <= sqrt(n)/4 = 2.5
+
+    def ask(ids: Sequence[int]) -> float:
+        return float(secret[list(ids)].sum() + rng.uniform(-noise, noise))
+
+    assert reconstruction_attack(ask, people=PEOPLE, queries=QUERIES).accuracy(secret) >= 0.95
+
+
+def test_laplace_noise_without_composition_is_no_defence(secret: np.ndarray) -> None:
+    # The broken variant: epsilon 1 per answer with nothing composing the 400 answers (a total
+    # of 400). The same bound the engine meets below fails here.
+    rng = InsecureSeededRandom(3)
+    mech = LaplaceMechanism(sensitivity=1, epsilon=1.0, domain=Domain.INTEGERS)
+
+    def ask(ids: Sequence[int]) -> float:
+        return float(mech.release(int(secret[list(ids)].sum()), rng=rng))
+
+    assert reconstruction_attack(ask, people=PEOPLE, queries=QUERIES).accuracy(secret) > 0.6
+
+
+@pytest.mark.slow
+def test_the_release_engine_within_epsilon_four_resists(secret: np.ndarray, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    from veil.analytics import Dataset, Releaser, TableSpec
+    from veil.ledger import Ledger
+
+    table = pd.DataFrame({"id": np.arange(PEOPLE), "secret": secret})
+    people = Dataset(table, TableSpec("people", bounds={"secret": (0, 1)}))
+    with Ledger(str(tmp_path / "ledger.sqlite")) as ledger:
+        ledger.set_budget("people/row", epsilon=4.0, delta=1e-5)
+        releaser = Releaser(ledger)
+        per_query = 4.0 / QUERIES
+
+        def ask(ids: Sequence[int]) -> float:
+            sql = subset_sum_sql("people", "secret", "id", ids)
+            result = releaser.release(people, sql, epsilon=per_query)
+            return float(result.records[0]["value"])
+
+        result = reconstruction_attack(ask, people=PEOPLE, queries=QUERIES)
+        assert result.accuracy(secret) <= 0.6
+        # the ledger composed all 400 answers (tighter than 400 x 0.01 at delta 1e-5)
+        spent = ledger.status("people/row").spent_epsilon
+        assert 0.1 < spent <= 4.0
+        # and refuses, before anything is drawn, a question that would overspend
+        with pytest.raises(BudgetExceededError):
+            releaser.release(people, subset_sum_sql("people", "secret", "id", [0, 1]), epsilon=4.0)
+
+
+def test_lp_decoding_checks_its_inputs() -> None:
+    subsets = random_subsets(5, 3, seed=0)
+    with pytest.raises(DataError, match="answers"):
+        lp_decode(subsets, [1.0, 2.0])
+    with pytest.raises(DataError, match="finite"):
+        lp_decode(subsets, [1.0, 2.0, np.nan])
+    assert subset_sum_sql("t", "s", "id", []).endswith("WHERE id < 0")
