@@ -6,6 +6,7 @@ workers carry on; clients without a certificate from the CA are turned away."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def server(model_file: Path, pki: Pki) -> Iterator[ScoringServer]:
         workers=2,
         tls=pki.server,
         max_key_bytes=40 << 20,
+        allow_batch=True,  # the tests' client is trusted
     )
     with ScoringServer(config) as srv:
         yield srv
@@ -222,7 +224,6 @@ def test_session_limits_are_enforced_by_the_servicer(
         yield pb.KeyChunk(total_size=len(bundle), data=bundle)
 
     one = _Servicer(ServerConfig(model_path=str(model_file), max_sessions=1), tmp_path / "a")
-    one.store.mkdir()
     sid = one._upload(chunks()).session_id
     with pytest.raises(_AbortError, match="too many open sessions") as exc:
         one._upload(chunks())
@@ -230,10 +231,83 @@ def test_session_limits_are_enforced_by_the_servicer(
     small = _Servicer(
         ServerConfig(model_path=str(model_file), max_store_bytes=len(bundle) + 10), tmp_path / "b"
     )
-    small.store.mkdir()
     small._upload(chunks())
     with pytest.raises(_AbortError, match="as many keys as it may"):
         small._upload(chunks())
     expiring = _Servicer(ServerConfig(model_path=str(model_file), session_ttl=0.0), one.store)
     with pytest.raises(_AbortError, match="unknown or closed session"):
         expiring._session(sid)
+
+
+def _chunks(bundle: bytes, packing: int = pb.PACKING_SINGLE) -> Iterator[pb.KeyChunk]:
+    yield pb.KeyChunk(total_size=len(bundle), data=bundle, packing=packing)
+
+
+def test_a_cached_session_expires_after_its_lifetime(
+    model_file: Path, logit_client: ScoringClient, x_test: np.ndarray, tmp_path: Path
+) -> None:
+    """The worker that took the upload has the session in its cache; the lifetime holds there
+    too (the clock is the servicer's, moved on by the test)."""
+    from veil.he.service import _AbortError, _Servicer
+
+    servicer = _Servicer(ServerConfig(model_path=str(model_file), session_ttl=60.0), tmp_path)
+    sid = servicer._upload(_chunks(logit_client.public_bundle())).session_id
+    query = logit_client.encrypt(x_test[:1])[0]
+    servicer._score(pb.ScoreRequest(session_id=sid, ciphertexts=query))  # cached, alive
+    servicer._now = lambda: time.time() + 61.0
+    with pytest.raises(_AbortError, match="unknown or closed session") as exc:
+        servicer._score(pb.ScoreRequest(session_id=sid, ciphertexts=query))
+    assert exc.value.code == grpc.StatusCode.NOT_FOUND
+    assert not list(tmp_path.glob(f"{sid}.*"))  # forgotten on disk as well
+
+
+def test_limits_are_checked_before_the_keys_are_read(
+    model_file: Path, logit_client: ScoringClient, tmp_path: Path
+) -> None:
+    """A full server refuses at once, before the expensive validation of the keys: even a
+    malformed bundle gets RESOURCE_EXHAUSTED."""
+    from veil.he.service import _AbortError, _Servicer
+
+    servicer = _Servicer(ServerConfig(model_path=str(model_file), max_sessions=1), tmp_path)
+    servicer._upload(_chunks(logit_client.public_bundle()))
+    with pytest.raises(_AbortError, match="too many open sessions"):
+        servicer._upload(_chunks(b"\x00" * 5000))
+
+
+def test_concurrent_uploads_in_two_workers_cannot_overrun_the_limit(
+    model_file: Path, logit_client: ScoringClient, tmp_path: Path
+) -> None:
+    """Two workers (servicers sharing the store), four uploads at once, room for one."""
+    from veil.he.service import _AbortError, _Servicer
+
+    config = ServerConfig(model_path=str(model_file), max_sessions=1)
+    workers = [_Servicer(config, tmp_path), _Servicer(config, tmp_path)]
+    bundle = logit_client.public_bundle()
+
+    def upload(i: int) -> bool:
+        try:
+            workers[i % 2]._upload(_chunks(bundle))
+        except _AbortError:
+            return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(upload, range(4)))
+    assert sum(results) == 1
+    assert len(list(tmp_path.glob("*.bundle"))) == 1
+
+
+def test_batch_mode_is_refused_unless_the_server_allows_it(
+    model_file: Path, batch_client: ScoringClient, tmp_path: Path
+) -> None:
+    from veil.he.service import _AbortError, _Servicer
+
+    bundle = batch_client.public_bundle()
+    closed = _Servicer(ServerConfig(model_path=str(model_file)), tmp_path / "closed")
+    with pytest.raises(_AbortError, match="allow-batch") as exc:
+        closed._upload(_chunks(bundle, pb.PACKING_BATCH))
+    assert exc.value.code == grpc.StatusCode.PERMISSION_DENIED
+    opened = _Servicer(
+        ServerConfig(model_path=str(model_file), allow_batch=True), tmp_path / "open"
+    )
+    assert opened._upload(_chunks(bundle, pb.PACKING_BATCH)).session_id

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import itertools
 import json
 import logging
@@ -91,6 +92,9 @@ class ServerConfig:
     """Seconds a session lives after its keys were uploaded."""
     cached_sessions: int = 8
     threads_per_worker: int = 4
+    allow_batch: bool = False
+    """Accept batch sessions. Batch mode gives the whole model away (unit vectors as applicants
+    return every weight and the bias in one query): for trusted clients only."""
 
 
 class _AbortError(Exception):
@@ -107,8 +111,13 @@ class _Servicer:
         self.scorer = Scorer(LinearModel.load(config.model_path))
         self.spec_json = json.dumps(self.scorer.spec)
         self.store = store
-        self._cache: collections.OrderedDict[str, ScoringSession] = collections.OrderedDict()
+        store.mkdir(mode=0o700, exist_ok=True)
+        # session id -> (session, the time it expires): a cached session expires like a stored one
+        self._cache: collections.OrderedDict[str, tuple[ScoringSession, float]] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
+        self._now = time.time  # the clock (tests move it)
 
     def _guard(self, context: grpc.ServicerContext, fn: Any, *args: Any) -> Any:
         try:
@@ -152,6 +161,65 @@ class _Servicer:
         if first.mode not in _MODES or first.packing not in _PACKINGS:
             raise DataError("unknown mode or packing")
         mode, packing = _MODES[first.mode], _PACKINGS[first.packing]
+        if packing is Packing.BATCH and not self.config.allow_batch:
+            raise _AbortError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this server does not score batches: batch mode returns the whole model to the "
+                "client, so the operator enables it for trusted clients only (--allow-batch)",
+            )
+        sid = self._reserve(total)  # before reading the keys, atomically across workers
+        placeholder = self.store / f".{sid}.reserved"
+        try:
+            return self._receive(sid, first, chunks, mode, packing)
+        finally:
+            placeholder.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """An exclusive lock on the store, shared by every worker process."""
+        fd = os.open(self.store / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _reserve(self, total: int) -> str:
+        """Check the limits for a bundle of ``total`` bytes and hold a place for it: a
+        placeholder file of that (sparse) size, counted like a stored bundle until the upload
+        ends one way or the other."""
+        with self._store_lock():
+            self._expire()
+            stored = self._stored_sizes()
+            if len(stored) >= self.config.max_sessions:
+                raise _AbortError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many open sessions; close one or try later",
+                )
+            if sum(stored) + total > self.config.max_store_bytes:
+                raise _AbortError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "the server holds as many keys as it may; close a session or try later",
+                )
+            sid = secrets.token_urlsafe(24)
+            fd = os.open(
+                self.store / f".{sid}.reserved", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            )
+            try:
+                os.ftruncate(fd, total)
+            finally:
+                os.close(fd)
+        return sid
+
+    def _receive(
+        self,
+        sid: str,
+        first: pb.KeyChunk,
+        chunks: Iterator[pb.KeyChunk],
+        mode: Mode,
+        packing: Packing,
+    ) -> pb.Session:
+        total = first.total_size
         parts: list[bytes] = []
         size = 0
         for chunk in itertools.chain([first], chunks):
@@ -166,30 +234,19 @@ class _Servicer:
             raise DataError(f"key upload truncated: {size} of {total} bytes arrived")
         bundle = b"".join(parts)
         session = self.scorer.open_session(bundle, mode, packing)  # validates every key
-        self._expire()
-        stored = self._stored_sizes()
-        if len(stored) >= self.config.max_sessions:
-            raise _AbortError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "too many open sessions; close one or try later",
-            )
-        if sum(stored) + len(bundle) > self.config.max_store_bytes:
-            raise _AbortError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "the server holds as many keys as it may; close a session or try later",
-            )
-        sid = secrets.token_urlsafe(24)
         meta = json.dumps({"mode": mode.value, "packing": packing.value})
         tmp = self.store / f".{sid}.tmp"
         tmp.write_bytes(bundle)
         (self.store / f"{sid}.json").write_text(meta)
         tmp.rename(self.store / f"{sid}.bundle")
-        self._remember(sid, session)
+        self._remember(sid, session, self._now() + self.config.session_ttl)
         return pb.Session(session_id=sid)
 
     def _stored_sizes(self) -> list[int]:
+        """Stored bundles and reserved places (``.*.reserved``), in bytes."""
         sizes = []
-        for path in self.store.glob("*.bundle"):
+        paths = itertools.chain(self.store.glob("*.bundle"), self.store.glob(".*.reserved"))
+        for path in paths:
             try:
                 sizes.append(path.stat().st_size)
             except FileNotFoundError:  # closed meanwhile by another worker
@@ -198,18 +255,24 @@ class _Servicer:
 
     def _expire(self) -> None:
         """Forget sessions older than the TTL (any worker may do it for all)."""
-        cutoff = time.time() - self.config.session_ttl
-        for path in self.store.glob("*.bundle"):
+        cutoff = self._now() - self.config.session_ttl
+        paths = itertools.chain(self.store.glob("*.bundle"), self.store.glob(".*.reserved"))
+        for path in paths:  # (a reservation left by a worker that died mid-upload, too)
             try:
                 if path.stat().st_mtime < cutoff:
-                    path.unlink(missing_ok=True)
-                    path.with_suffix(".json").unlink(missing_ok=True)
+                    self._forget(path.name.split(".")[0] or path.name.split(".")[1])
             except FileNotFoundError:  # another worker got there first
                 continue
 
-    def _remember(self, sid: str, session: ScoringSession) -> None:
+    def _forget(self, sid: str) -> None:
+        for name in (f"{sid}.bundle", f"{sid}.json", f".{sid}.reserved"):
+            (self.store / name).unlink(missing_ok=True)
         with self._lock:
-            self._cache[sid] = session
+            self._cache.pop(sid, None)
+
+    def _remember(self, sid: str, session: ScoringSession, expires: float) -> None:
+        with self._lock:
+            self._cache[sid] = (session, expires)
             self._cache.move_to_end(sid)
             while len(self._cache) > self.config.cached_sessions:
                 self._cache.popitem(last=False)
@@ -217,24 +280,32 @@ class _Servicer:
     def _session(self, sid: str) -> ScoringSession:
         if not _SESSION_ID.match(sid):
             raise DataError("malformed session id")
+        gone = _AbortError(
+            grpc.StatusCode.NOT_FOUND, "unknown or closed session; upload the keys again"
+        )
+        now = self._now()
         with self._lock:
             found = self._cache.get(sid)
-            if found is not None and (self.store / f"{sid}.bundle").exists():
+            alive = found is not None and found[1] > now
+            if alive and found is not None and (self.store / f"{sid}.bundle").exists():
                 self._cache.move_to_end(sid)
-                return found
+                return found[0]
             self._cache.pop(sid, None)  # closed or expired (perhaps by another worker)
+        if found is not None and not alive:
+            self._forget(sid)
+            raise gone
         path = self.store / f"{sid}.bundle"
         try:
-            if path.stat().st_mtime < time.time() - self.config.session_ttl:
-                raise FileNotFoundError(path)
+            expires = path.stat().st_mtime + self.config.session_ttl
+            if expires <= now:
+                self._forget(sid)
+                raise gone
             meta = json.loads((self.store / f"{sid}.json").read_text())
             bundle = path.read_bytes()
         except FileNotFoundError:
-            raise _AbortError(
-                grpc.StatusCode.NOT_FOUND, "unknown or closed session; upload the keys again"
-            ) from None
+            raise gone from None
         session = self.scorer.open_session(bundle, Mode(meta["mode"]), Packing(meta["packing"]))
-        self._remember(sid, session)
+        self._remember(sid, session, expires)
         return session
 
     # -- Score
@@ -252,10 +323,7 @@ class _Servicer:
     def _close(self, request: pb.Session) -> pb.Closed:
         if not _SESSION_ID.match(request.session_id):
             raise DataError("malformed session id")
-        for suffix in (".bundle", ".json"):
-            (self.store / f"{request.session_id}{suffix}").unlink(missing_ok=True)
-        with self._lock:
-            self._cache.pop(request.session_id, None)
+        self._forget(request.session_id)
         return pb.Closed()
 
     def handler(self) -> grpc.GenericRpcHandler:
