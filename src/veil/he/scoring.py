@@ -176,9 +176,20 @@ class ScoringClient:
             for i in range(0, len(x), per)
         ]
 
+    @property
+    def decimals(self) -> int:
+        """The decimals :meth:`read` keeps: 6 in logit mode (CKKS noise about 1e-8 at a 2^40
+        scale), 4 in probability mode (about 3e-5 at 2^30)."""
+        return 6 if self.plan.mode is Mode.LOGIT else 4
+
     def read(self, results: Sequence[bytes], count: int) -> npt.NDArray[np.float64]:
         """Decrypt the results of :meth:`encrypt`'s queries for ``count`` rows: the logits (logit
-        mode) or the server's probabilities (probability mode)."""
+        mode) or the server's probabilities (probability mode), rounded to :attr:`decimals`.
+
+        A raw CKKS decryption carries the scheme's noise in its low digits, and decryptions
+        that reach the party holding the ciphertexts help it recover the secret key (Li and
+        Micciancio's IND-CPA-D attack). Rounding drops most of those digits; still, never send
+        decrypted results (or anything computed from them) back to the server."""
         values: list[float] = []
         per = self.plan.applicants_per_query
         for i, result in enumerate(results):
@@ -187,7 +198,7 @@ class ScoringClient:
             values.extend(slots[:take].tolist())
         if len(values) != count:
             raise DataError(f"{len(results)} results hold {len(values)} scores, not {count}")
-        return np.asarray(values)
+        return np.round(np.asarray(values), self.decimals)
 
     def scores(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Scores from :meth:`read`: the sigmoid of logits for a logistic model in logit mode,
