@@ -108,3 +108,37 @@ def test_audit_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "audit", "mia", "--population", "3")
     assert code == 1
     assert "--population must be between 8" in err
+
+
+def test_inversion_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "inversion"
+    args = ("audit", "inversion", "--images", "1", "--steps", "200", "--json")
+    code, out, _ = run(capsys, *args, "--report", str(folder))
+    assert code == 0
+    (row,) = json.loads(out)["images"]
+    assert row["label_recovered"] is True
+    assert row["analytic"] >= 60
+    assert (folder / "reconstructions.png").exists()
+    assert "inverting gradients" in (folder / "report.html").read_text()
+    code, out, _ = run(capsys, *args, "--clip", "1", "--noise", "1")
+    assert code == 0
+    (row,) = json.loads(out)["images"]
+    assert max(row["analytic"], row["DLG"], row["inverting gradients"]) <= 12
+    code, _, err = run(capsys, "audit", "inversion", "--noise", "1")
+    assert code == 1
+    assert "--noise needs --clip" in err
+
+
+def test_reconstruction_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "audit", "reconstruction", "--answers", "exact", "--json")
+    assert code == 0
+    assert json.loads(out)["accuracy"] >= 0.99
+    code, out, _ = run(
+        capsys, "audit", "reconstruction", "--people", "20", "--queries", "40", "--json"
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["answers"] == "engine"
+    assert 0 < result["epsilon_spent"] <= 4.0

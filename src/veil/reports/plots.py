@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from veil.errors import MissingDependencyError
 
-__all__ = ["epsilon_plot", "have_matplotlib", "line_plot", "pmf_plot", "roc_plot"]
+__all__ = ["epsilon_plot", "have_matplotlib", "image_grid", "line_plot", "pmf_plot", "roc_plot"]
 
 
 def _pyplot() -> ModuleType:
@@ -140,6 +140,32 @@ def epsilon_plot(path: Path, rows: Sequence[tuple[str, float, float]], *, title:
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def image_grid(
+    path: Path, rows: Sequence[tuple[str, Sequence[npt.NDArray[np.float64]]]], *, side: int
+) -> None:
+    """Square grey images in rows ``(label, images)`` (each image a flat vector of ``side²``
+    values in [0, 1]), saved as a PNG."""
+    plt = _pyplot()
+    cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(
+        len(rows), cols, figsize=(1.1 * cols + 1.6, 1.1 * len(rows)), dpi=120, squeeze=False
+    )
+    for r, (label, images) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                img = np.clip(np.asarray(images[c], dtype=np.float64).reshape(side, side), 0, 1)
+                ax.imshow(img, cmap="gray_r", vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
