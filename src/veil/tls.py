@@ -6,7 +6,13 @@ party. Keys are ECDSA P-256; certificates last ``days`` (default a year). Produc
 may bring their own PKI instead: the services only read PEM files.
 
     pki = write_pki("certs/", hosts=["localhost", "127.0.0.1"], clients=["client"])
-    # certs/ca.pem, certs/server.pem, certs/server.key, certs/client.pem, certs/client.key
+    # certs/ca/{ca.pem, ca.key}              the CA: stays with whoever issues certificates
+    # certs/server/{ca.pem, server.pem, server.key}   give this folder to the server
+    # certs/client/{ca.pem, client.pem, client.key}   and this one to the client
+
+One folder per party, so that handing a party its folder hands it nothing of anyone else's:
+the CA's key in particular lives only in ``ca/``. Private keys and the folders are created
+owner-only (``os.open(..., 0o600)``), never written first and narrowed afterwards.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import dataclasses
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,8 +49,11 @@ class TlsFiles:
 
     @classmethod
     def load(cls, folder: str | Path, name: str) -> TlsFiles:
-        """``ca.pem``, ``<name>.pem`` and ``<name>.key`` from ``folder``."""
+        """``ca.pem``, ``<name>.pem`` and ``<name>.key`` from ``folder``, or from
+        ``folder/<name>/`` if ``folder`` is the root that :func:`write_pki` wrote."""
         folder = Path(folder)
+        if not (folder / f"{name}.pem").exists() and (folder / name / f"{name}.pem").exists():
+            folder = folder / name
         try:
             return cls(
                 ca=(folder / "ca.pem").read_bytes(),
@@ -59,9 +69,15 @@ class TlsFiles:
 
 @dataclasses.dataclass(frozen=True)
 class Pki:
+    """What :func:`write_pki` wrote: ``folder/ca``, ``folder/server``, ``folder/<client>``."""
+
     folder: Path
     server: TlsFiles
     clients: dict[str, TlsFiles]
+
+    def party(self, name: str) -> Path:
+        """The folder to hand to ``name`` (``"server"`` or a client)."""
+        return self.folder / name
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -159,27 +175,49 @@ def write_pki(
     days: int = 365,
 ) -> Pki:
     """A CA, a server certificate for ``hosts`` and one certificate per client, written to
-    ``folder`` (private keys readable by the owner only)."""
+    ``folder`` one subfolder per party (``ca/``, ``server/``, ``<client>/``, each 0700, with
+    private keys created 0600); see the module text."""
+    clash = sorted({"ca", "server"} & set(clients))
+    bad = [c for c in clients if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", c)]
+    if bad:
+        raise ConfigurationError(
+            f"client names become folder names: letters, digits, '.', '_' and '-' only; got "
+            f"{bad[0]!r}"
+        )
+    if clash or len(set(clients)) != len(clients):
+        raise ConfigurationError(
+            f"client names must be distinct and not 'ca' or 'server' (the CA's folder holds "
+            f"ca.key, the server's server.key); got {', '.join(clash) or 'a repeated name'}"
+        )
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = make_ca(days=days)
 
-    def write(name: str, data: bytes, private: bool = False) -> None:
-        path = out / name
-        path.write_bytes(data)
+    def write(party: str, name: str, data: bytes, private: bool = False) -> None:
+        sub = out / party
+        sub.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(sub, 0o700)  # (mkdir's mode is narrowed by the umask, never widened)
         if private:
-            os.chmod(path, 0o600)
+            # created owner-only: no moment in which the key is readable by others
+            fd = os.open(sub / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        else:
+            (sub / name).write_bytes(data)
 
-    write("ca.pem", ca_cert)
-    write("ca.key", ca_key, private=True)
+    write("ca", "ca.pem", ca_cert)
+    write("ca", "ca.key", ca_key, private=True)
     cert, key = issue(ca_cert, ca_key, "veil server", hosts=hosts, days=days)
-    write("server.pem", cert)
-    write("server.key", key, private=True)
+    write("server", "ca.pem", ca_cert)
+    write("server", "server.pem", cert)
+    write("server", "server.key", key, private=True)
     server = TlsFiles(ca_cert, cert, key)
     issued: dict[str, TlsFiles] = {}
     for name in clients:
         cert, key = issue(ca_cert, ca_key, name, client=True, days=days)
-        write(f"{name}.pem", cert)
-        write(f"{name}.key", key, private=True)
+        write(name, "ca.pem", ca_cert)
+        write(name, f"{name}.pem", cert)
+        write(name, f"{name}.key", key, private=True)
         issued[name] = TlsFiles(ca_cert, cert, key)
     return Pki(out, server, issued)

@@ -70,7 +70,8 @@ def served(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
             "--workers",
             "1",
             "--tls-dir",
-            str(pki),
+            str(pki / "server"),
+            "--allow-batch",  # the tests' client is trusted with the model
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -81,7 +82,7 @@ def served(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     line = proc.stdout.readline()
     assert "serving" in line, proc.stderr.read() if proc.stderr else line
     port = line.split(" on ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1]
-    yield f"localhost:{port}|{pki}|{proc.pid}"
+    yield f"localhost:{port}|{pki / 'client'}|{proc.pid}"  # the client's folder only
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 

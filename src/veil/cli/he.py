@@ -26,7 +26,7 @@ app = typer.Typer(
 TLS_DIR = typer.Option(
     None,
     "--tls-dir",
-    help="Folder with ca.pem and this side's certificate and key (from `veil he certs`).",
+    help="This party's folder from `veil he certs` (ca.pem and its own certificate and key).",
 )
 INSECURE = typer.Option(
     False, "--insecure", help="No TLS (allowed on loopback addresses only; for local tests)."
@@ -277,6 +277,12 @@ def serve(
     tls_dir: Path | None = TLS_DIR,
     insecure: bool = INSECURE,
     max_key_mib: int = typer.Option(64, "--max-key-mib", help="Largest key bundle accepted."),
+    allow_batch: bool = typer.Option(
+        False,
+        "--allow-batch",
+        help="Also score batches. Batch mode gives the whole model to the client (unit vectors "
+        "as applicants return every weight): for trusted clients only.",
+    ),
 ) -> None:
     """Serve encrypted scoring for MODEL until interrupted. Holds no secret key."""
     service = _service()
@@ -304,11 +310,14 @@ def serve(
         tls=tls,
         insecure=tls is None,
         max_key_bytes=max_key_mib << 20,
+        allow_batch=allow_batch,
     )
     server = service.ScoringServer(config).start()
     console.print(
         f"serving {model} on {host}:{server.port} with {workers} worker processes "
-        f"({'mutual TLS' if tls else 'no TLS, loopback'}); Ctrl-C stops"
+        f"({'mutual TLS' if tls else 'no TLS, loopback'}"
+        f"{'; batches allowed: the model is readable by clients' if allow_batch else ''}); "
+        "Ctrl-C stops"
     )
 
     def stop(*_: object) -> None:
@@ -338,6 +347,8 @@ def certs(
         raise DataError("name at least one --host")
     pki = write_pki(out, hosts=host, clients=client)
     console.print(
-        f"wrote ca.pem, server.pem/.key ({', '.join(host)}) and "
-        f"{', '.join(f'{c}.pem/.key' for c in pki.clients)} to {out}"
+        f"wrote one folder per party to {out}: ca/ (the CA's key: keep it where certificates "
+        f"are issued, give it to no one), server/ ({', '.join(host)}; for `veil he serve "
+        f"--tls-dir {out / 'server'}`) and "
+        f"{', '.join(f'{c}/' for c in pki.clients)} (give each client its own folder only)"
     )

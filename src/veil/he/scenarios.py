@@ -61,7 +61,10 @@ def run_credit_scenario(*, workers: int = 2, single_rows: int | None = None) -> 
         model_path = Path(tmp) / "german-credit.json"
         model.save(model_path)
         pki = write_pki(Path(tmp) / "pki")
-        config = ServerConfig(model_path=str(model_path), workers=workers, tls=pki.server)
+        # batch mode returns the whole model; the demo's client is the lender itself
+        config = ServerConfig(
+            model_path=str(model_path), workers=workers, tls=pki.server, allow_batch=True
+        )
         with (
             ScoringServer(config) as server,
             RemoteScorer(f"localhost:{server.port}", tls=pki.clients["client"]) as remote,
