@@ -84,7 +84,8 @@ def split(
 def lagrange_at_zero(holders: tuple[int, ...]) -> tuple[int, ...]:
     """The coefficients ``λ_i`` with ``f(0) = Σ λ_i f(x_i)`` for the holders ``x_i``."""
     xs = _check_holders(holders)
-    out = []
+    nums = []
+    dens = []
     for i, xi in enumerate(xs):
         num = 1
         den = 1
@@ -92,7 +93,18 @@ def lagrange_at_zero(holders: tuple[int, ...]) -> tuple[int, ...]:
             if i != j:
                 num = num * (-xj) % PRIME
                 den = den * (xi - xj) % PRIME
-        out.append(num * pow(den, -1, PRIME) % PRIME)
+        nums.append(num)
+        dens.append(den)
+    # one modular inversion for all the denominators (Montgomery's trick): SecAgg+ rebuilds
+    # each client's secrets from its own set of neighbours, so sets rarely repeat
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        out[i] = nums[i] * inverse * prefix[i] % PRIME  # inverse of dens[i] times nums[i]
+        inverse = inverse * dens[i] % PRIME
     return tuple(out)
 
 
