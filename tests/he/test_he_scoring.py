@@ -208,3 +208,19 @@ def test_decrypted_results_are_rounded_to_drop_the_noise_bits(
     client = ScoringClient.generate(model.public_spec(), mode=mode, packing=Packing.SINGLE)
     values = _score_values(model, client, x_test[:3])
     assert np.allclose(values / step, np.round(values / step), rtol=0, atol=1e-6)
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_like_any_other(
+    model: LinearModel, test_rows: list[dict[str, str]], tmp_path: Path
+) -> None:
+    """Spreadsheets write UTF-8 with a BOM; the first column's name must not carry it."""
+    import csv
+
+    path = tmp_path / "bom.csv"
+    with path.open("w", newline="", encoding="utf-8-sig") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(test_rows[0]))
+        writer.writeheader()
+        writer.writerows(test_rows[:2])
+    rows = read_rows(path)
+    assert list(rows[0]) == list(test_rows[0])
+    assert np.array_equal(model.encoder.encode(rows), model.encoder.encode(test_rows[:2]))

@@ -45,9 +45,10 @@ class ModelKind(enum.Enum):
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header, as dictionaries of strings."""
+    """The rows of a CSV file with a header, as dictionaries of strings (UTF-8, with or without
+    the byte order mark spreadsheets write)."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
