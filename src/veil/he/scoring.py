@@ -87,11 +87,14 @@ class ScoringPlan:
         elif poly is None:
             params = parameters_for_depth(depth, min_slots=min_slots)
         else:
-            # The polynomial's result is a probability: a 30-bit scale (about 1e-3 of CKKS
-            # error, against the polynomial's own 1e-2) lets a degree-7 circuit fit N = 8192.
-            # q_0 must hold every partial sum of the terms c_k u^k for |u| <= 1 (bounded by
-            # sum |c_k|), with 10% to spare for noise. Logits outside the fitted range give
-            # meaningless probabilities in this mode anyway (the polynomial diverges there).
+            # The polynomial's result is a probability: a 30-bit scale (CKKS error about 3e-5,
+            # against the polynomial's own 1e-2) lets a degree-7 circuit fit N = 8192. q_0 is
+            # what is left at the end, where the terms c_k u^k are summed: for |u| <= 1 every
+            # partial sum is within sum |c_k|, plus 10% for noise (the flooding noise of the
+            # other slots is sized from q_0 too, circuits.flood_bound). For |u| > 1 (a logit
+            # outside [-R, R]) the powers grow like |u|^k: the polynomial diverges from the
+            # sigmoid and, further out, the sum wraps around q_0. Either way the result is
+            # wrong without any error being raised (docs/he.md, Modes).
             bound = 1.1 * sum(abs(c) for c in poly.coefficients)
             params = parameters_for_depth(
                 depth,
