@@ -311,3 +311,25 @@ def test_batch_mode_is_refused_unless_the_server_allows_it(
         ServerConfig(model_path=str(model_file), allow_batch=True), tmp_path / "open"
     )
     assert opened._upload(_chunks(bundle, pb.PACKING_BATCH)).session_id
+
+
+def test_a_session_belongs_to_the_certificate_that_opened_it(
+    model_file: Path, logit_client: ScoringClient, x_test: np.ndarray, tmp_path: Path
+) -> None:
+    """Another client (another certificate name) can neither score with nor close a session it
+    did not open; to it the session does not exist. Through a second worker too."""
+    from veil.he.service import _AbortError, _Servicer
+
+    config = ServerConfig(model_path=str(model_file))
+    first, second = _Servicer(config, tmp_path), _Servicer(config, tmp_path)
+    sid = first._upload(_chunks(logit_client.public_bundle()), "alice").session_id
+    request = pb.ScoreRequest(session_id=sid, ciphertexts=logit_client.encrypt(x_test[:1])[0])
+    for worker in (first, second):
+        with pytest.raises(_AbortError, match="unknown or closed session"):
+            worker._score(request, "mallory")
+        with pytest.raises(_AbortError, match="unknown or closed session"):
+            worker._close(pb.Session(session_id=sid), "mallory")
+    second._score(request, "alice")
+    first._close(pb.Session(session_id=sid), "alice")
+    with pytest.raises(_AbortError, match="unknown or closed session"):
+        second._score(request, "alice")

@@ -103,6 +103,12 @@ class _AbortError(Exception):
         self.code = code
 
 
+def _peer(context: grpc.ServicerContext) -> str:
+    """The common name of the client's certificate (verified by mutual TLS); "" without TLS."""
+    names = context.auth_context().get("x509_common_name") or [b""]
+    return bytes(names[0]).decode(errors="replace")
+
+
 class _Servicer:
     """One worker's handlers. Translate, call the scorer, map errors to status codes."""
 
@@ -112,8 +118,8 @@ class _Servicer:
         self.spec_json = json.dumps(self.scorer.spec)
         self.store = store
         store.mkdir(mode=0o700, exist_ok=True)
-        # session id -> (session, the time it expires): a cached session expires like a stored one
-        self._cache: collections.OrderedDict[str, tuple[ScoringSession, float]] = (
+        # session id -> (session, the time it expires, the certificate name that opened it)
+        self._cache: collections.OrderedDict[str, tuple[ScoringSession, float, str]] = (
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
@@ -143,9 +149,10 @@ class _Servicer:
 
     # -- UploadKeys
     def upload_keys(self, chunks: Iterator[pb.KeyChunk], context: grpc.ServicerContext) -> Any:
-        return self._guard(context, self._upload, chunks)
+        return self._guard(context, self._upload, chunks, _peer(context))
 
-    def _upload(self, chunks: Iterator[pb.KeyChunk]) -> pb.Session:
+    def _upload(self, chunks: Iterator[pb.KeyChunk], owner: str = "") -> pb.Session:
+        """``owner``: the client certificate's name; only it may use or close the session."""
         limit = self.config.max_key_bytes
         first = next(chunks, None)
         if first is None:
@@ -170,7 +177,7 @@ class _Servicer:
         sid = self._reserve(total)  # before reading the keys, atomically across workers
         placeholder = self.store / f".{sid}.reserved"
         try:
-            return self._receive(sid, first, chunks, mode, packing)
+            return self._receive(sid, first, chunks, mode, packing, owner)
         finally:
             placeholder.unlink(missing_ok=True)
 
@@ -218,6 +225,7 @@ class _Servicer:
         chunks: Iterator[pb.KeyChunk],
         mode: Mode,
         packing: Packing,
+        owner: str,
     ) -> pb.Session:
         total = first.total_size
         parts: list[bytes] = []
@@ -234,12 +242,12 @@ class _Servicer:
             raise DataError(f"key upload truncated: {size} of {total} bytes arrived")
         bundle = b"".join(parts)
         session = self.scorer.open_session(bundle, mode, packing)  # validates every key
-        meta = json.dumps({"mode": mode.value, "packing": packing.value})
+        meta = json.dumps({"mode": mode.value, "packing": packing.value, "owner": owner})
         tmp = self.store / f".{sid}.tmp"
         tmp.write_bytes(bundle)
         (self.store / f"{sid}.json").write_text(meta)
         tmp.rename(self.store / f"{sid}.bundle")
-        self._remember(sid, session, self._now() + self.config.session_ttl)
+        self._remember(sid, session, self._now() + self.config.session_ttl, owner)
         return pb.Session(session_id=sid)
 
     def _stored_sizes(self) -> list[int]:
@@ -270,14 +278,16 @@ class _Servicer:
         with self._lock:
             self._cache.pop(sid, None)
 
-    def _remember(self, sid: str, session: ScoringSession, expires: float) -> None:
+    def _remember(self, sid: str, session: ScoringSession, expires: float, owner: str) -> None:
         with self._lock:
-            self._cache[sid] = (session, expires)
+            self._cache[sid] = (session, expires, owner)
             self._cache.move_to_end(sid)
             while len(self._cache) > self.config.cached_sessions:
                 self._cache.popitem(last=False)
 
-    def _session(self, sid: str) -> ScoringSession:
+    def _session(self, sid: str, owner: str = "") -> ScoringSession:
+        """The session ``sid`` if it is alive and ``owner`` opened it; to anyone else it does
+        not exist (NOT_FOUND, as for a closed one)."""
         if not _SESSION_ID.match(sid):
             raise DataError("malformed session id")
         gone = _AbortError(
@@ -288,6 +298,8 @@ class _Servicer:
             found = self._cache.get(sid)
             alive = found is not None and found[1] > now
             if alive and found is not None and (self.store / f"{sid}.bundle").exists():
+                if found[2] != owner:
+                    raise gone
                 self._cache.move_to_end(sid)
                 return found[0]
             self._cache.pop(sid, None)  # closed or expired (perhaps by another worker)
@@ -301,29 +313,40 @@ class _Servicer:
                 self._forget(sid)
                 raise gone
             meta = json.loads((self.store / f"{sid}.json").read_text())
+            if meta.get("owner", "") != owner:
+                raise gone
             bundle = path.read_bytes()
         except FileNotFoundError:
             raise gone from None
         session = self.scorer.open_session(bundle, Mode(meta["mode"]), Packing(meta["packing"]))
-        self._remember(sid, session, expires)
+        self._remember(sid, session, expires, owner)
         return session
 
     # -- Score
     def score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> Any:
-        return self._guard(context, self._score, request)
+        return self._guard(context, self._score, request, _peer(context))
 
-    def _score(self, request: pb.ScoreRequest) -> pb.ScoreReply:
-        session = self._session(request.session_id)
+    def _score(self, request: pb.ScoreRequest, owner: str = "") -> pb.ScoreReply:
+        session = self._session(request.session_id, owner)
         return pb.ScoreReply(ciphertext=self.scorer.score(session, list(request.ciphertexts)))
 
     # -- CloseSession
     def close(self, request: pb.Session, context: grpc.ServicerContext) -> Any:
-        return self._guard(context, self._close, request)
+        return self._guard(context, self._close, request, _peer(context))
 
-    def _close(self, request: pb.Session) -> pb.Closed:
-        if not _SESSION_ID.match(request.session_id):
+    def _close(self, request: pb.Session, owner: str = "") -> pb.Closed:
+        sid = request.session_id
+        if not _SESSION_ID.match(sid):
             raise DataError("malformed session id")
-        self._forget(request.session_id)
+        try:
+            theirs = json.loads((self.store / f"{sid}.json").read_text()).get("owner", "")
+        except FileNotFoundError:
+            theirs = owner  # already gone: closing again is harmless
+        if theirs != owner:
+            raise _AbortError(
+                grpc.StatusCode.NOT_FOUND, "unknown or closed session; upload the keys again"
+            )
+        self._forget(sid)
         return pb.Closed()
 
     def handler(self) -> grpc.GenericRpcHandler:
