@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deploy_support import FOUR, HOSPITALS, Proc, free_port, join_args, write_config
 
-from conftest import FOUR, HOSPITALS, Proc, free_port, join_args, write_config
 from veil.deploy import ModelSpec, StateStore
 from veil.federated import SecureAggregation, Simulation, TrainConfig
 from veil.federated.data import FederatedData

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from deploy_support import HOSPITALS, write_config
 
-from conftest import HOSPITALS, write_config
 from veil.cli.main import main
 from veil.deploy import Coordinator, load_config
 from veil.deploy.coordinator import MAX_MESSAGE_BYTES, SERVICE

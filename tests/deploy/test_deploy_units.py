@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deploy_support import write_config
 
-from conftest import write_config
 from veil.cli.main import main
 from veil.deploy import StateStore, codec, load_config
 from veil.deploy.proto import federation_pb2 as pb
@@ -182,3 +182,44 @@ def test_serve_without_certificates_says_what_to_do(
     insecure_far = write_config(tmp_path, pki, port=7443, **{"federation.listen": "0.0.0.0:7443"})
     assert main(["fl", "serve", "--config", str(insecure_far), "--insecure"]) == 1
     assert "loopback only" in capsys.readouterr().err
+
+
+def test_local_data_from_csv_equals_the_npz(tmp_path: Path) -> None:
+    from veil.deploy import load_data
+    from veil.errors import DataError
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    lines = ["a,b,outcome,c,d"]
+    lines += [
+        ",".join([repr(float(r[0])), repr(float(r[1])), str(int(v)), *map(repr, map(float, r[2:]))])
+        for r, v in zip(x, y, strict=True)
+    ]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    for path, target in ((tmp_path / "d.npz", "label"), (tmp_path / "d.csv", "outcome")):
+        got_x, got_y = load_data(path, target=target)
+        np.testing.assert_array_equal(got_x, x)
+        np.testing.assert_array_equal(got_y, y)
+        assert got_x.dtype == np.float32
+        assert got_y.dtype == np.int64
+    with pytest.raises(DataError, match="no column 'label'"):
+        load_data(tmp_path / "d.csv")
+    (tmp_path / "bad.csv").write_text("a,label\nx,1\n")
+    with pytest.raises(DataError, match="must be a number"):
+        load_data(tmp_path / "bad.csv")
+
+
+def test_status_reads_the_coordinators_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    store = StateStore(tmp_path / "state.sqlite")
+    store.checkpoint(1, {"round": 1, "parameters": np.zeros(3)}, {"completed": 3, "seconds": 0.5})
+    store.close()
+    assert main(["fl", "status", "--state", str(tmp_path / "state.sqlite")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["rounds"][0]["round"] == 1
+    assert shown["rounds"][0]["completed"] == 3

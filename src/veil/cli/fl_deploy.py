@@ -95,6 +95,13 @@ def serve(
             )
         from veil.tls import TlsFiles
 
+        for needed in ("ca.pem", f"{cfg.tls_name}.pem", f"{cfg.tls_name}.key"):
+            if not (cfg.tls_dir / needed).exists():
+                raise ConfigurationError(
+                    f"TLS folder {cfg.tls_dir} lacks {needed}; make the consortium's CA with "
+                    f"`veil certs init` and this certificate with `veil certs issue --name "
+                    f"{cfg.tls_name} --host <the coordinator's address>`"
+                )
         tls = TlsFiles.load(cfg.tls_dir, cfg.tls_name)
     _log_to_stderr()
     coordinator = deploy.Coordinator(cfg, tls=tls, insecure=insecure, port=port)
