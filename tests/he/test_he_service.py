@@ -333,3 +333,40 @@ def test_a_session_belongs_to_the_certificate_that_opened_it(
     first._close(pb.Session(session_id=sid), "alice")
     with pytest.raises(_AbortError, match="unknown or closed session"):
         second._score(request, "alice")
+
+
+def test_replacement_workers_that_cannot_start_stop_the_server_with_an_error(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """A worker dies and its replacements fail to start (here: the model file is gone): the
+    serving loop notices, backs off, and after a few failed starts gives up with the reason,
+    instead of respawning forever."""
+    import shutil
+    import threading
+
+    from veil.errors import ConfigurationError
+
+    path = tmp_path / "model.json"
+    shutil.copy(model_file, path)
+    server = ScoringServer(ServerConfig(model_path=str(path), workers=1, insecure=True)).start()
+    outcome: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            server.wait(poll=0.05, max_failed_starts=1)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    try:
+        path.unlink()
+        server._processes[0].kill()
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert outcome, "the serving loop is still respawning workers that cannot start"
+        assert isinstance(outcome[0], ConfigurationError)
+        assert "failed to start" in str(outcome[0])
+        assert "model.json" in str(outcome[0])
+    finally:
+        server.stop()

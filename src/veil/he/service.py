@@ -514,17 +514,41 @@ class ScoringServer:
     def alive(self) -> int:
         return sum(1 for p in self._processes if p.poll() is None)
 
-    def wait(self, *, poll: float = 1.0) -> None:
+    def wait(self, *, poll: float = 1.0, max_failed_starts: int = 5) -> None:
         """Serve until :meth:`stop` (``veil he serve``): a worker that dies (a crash in the HE
-        library, say) is replaced, so one bad request cannot take the service down."""
+        library, say) is replaced, so one bad request cannot take the service down. A
+        replacement must report that it started; after a failed start the next attempt waits
+        twice as long (up to 60 polls), and after ``max_failed_starts`` failures in a row the
+        server stops and raises :class:`ConfigurationError` with the worker's reason."""
         self._stopping = False
+        starting: dict[int, queue.Queue[str]] = {}  # replacements not yet reported
+        failures = 0
+        next_try = 0.0
         while not self._stopping and self._processes:
             for i, proc in enumerate(list(self._processes)):
-                if proc.poll() is not None and not self._stopping:
-                    log.warning(
-                        "worker %s exited with %s; starting another", proc.pid, proc.returncode
-                    )
-                    self._processes[i] = self._spawn()[0]
+                status = starting.get(i)
+                if status is not None:
+                    try:
+                        line = status.get_nowait()
+                    except queue.Empty:
+                        continue  # still starting
+                    del starting[i]
+                    if line == "ok":
+                        failures = 0
+                        continue
+                    failures += 1
+                    log.error("a replacement worker failed to start: %s", line)
+                    if failures >= max_failed_starts:
+                        self.stop()
+                        raise ConfigurationError(
+                            f"scoring workers failed to start {failures} times in a row; "
+                            f"the last said: {line}"
+                        )
+                    next_try = time.monotonic() + poll * min(2**failures, 60)
+                if proc.poll() is None or self._stopping or time.monotonic() < next_try:
+                    continue
+                log.warning("worker %s exited with %s; starting another", proc.pid, proc.returncode)
+                self._processes[i], starting[i] = self._spawn()
             time.sleep(poll)
 
     def stop(self) -> None:
