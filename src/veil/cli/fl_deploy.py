@@ -96,7 +96,7 @@ def serve(
         from veil.tls import TlsFiles
 
         for needed in ("ca.pem", f"{cfg.tls_name}.pem", f"{cfg.tls_name}.key"):
-            if not (cfg.tls_dir / needed).exists():
+            if not any((d / needed).exists() for d in (cfg.tls_dir, cfg.tls_dir / cfg.tls_name)):
                 raise ConfigurationError(
                     f"TLS folder {cfg.tls_dir} lacks {needed}; make the consortium's CA with "
                     f"`veil certs init` and this certificate with `veil certs issue --name "
