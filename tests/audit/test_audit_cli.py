@@ -91,7 +91,7 @@ def test_mia_from_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 0
     result = json.loads(out)
     attacks = {r["attack"]: r for r in result["attacks"]}
-    assert set(attacks) == {"loss", "lira-offline", "lira-online"}
+    assert set(attacks) == {"loss", "lira-offline", "lira-online", "rmia"}
     assert all(0.0 <= r["auc"] <= 1.0 for r in attacks.values())
     assert attacks["lira-online"]["auc"] > 0.6
     assert result["dp_limit_violations"] is None

@@ -18,6 +18,7 @@ from veil.audit.mia import (
     lira_offline,
     lira_online,
     membership_audit,
+    rmia,
     train_shadow_models,
 )
 from veil.errors import ConfigurationError, DataError
@@ -91,6 +92,7 @@ def test_overfit_mlp_is_attackable(overfit: MembershipAudit) -> None:
     assert loss.auc >= 0.6
     assert online.auc >= 0.75
     assert offline.auc > loss.auc
+    assert overfit.rocs[Attack.RMIA].auc >= 0.7  # RMIA, with the held-out digits as z
     assert online.tpr_at(0.01).tpr >= 3 * loss.tpr_at(0.01).tpr
     # pooled over 8 targets: 1,600 non-members, so 1% FPR is 16 false positives
     assert overfit.rocs[Attack.LOSS].negatives == 1600
@@ -167,6 +169,21 @@ def test_lira_scores_follow_the_gaussians() -> None:
     )
     with pytest.raises(DataError, match="no shadow model"):
         lira_online(member_like, shadow, np.ones_like(keep))
+
+
+def test_rmia_scores_are_fractions_of_the_population_beaten() -> None:
+    rng = np.random.default_rng(3)
+    shadow = rng.normal(size=(6, 40))
+    shadow_z = rng.normal(size=(6, 200))
+    target_z = rng.normal(size=200)
+    target = np.linspace(-5, 5, 40)  # rising confidence under the target model
+    scores = rmia(target, shadow + 0.0 * target, target_z, shadow_z)
+    assert np.all((scores >= 0) & (scores < 1 + 1 / 200))  # a fraction, plus a tie-break
+    # with the same references for every candidate the order follows the target's confidence
+    flat = rmia(target, np.zeros((6, 40)), target_z, shadow_z)
+    assert np.all(np.diff(flat) > 0)
+    with pytest.raises(DataError, match="population samples"):
+        rmia(target, shadow, np.zeros(0), np.zeros((6, 0)))
 
 
 def test_shadow_model_arguments_are_checked(digits: data.FederatedData) -> None:

@@ -11,6 +11,10 @@ confident records all get loss exactly 0 and the attack sees ties (AUC 0.5 where
 
 * **Loss threshold** (Yeom, Giacomelli, Fredrikson and Jha 2018): the score is φ itself, a
   monotone function of minus the loss, so thresholding it is thresholding the loss.
+* **RMIA** (Zarifzadeh, Liu and Shokri 2024): the ratio ``Pr(x|θ) / Pr(x)`` of the target's
+  probability of the true label to its mean over the reference models, compared with the same
+  ratio on population samples ``z`` no model trained on (held-out records): the score is the
+  fraction of ``z`` that ``x`` beats. It needs few reference models.
 * **LiRA** (Carlini, Chien, Nasr, Song, Terzis and Tramèr 2022): shadow models are trained on
   random halves of a population that contains the candidates. For each record, φ under the
   shadow models that did (IN) and did not (OUT) train on it is modelled as Gaussian; with few
@@ -70,6 +74,7 @@ __all__ = [
     "lira_online",
     "membership_audit",
     "model_confidences",
+    "rmia",
     "train_shadow_models",
 ]
 
@@ -86,6 +91,7 @@ class Attack(enum.Enum):
     LOSS = "loss"
     LIRA_OFFLINE = "lira-offline"
     LIRA_ONLINE = "lira-online"
+    RMIA = "rmia"
 
 
 def confidence_scores(logits: torch.Tensor | npt.ArrayLike, labels: npt.ArrayLike) -> FloatArray:
@@ -124,17 +130,23 @@ def model_confidences(
 class ShadowModels:
     """What the attacks need from shadow models: ``confidences[j, i]`` is φ of population record
     ``i`` under model ``j``, ``keep[j, i]`` whether model ``j`` trained on it; ``accuracy[j]`` is
-    model ``j``'s accuracy on held-out data (for the report)."""
+    model ``j``'s accuracy on held-out data (for the report), and ``reference[j, k]`` φ of
+    held-out record ``k`` (no model trained on it; RMIA's population samples ``z``), if any."""
 
     confidences: FloatArray
     keep: BoolArray
     accuracy: FloatArray
+    reference: FloatArray | None = None
 
     def __post_init__(self) -> None:
         if self.confidences.shape != self.keep.shape or self.confidences.ndim != 2:
             raise DataError("confidences and keep must be (models, records) of the same shape")
         if not np.all(np.isfinite(self.confidences)):
             raise DataError("shadow confidences must be finite")
+        if self.reference is not None and (
+            self.reference.ndim != 2 or self.reference.shape[0] != self.keep.shape[0]
+        ):
+            raise DataError("reference confidences must be (models, held-out records)")
 
     @property
     def models(self) -> int:
@@ -189,6 +201,45 @@ def lira_online(target: npt.ArrayLike, shadow: npt.ArrayLike, keep: npt.ArrayLik
     )
 
 
+def _log_probability(phi: FloatArray) -> FloatArray:
+    """log p from φ = log p − log(1 − p), stably: ``−softplus(−φ)``."""
+    return np.asarray(-np.logaddexp(0.0, -phi), dtype=np.float64)
+
+
+def rmia(
+    target: npt.ArrayLike,
+    shadow: npt.ArrayLike,
+    target_population: npt.ArrayLike,
+    shadow_population: npt.ArrayLike,
+) -> FloatArray:
+    """RMIA scores (Zarifzadeh, Liu and Shokri 2024), online: for each candidate ``x``, the
+    fraction of population samples ``z`` with ``Pr(x|θ)/Pr(x) >= Pr(z|θ)/Pr(z)`` (γ = 1), where
+    ``Pr(·)`` is the mean probability of the true label under all the reference models.
+
+    ``target`` and ``shadow`` (``(models, records)``) are φ of the candidates under the target
+    and the reference models; ``target_population`` and ``shadow_population`` the same for the
+    population samples, on which no model trained. Ties in the fraction are broken by the raw
+    ratio (a term below one step of the fraction)."""
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    s = np.asarray(shadow, dtype=np.float64)
+    tz = np.asarray(target_population, dtype=np.float64).reshape(-1)
+    sz = np.asarray(shadow_population, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] != t.size or sz.ndim != 2 or sz.shape != (s.shape[0], tz.size):
+        raise DataError("need (models, records) reference confidences for candidates and samples")
+    if tz.size == 0:
+        raise DataError("RMIA needs population samples")
+
+    def log_ratio(own: FloatArray, refs: FloatArray) -> FloatArray:
+        mean_log = np.log(np.mean(np.exp(_log_probability(refs)), axis=0))
+        return np.asarray(_log_probability(own) - mean_log, dtype=np.float64)
+
+    rx = log_ratio(t, s)
+    rz = np.sort(log_ratio(tz, sz))
+    fraction = np.searchsorted(rz, rx, side="right") / rz.size
+    tie_break = 0.5 / (rz.size + 1) * (1.0 / (1.0 + np.exp(-np.clip(rx, -700, 700))))
+    return np.asarray(fraction + tie_break, dtype=np.float64)
+
+
 def _halves(records: int, pairs: int, seed: int) -> BoolArray:
     rng = np.random.default_rng(seed)
     keep = np.zeros((2 * pairs, records), dtype=bool)
@@ -233,6 +284,7 @@ def train_shadow_models(
     keep = _halves(n, models // 2, seed)
     confidences = np.empty((models, n))
     accuracy = np.full(models, math.nan)
+    reference = np.empty((models, len(holdout))) if holdout is not None and len(holdout) else None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         module = make_model()
@@ -256,9 +308,10 @@ def train_shadow_models(
     for j, outcome in enumerate(outcomes):
         params = start + outcome.update
         confidences[j] = model_confidences(layout, params, population)
-        if holdout is not None and len(holdout):
+        if holdout is not None and reference is not None:
             accuracy[j] = evaluate(layout, params, holdout)["accuracy"]
-    return ShadowModels(confidences, keep, accuracy)
+            reference[j] = model_confidences(layout, params, holdout)
+    return ShadowModels(confidences, keep, accuracy, reference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,14 +372,15 @@ class MembershipAudit:
 
 def membership_audit(shadows: ShadowModels, *, targets: int | None = None) -> MembershipAudit:
     """Run every :class:`Attack` with each of the first ``targets`` models (default: all) as the
-    target and the remaining models as its shadows; pool the scores into one ROC per attack."""
+    target and the remaining models as its shadows; pool the scores into one ROC per attack.
+    RMIA runs when the shadow models carry held-out ``reference`` confidences."""
     m = shadows.models
     count = m if targets is None else targets
     if not 1 <= count <= m:
         raise ConfigurationError(f"targets must be between 1 and {m}, got {targets!r}")
     if m - 1 < 3:
         raise ConfigurationError("need at least 4 models (one target and three shadows)")
-    pooled: dict[Attack, tuple[list[FloatArray], list[FloatArray]]] = {a: ([], []) for a in Attack}
+    pooled: dict[Attack, tuple[list[FloatArray], list[FloatArray]]] = {}
     for t in range(count):
         others = np.arange(m) != t
         target = shadows.confidences[t]
@@ -338,9 +392,14 @@ def membership_audit(shadows: ShadowModels, *, targets: int | None = None) -> Me
             Attack.LIRA_OFFLINE: lira_offline(target, shadow, keep),
             Attack.LIRA_ONLINE: lira_online(target, shadow, keep),
         }
+        if shadows.reference is not None and shadows.reference.shape[1]:
+            scores[Attack.RMIA] = rmia(
+                target, shadow, shadows.reference[t], shadows.reference[others]
+            )
         for attack, s in scores.items():
-            pooled[attack][0].append(s[member])
-            pooled[attack][1].append(s[~member])
+            pos, neg = pooled.setdefault(attack, ([], []))
+            pos.append(s[member])
+            neg.append(s[~member])
     rocs = {
         a: Roc.from_scores(np.concatenate(pos), np.concatenate(neg))
         for a, (pos, neg) in pooled.items()
