@@ -409,7 +409,7 @@ def one_run_fdp_epsilon(
     sig = _check_level("significance", significance)
     if not 0 < delta < 1:
         raise ConfigurationError(f"the f-DP test needs delta in (0, 1), got {delta!r}")
-    if correct == 0 or guesses == correct == 0:
+    if correct == 0:
         return 0.0
 
     def rejected(eps: float) -> bool:
@@ -417,7 +417,7 @@ def one_run_fdp_epsilon(
         return _fdp_rejects(mu, canaries=canaries, guesses=guesses, correct=correct, level=sig)
 
     lo = 0.0
-    if not rejected(1e-9):
+    if not rejected(1e-9):  # (the Gaussian curve at epsilon 0 is the diagonal: μ = 0)
         return 0.0
     hi = 1.0
     while rejected(hi):
