@@ -20,11 +20,13 @@ the weights by least squares. Step 5 drowns that residue: fresh noise per query,
 mode), the largest that keeps every coefficient of the result far inside ``q_0`` (at N = 8192
 the coefficients of uniform slot values have a standard deviation of about ``B * scale / 100``,
 so ``q_0 / 2`` is over 200 of them away). A residue ``r`` is then hidden up to a statistical
-distance of about ``r / B`` per slot and query: for ordinary inputs (``|x|`` up to 1e4, ``r``
-under 1e-6) the 8,190 real values of a result tell about ``1e-8`` of the weights' worth, so
-that averaging needs far more queries than extracting the model from exact scores
-(``F + 1``). A client that sends inputs of ``1e10`` and more (``r`` near 1) pays a query per
-few bits; the server cannot see the inputs, so this bound rests on the randomisation alone.
+distance of about ``r / B`` per slot and query, and averaging the noise away over the 8,190
+real values of a result takes about ``(B / r)^2 / 8190`` queries. The residue grows like
+``5e-11 |x|`` (measured: ``7e-7`` at ``|x| = 2e4``, ``5e-3`` at ``1e8``) until the result wraps
+around ``q_0`` (``|x|`` near ``1e10``, where slot 0 is garbage too), so it stays of order 1 at
+most: millions of queries at the very least, against the ``F + 1`` exact scores that extract a
+linear model through any scoring API. The server cannot see the inputs, so this rests on the
+randomisation alone.
 
 Step 3 is there because a slot is complex: with ``x = a + i b`` slot 0 would hold
 ``w . a + i (w . b)``, a second score per query. Conjugating removes the imaginary part exactly
