@@ -161,3 +161,41 @@ def test_batch_slots_hold_one_applicant_each(
     n = len(x_test)
     assert np.max(np.abs(slots[:n] - model.logits(x_test))) < 1e-5
     assert np.max(np.abs(slots[n:] - model.bias)) < 1e-5
+
+
+@pytest.mark.parametrize("mode", [Mode.LOGIT, Mode.PROBABILITY])
+def test_flooding_at_its_extremes_leaves_the_result_intact(
+    model: LinearModel, logit_client: ScoringClient, x_test: np.ndarray, mode: Mode
+) -> None:
+    """Known-answer: every noise value at -B or at +B (the worst case for the modulus: all of
+    it lands in two coefficients) still leaves slot 0 exact, and the other slots at B."""
+    client = (
+        logit_client
+        if mode is Mode.LOGIT
+        else ScoringClient.generate(model.public_spec(), mode=mode, packing=Packing.SINGLE)
+    )
+    session = Scorer(model).open_session(client.public_bundle(), mode, Packing.SINGLE)
+    ev = session.evaluator
+    ct = ev.load(client.encrypt(x_test[:1])[0][0])
+    poly = model.sigmoid
+    assert poly is not None
+    if mode is Mode.LOGIT:
+        plain = circuits.single_linear(ev, ct, model.weights, model.bias, flood=False)
+    else:
+        plain = circuits.single_probability(
+            ev,
+            ct,
+            model.weights,
+            model.bias,
+            radius=poly.radius,
+            coefficients=poly.coefficients,
+            flood=False,
+        )
+    bound = circuits.flood_bound(ev, plain)
+    assert bound == (2.0**18 if mode is Mode.LOGIT else 4.0)
+    reference = _complex_slots(client, ev.dump(plain))
+    for byte, sign in [(0x00, -1.0), (0xFF, 1.0)]:
+        flooded = circuits.flood(ev, plain, random_bytes=lambda n, b=byte: bytes([b]) * n)
+        slots = _complex_slots(client, ev.dump(flooded))
+        assert slots[0].real == pytest.approx(reference[0].real, abs=1e-4)
+        assert np.allclose(slots[1:].real, sign * bound, rtol=1e-6, atol=1e-3)
