@@ -96,9 +96,11 @@ def test_secure_aggregation_with_dp_and_a_client_killed_mid_round(
     )
     coordinator = Proc(tmp_path, "coordinator", "fl", "serve", "--config", str(config))
     procs.append(coordinator)
+    # the agents check every round against the secure aggregation they agreed to
+    own = ("--secure-aggregation", "secagg", "--dropout", "0.34")
     for name in HOSPITALS:
-        procs.append(Proc(tmp_path, name, *join_args(port, pki, data_files, name)))
-    slow = join_args(port, pki, data_files, "hospital-d", "--straggle", "60")
+        procs.append(Proc(tmp_path, name, *join_args(port, pki, data_files, name, *own)))
+    slow = join_args(port, pki, data_files, "hospital-d", "--straggle", "60", *own)
     d = Proc(tmp_path, "d", *slow)
     procs.append(d)
     coordinator.wait_event(
@@ -110,7 +112,7 @@ def test_secure_aggregation_with_dp_and_a_client_killed_mid_round(
     assert first["completed"] == 3
     assert first["dropped"] == ["hospital-d"]
     assert first["aggregated"]
-    back = Proc(tmp_path, "d-again", *join_args(port, pki, data_files, "hospital-d"))
+    back = Proc(tmp_path, "d-again", *join_args(port, pki, data_files, "hospital-d", *own))
     procs.append(back)
     assert coordinator.wait() == 0, coordinator.text()
     closed = [e for e in coordinator.events() if e["event"] == "round_closed"]

@@ -145,6 +145,20 @@ def join(
     retry: float = typer.Option(
         300.0, "--retry-seconds", help="Keep retrying an unreachable coordinator this long."
     ),
+    secure_aggregation: str | None = typer.Option(
+        None,
+        "--secure-aggregation",
+        help="secagg or secagg+: the federation's setting as agreed; each round's graph and "
+        "threshold are checked against it [default: trust the coordinator's].",
+    ),
+    dropout: float = typer.Option(
+        0.1, "--dropout", help="The agreed dropout rate (with --secure-aggregation)."
+    ),
+    distributed_dp: float | None = typer.Option(
+        None,
+        "--distributed-dp",
+        help="Under distributed DP: the agreed noise multiplier; less noise is refused.",
+    ),
     straggle: float = typer.Option(0.0, "--straggle", hidden=True),
 ) -> None:
     """Join a federation as a client agent: train on local data in each round until the end."""
@@ -161,10 +175,33 @@ def join(
         if cert is None:
             raise ConfigurationError("give --cert (from `veil certs issue`), or --insecure")
         tls = _tls(cert, key, ca)
+    settings = None
+    if secure_aggregation is not None:
+        from veil.federated import SecureAggregation
+
+        if secure_aggregation not in ("secagg", "secagg+"):
+            raise ConfigurationError(
+                f"--secure-aggregation must be secagg or secagg+, got {secure_aggregation!r}"
+            )
+        settings = SecureAggregation(
+            graph=secure_aggregation,  # type: ignore[arg-type]
+            dropout=dropout,
+            distributed_dp=distributed_dp is not None,
+        )
+    elif distributed_dp is not None:
+        raise ConfigurationError("--distributed-dp needs --secure-aggregation")
     x, y = deploy.load_data(data, target=target)
     _log_to_stderr()
     agent = deploy.Agent(
-        server, x=x, y=y, tls=tls, name=name or "", retry_seconds=retry, straggle=straggle
+        server,
+        x=x,
+        y=y,
+        tls=tls,
+        name=name or "",
+        retry_seconds=retry,
+        straggle=straggle,
+        secure=settings,
+        noise_multiplier=distributed_dp,
     )
     report = agent.run()
     console.print(

@@ -28,7 +28,7 @@ from veil.deploy import codec
 from veil.deploy.config import ModelSpec
 from veil.errors import ConfigurationError, DataError, ProtocolError, VeilError
 from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
-from veil.federated.secure import SecureClient
+from veil.federated.secure import RoundGuard, SecureAggregation, SecureClient
 from veil.privacy.random import SecureRandom
 from veil.tls import TlsFiles
 
@@ -106,7 +106,13 @@ class Agent:
         name: str = "",
         retry_seconds: float = 300.0,
         straggle: float = 0.0,
+        secure: SecureAggregation | None = None,
+        noise_multiplier: float | None = None,
     ) -> None:
+        """``secure`` (and, for distributed DP, ``noise_multiplier``) are the federation's
+        secure-aggregation settings as this hospital knows them: each round's graph,
+        threshold and noise are checked against them and a round asking for less is refused.
+        Without them the agent takes the coordinator's word (a semi-honest coordinator)."""
         if tls is None and not name:
             raise ConfigurationError("without TLS the agent must say its --name")
         self.target = target
@@ -119,6 +125,9 @@ class Agent:
         self._channel: Any = None
         self.client_id = name
         self._warm = False
+        self.secure = secure
+        self.noise_multiplier = noise_multiplier
+        self.guard = RoundGuard()  # refuses a round of a session it already took part in
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -347,7 +356,13 @@ class Agent:
             )
             self._stream_in("SubmitUpdate", codec.chunks(head, result.update), pb.RoundDone, budget)
             return compute
-        client = SecureClient(instruction, rng=SecureRandom())
+        client = SecureClient(
+            instruction,
+            rng=SecureRandom(),
+            settings=self.secure,
+            noise_multiplier=self.noise_multiplier,
+            guard=self.guard,
+        )
         directory = self._unary(
             "Advertise", codec.advertise_to_pb(number, client.advertise()), pb.KeyDirectory, budget
         )
