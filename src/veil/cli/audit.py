@@ -534,7 +534,9 @@ def reconstruction(
     epsilon: float = typer.Option(
         4.0, "--epsilon", help="The ledger's budget for all questions (engine); each asks 1/Q."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the secret bits and the subsets."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the secret bits, the subsets and the engine's (insecure) noise."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Dinur-Nissim reconstruction: ask random subset sums of secret bits and decode them with a
@@ -566,7 +568,7 @@ def reconstruction(
         data = Dataset((con, "people"), TableSpec("people", bounds={"secret": (0, 1)}))
         with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/ledger.sqlite") as ledger:
             ledger.set_budget("people/row", epsilon=epsilon, delta=1e-5)
-            releaser = Releaser(ledger)
+            releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
 
             def ask(ids: Any) -> float:
                 sql = subset_sum_sql("people", "secret", "id", ids)
