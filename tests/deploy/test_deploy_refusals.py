@@ -183,3 +183,28 @@ def test_malformed_and_oversized_messages_are_refused_and_serving_goes_on(
         assert join(ch).client_id == "hospital-a"
     assert coordinator.error is None
     assert not coordinator.finished.is_set()
+
+
+@pytest.mark.usefixtures("quiet_logs")
+def test_status_over_the_network(
+    pki: Path, coordinator: Coordinator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with channel(pki, coordinator, "hospital-c") as ch:
+        join(ch)
+    code = main(
+        [
+            "fl",
+            "status",
+            "--server",
+            f"127.0.0.1:{coordinator.port}",
+            "--cert",
+            str(pki / "hospital-a.pem"),
+        ]
+    )
+    assert code == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["federation"] == "hospitals"
+    assert shown["round"] == 0
+    assert shown["stage"] == "waiting"
+    assert shown["clients"]["hospital-c"] is not None  # seen a moment ago
+    assert shown["clients"]["hospital-b"] is None

@@ -121,6 +121,8 @@ def serve(
         coordinator.stop(grace=2.0)
     if coordinator.error:
         raise ProtocolError(f"the federation stopped: {coordinator.error}")
+    if coordinator.stopped:
+        console.print(f"stopped before round {status['round'] + 1}: {coordinator.stopped}")
     console.print(
         f"finished {status['round']} of {status['rounds']} rounds; "
         f"received {status['bytes_received']} B, sent {status['bytes_sent']} B"

@@ -201,6 +201,7 @@ class Coordinator:
         self._stopped = threading.Event()
         self.finished = threading.Event()
         self.error: str | None = None
+        self.stopped: str | None = None
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4 * len(config.clients) + 8),
             handlers=[self._handler()],
@@ -324,7 +325,7 @@ class Coordinator:
             while self.server.stage is Stage.IDLE and not self._stopped.is_set():
                 self._one_round()
         except BudgetExceededError as exc:
-            self.error = f"stopped: {exc}"
+            self.stopped = str(exc)  # a clean end: the next round would overspend
             emit("stopped", reason=str(exc))
         except Exception as exc:  # keep the process alive for status; say what happened
             self.error = f"{type(exc).__name__}: {exc}"
@@ -809,6 +810,7 @@ class Coordinator:
             "bytes_received": self._bytes_in,
             "bytes_sent": self._bytes_out,
             "error": self.error,
+            "stopped": self.stopped,
         }
         if self.ledger is not None:
             spent = self.ledger.status(self.config.scope)
