@@ -107,6 +107,8 @@ def test_a_secure_sum_of_sixteen_updates_protects(
         # one client alone is exposed by the same attacks
         alone = client_update(model, xs[:1], ys[:1])
         assert psnr(analytic_first_layer(model, alone), xs[:1]) >= 60
+    # 17.1 dB here; the benchmark's five batches reach up to 21.3 dB (analytic), so the issue's
+    # 20 dB holds for this batch, not for every batch (docs/benchmarks.md)
     assert max(results.values()) <= 20, results
 
 
