@@ -103,3 +103,48 @@ def test_canary_arguments_are_checked() -> None:
         dpsgd_canary_scores(dpsgd, records=100, epochs=1, canaries=5, rng=InsecureSeededRandom(0))
     with pytest.raises(ConfigurationError, match="records"):
         dpsgd_canary_scores(dpsgd, records=50, epochs=1, canaries=100, rng=InsecureSeededRandom(0))
+
+
+def test_black_box_mislabelled_canaries_through_the_real_trainers() -> None:
+    from veil.audit.canaries import mislabelled_canary_audit
+    from veil.federated import ClientData, TrainConfig, data, models
+    from veil.privacy import dpsgd_noise_multiplier
+
+    digits = data.digits(clients=1, alpha=None, seed=0)
+    records = ClientData(digits.x, digits.y)
+
+    def mlp() -> models.Mlp:
+        return models.Mlp(64, 10, (128,))
+
+    # the broken variant: a non-private run presented with a claim of epsilon 1
+    plain = mislabelled_canary_audit(
+        mlp,
+        records,
+        canaries=500,
+        config=TrainConfig(local_epochs=300, learning_rate=1.0),
+        delta=DELTA,
+        claimed_epsilon=1.0,
+    )
+    assert plain.epsilon_lower >= 2.5
+    assert plain.exceeds_claim
+    # DP-SGD at epsilon 1 (expected batch a fifth of the records, 20 epochs)
+    n = len(records) - 250
+    shape = DpSgd(noise_multiplier=1.0, batch_size=n // 5)
+    z = dpsgd_noise_multiplier(
+        epsilon=1.0,
+        delta=DELTA,
+        sampling_probability=shape.sampling_probability(n),
+        steps=shape.steps(n, 20),
+    )
+    private = mislabelled_canary_audit(
+        mlp,
+        records,
+        canaries=500,
+        config=TrainConfig(local_epochs=20, learning_rate=0.5),
+        delta=DELTA,
+        dpsgd=DpSgd(noise_multiplier=z, batch_size=n // 5),
+        rng=InsecureSeededRandom(0),
+    )
+    assert private.claimed_epsilon is not None
+    assert 0.9 <= private.claimed_epsilon <= 1.1
+    assert private.epsilon_lower <= private.claimed_epsilon

@@ -21,7 +21,9 @@ to the averaged instead of the summed gradient) to show that the audit catches i
 
 This audits the noise, sampling and accounting of DP-SGD, not the rest of a training loop (a
 clipping step skipped in a model's backward pass, say); auditing ``train_dpsgd`` itself needs a
-canary hook inside the trainer.
+canary hook inside the trainer. :func:`mislabelled_canary_audit` does run the real trainers,
+black-box: mislabelled canary records, scored by the final model's confidence in their wrong
+labels.
 """
 
 from __future__ import annotations
@@ -30,15 +32,25 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+import torch
+from torch import nn
 
 from veil.audit.dp import EpsilonAudit, one_run_audit
 from veil.errors import ConfigurationError
 from veil.federated.dp import DpSgd, NoisySum
+from veil.federated.messages import TrainConfig
 from veil.federated.protocol import uniform
+from veil.federated.training import ClientData
 from veil.privacy.accountants import TightestAccountant
 from veil.privacy.random import RandomSource
 
-__all__ = ["Aggregate", "dpsgd_canary_audit", "dpsgd_canary_scores", "noisy_mean"]
+__all__ = [
+    "Aggregate",
+    "dpsgd_canary_audit",
+    "dpsgd_canary_scores",
+    "mislabelled_canary_audit",
+    "noisy_mean",
+]
 
 Vector = npt.NDArray[np.float64]
 Aggregate = Callable[[Vector, NoisySum, int, RandomSource], Vector]
@@ -108,3 +120,75 @@ def dpsgd_canary_audit(
     return one_run_audit(
         scores, included, claimed_epsilon=claim, delta=delta, significance=significance
     )
+
+
+def mislabelled_canary_audit(
+    make_model: Callable[[], nn.Module],
+    data: ClientData,
+    *,
+    canaries: int,
+    config: TrainConfig,
+    delta: float,
+    dpsgd: DpSgd | None = None,
+    claimed_epsilon: float | None = None,
+    rng: RandomSource | None = None,
+    seed: int = 0,
+    threads: int | None = 1,
+) -> EpsilonAudit:
+    """The black-box one-run audit of a real training run: ``canaries`` records of ``data`` get
+    a wrong label and each is included with probability 1/2; the model trains once with veil's
+    trainer (``train_dpsgd`` with ``dpsgd``, else ``train_clients``) on the other records plus
+    the included canaries, and each canary's score is the trained model's confidence φ in its
+    wrong label (:func:`veil.audit.mia.confidence_scores`).
+
+    The claim is ``claimed_epsilon`` if given, else the tightest accountant's epsilon at
+    ``delta`` for ``dpsgd.event`` over the training set actually used. A black-box audit sees
+    only what the final model memorised, so it is far weaker than the white-box one (notes:
+    a noise-scaling bug under strong clipping goes unseen); it does catch a run that is not
+    private at all.
+    """
+    from veil.audit.mia import model_confidences
+    from veil.federated.training import ParamLayout, train_clients, train_dpsgd
+
+    n = len(data)
+    if not isinstance(canaries, int) or not 10 <= canaries < n:
+        raise ConfigurationError(f"canaries must be an integer in [10, {n}), got {canaries!r}")
+    if dpsgd is not None and rng is None:
+        raise ConfigurationError("a DP-SGD run needs rng= (its noise source)")
+    gen = np.random.default_rng(seed)
+    y = data.y.clone()
+    classes = int(y.max()) + 1
+    chosen = gen.permutation(n)[:canaries]
+    shift = torch.from_numpy(gen.integers(1, max(classes, 2), canaries))
+    y[chosen] = (y[chosen] + shift) % max(classes, 2)
+    included = gen.random(canaries) < 0.5
+    keep = np.ones(n, dtype=bool)
+    keep[chosen[~included]] = False
+    train = ClientData(data.x[torch.from_numpy(np.flatnonzero(keep))], y[keep])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = make_model()
+    layout = ParamLayout(module)
+    start = np.asarray(layout.vector(), dtype=np.float64)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        if dpsgd is None:
+            generator = torch.Generator().manual_seed(seed)
+            (outcome,) = train_clients(layout, start, [train], config, generator=generator)
+        else:
+            assert rng is not None
+            outcome = train_dpsgd(layout, start, train, config, dpsgd, rng=rng)
+    finally:
+        torch.set_num_threads(before)
+    probe = ClientData(data.x[torch.from_numpy(chosen)], y[chosen])
+    scores = model_confidences(layout, start + outcome.update, probe)
+    claim = claimed_epsilon
+    if claim is None and dpsgd is not None:
+        claim = (
+            TightestAccountant()
+            .compose(dpsgd.event(len(train), config.local_epochs))
+            .epsilon(delta)
+        )
+    return one_run_audit(scores, included, claimed_epsilon=claim, delta=delta)
