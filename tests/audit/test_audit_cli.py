@@ -142,3 +142,21 @@ def test_reconstruction_from_the_command_line(capsys: pytest.CaptureFixture[str]
     result = json.loads(out)
     assert result["answers"] == "engine"
     assert 0 < result["epsilon_spent"] <= 4.0
+
+
+def test_the_demos_audit_section(tmp_path: Path) -> None:
+    from veil.cli._demo_audit import audit_section
+    from veil.reports import Report
+    from veil.reports.plots import have_matplotlib
+
+    report = Report("audit section")
+    audit_section(report, tmp_path, have_matplotlib())
+    html, _ = report.write(tmp_path)
+    text = html.read_text()
+    assert "Privacy audits: the claims, attacked" in text
+    assert "refuted" in text  # the sensitivity bug
+    assert "consistent" in text  # the correct mechanism
+    assert "DP-SGD, ε = 1" in text
+    assert "no attack&#x27;s TPR is significantly above the limit" in text
+    if have_matplotlib():
+        assert (tmp_path / "audit-roc.png").exists()

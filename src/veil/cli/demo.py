@@ -20,6 +20,7 @@ import typer
 from rich.progress import Progress
 
 from veil.cli._common import console, fmt
+from veil.cli._demo_audit import audit_section
 from veil.datasets import census2000, data_path
 from veil.errors import BudgetExceededError, MissingDependencyError
 from veil.ledger import Ledger
@@ -43,7 +44,7 @@ def demo(
     plots = have_matplotlib()
     report = Report(
         "veil demo: secure noise, tight accounting, an enforced budget, DP statistics, "
-        "federated learning, encrypted scoring"
+        "federated learning, encrypted scoring, privacy audits"
     )
     report.paragraph(
         "Everything below ran on this machine just now, on the US Census 2000 PUMS excerpt "
@@ -58,6 +59,7 @@ def demo(
     _statistics(report, out, plots)
     _federated(report, out, plots)
     _encrypted_scoring(report)
+    audit_section(report, out, plots)
     html_path, _ = report.write(out)
     console.print(f"\n[bold]report written to {out}[/bold]  (open {html_path.name})")
 
