@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from veil.audit.reconstruction import (
+    averaging_attack,
+    differencing_attack,
     lp_decode,
     random_subsets,
     reconstruction_attack,
@@ -81,6 +83,41 @@ def test_the_release_engine_within_epsilon_four_resists(secret: np.ndarray, tmp_
         # and refuses, before anything is drawn, a question that would overspend
         with pytest.raises(BudgetExceededError):
             releaser.release(people, subset_sum_sql("people", "secret", "id", [0, 1]), epsilon=4.0)
+
+
+def test_differencing_and_averaging_against_exact_answers_and_the_engine(
+    secret: np.ndarray, tmp_path: Path
+) -> None:
+    pd = pytest.importorskip("pandas")
+    from veil.analytics import Dataset, Releaser, TableSpec
+    from veil.ledger import Ledger
+
+    def exact(ids: Sequence[int]) -> float:
+        return float(secret[list(ids)].sum())
+
+    # against exact sums over large sets, the target's bit comes out exactly
+    assert differencing_attack(exact, people=PEOPLE, target=7) == secret[7]
+    table = pd.DataFrame({"id": np.arange(PEOPLE), "secret": secret})
+    people = Dataset(table, TableSpec("people", bounds={"secret": (0, 1)}))
+    with Ledger(str(tmp_path / "ledger.sqlite")) as ledger:
+        ledger.set_budget("people/row", epsilon=1.0, delta=1e-5)
+        releaser = Releaser(ledger, rng=InsecureSeededRandom(5))
+        answers: list[float] = []
+
+        def ask(ids: Sequence[int]) -> float:
+            sql = subset_sum_sql("people", "secret", "id", ids)
+            answers.append(float(releaser.release(people, sql, epsilon=0.1).records[0]["value"]))
+            return answers[-1]
+
+        differencing_attack(ask, people=PEOPLE, target=7)
+        after_two = ledger.status("people/row").spent_epsilon
+        assert after_two == pytest.approx(0.2, rel=0.05)  # both questions were charged
+        # the same question 50 more times: the stored answer, nothing more spent, nothing to
+        # average away
+        mean = averaging_attack(ask, list(range(PEOPLE)), repeats=50)
+        assert mean == answers[0]
+        assert len(set(answers[2:])) == 1
+        assert ledger.status("people/row").spent_epsilon == pytest.approx(after_two)
 
 
 def test_lp_decoding_checks_its_inputs() -> None:

@@ -109,3 +109,25 @@ def subset_sum_sql(table: str, column: str, id_column: str, ids: Sequence[int]) 
     listed = ", ".join(str(int(i)) for i in ids)
     # the ids are integers; the names are the caller's own identifiers
     return f"SELECT SUM({column}) FROM {table} WHERE {id_column} IN ({listed})"  # noqa: S608
+
+
+def differencing_attack(
+    ask: Callable[[Sequence[int]], float], *, people: int, target: int
+) -> float:
+    """The tracker attack (Denning and Schlörer): the sum over everyone minus the sum over
+    everyone but ``target`` is the target's value, however large both query sets are."""
+    if not 0 <= target < people:
+        raise ConfigurationError(f"target must be in [0, {people}), got {target}")
+    everyone = list(range(people))
+    return float(ask(everyone)) - float(ask([i for i in everyone if i != target]))
+
+
+def averaging_attack(
+    ask: Callable[[Sequence[int]], float], ids: Sequence[int], *, repeats: int
+) -> float:
+    """Ask the same question ``repeats`` times and average: fresh noise each time would shrink
+    the error by ``√repeats``; an engine that returns the stored answer (and a ledger that
+    charges every new question) leaves nothing to average."""
+    if repeats < 1:
+        raise ConfigurationError(f"repeats must be >= 1, got {repeats}")
+    return float(np.mean([float(ask(ids)) for _ in range(repeats)]))
