@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
-from veil.audit.canaries import dpsgd_canary_audit, dpsgd_canary_scores, noisy_mean
+from veil.audit.canaries import (
+    dpfedavg_canary_audit,
+    dpsgd_canary_audit,
+    dpsgd_canary_scores,
+    noisy_mean,
+)
 from veil.errors import ConfigurationError
-from veil.federated import DpSgd, NoisySum
+from veil.federated import DpAggregator, DpSgd, NoisySum, RoundContext, TrainResult
 from veil.privacy import InsecureSeededRandom, RandomSource
 
 DELTA = 1e-5
@@ -148,3 +155,51 @@ def test_black_box_mislabelled_canaries_through_the_real_trainers() -> None:
     assert private.claimed_epsilon is not None
     assert 0.9 <= private.claimed_epsilon <= 1.1
     assert private.epsilon_lower <= private.claimed_epsilon
+
+
+class NoiseForTheMean(DpAggregator):
+    """The bug, server side: noise calibrated to the averaged update's sensitivity."""
+
+    def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> np.ndarray:
+        expected = context.sampling_probability * context.population
+        total = np.zeros(context.dimension)
+        if results:
+            total = np.stack([np.asarray(r.update) for r in results]).sum(axis=0)
+        noise = NoisySum(
+            clip_norm=self.clip_norm / expected,
+            noise_multiplier=self.noise_multiplier,
+            dimension=context.dimension,
+        )
+        return noise.release(total, context.rng) / expected
+
+
+@pytest.mark.parametrize(("z", "low", "high"), [(Z_EPS1, 0.9, 1.1), (Z_EPS8, 7.0, 9.0)])
+def test_dpfedavg_through_the_real_aggregator_never_above_the_claim(
+    z: float, low: float, high: float
+) -> None:
+    audit = dpfedavg_canary_audit(
+        DpAggregator(noise_multiplier=z, clip_norm=1.0),
+        clients=1000,
+        sampling_probability=0.2,
+        rounds=100,
+        canaries=CANARIES,
+        delta=DELTA,
+        rng=InsecureSeededRandom(0),
+    )
+    assert audit.claimed_epsilon is not None
+    assert low <= audit.claimed_epsilon <= high
+    assert audit.epsilon_lower <= audit.claimed_epsilon
+
+
+def test_dpfedavg_noise_scaled_for_the_mean_is_caught() -> None:
+    audit = dpfedavg_canary_audit(
+        NoiseForTheMean(noise_multiplier=Z_EPS1, clip_norm=1.0),
+        clients=1000,
+        sampling_probability=0.2,
+        rounds=100,
+        canaries=CANARIES,
+        delta=DELTA,
+        rng=InsecureSeededRandom(9),
+        seed=9,
+    )
+    assert audit.exceeds_claim

@@ -37,15 +37,17 @@ from torch import nn
 
 from veil.audit.dp import EpsilonAudit, one_run_audit
 from veil.errors import ConfigurationError
-from veil.federated.dp import DpSgd, NoisySum
-from veil.federated.messages import TrainConfig
+from veil.federated.dp import DpAggregator, DpSgd, NoisySum
+from veil.federated.messages import TrainConfig, TrainResult
 from veil.federated.protocol import uniform
+from veil.federated.strategies import RoundContext
 from veil.federated.training import ClientData
 from veil.privacy.accountants import TightestAccountant
 from veil.privacy.random import RandomSource
 
 __all__ = [
     "Aggregate",
+    "dpfedavg_canary_audit",
     "dpsgd_canary_audit",
     "dpsgd_canary_scores",
     "mislabelled_canary_audit",
@@ -192,3 +194,52 @@ def mislabelled_canary_audit(
             .epsilon(delta)
         )
     return one_run_audit(scores, included, claimed_epsilon=claim, delta=delta)
+
+
+def dpfedavg_canary_audit(
+    aggregator: DpAggregator,
+    *,
+    clients: int,
+    sampling_probability: float,
+    rounds: int,
+    canaries: int,
+    delta: float,
+    rng: RandomSource,
+    seed: int = 0,
+) -> EpsilonAudit:
+    """The one-run audit of client-level DP-FedAvg through a server-side aggregator's own
+    ``aggregate`` (white-box canary clients).
+
+    Of ``clients`` clients, ``canaries`` are canaries, each in the population with probability
+    1/2; every round each client is Poisson-sampled at ``sampling_probability``, and a sampled
+    canary sends the update ``C · e_i`` (its own coordinate, at the clipping norm; the other
+    clients' updates do not touch the canary coordinates and are left out). The aggregator
+    clips, noises and scales the sum as in a real round; a canary's score is the sum of the
+    released rounds on its coordinate. The claim is the tightest accountant's epsilon for
+    ``aggregator.round_event`` composed ``rounds`` times.
+    """
+    if not isinstance(canaries, int) or canaries < 10 or clients < canaries:
+        raise ConfigurationError("need canaries >= 10 and clients >= canaries")
+    if not 0 < sampling_probability <= 1 or rounds < 1:
+        raise ConfigurationError("need a sampling probability in (0, 1] and rounds >= 1")
+    included = np.random.default_rng(seed).random(canaries) < 0.5
+    event = aggregator.round_event(sampling_probability=sampling_probability)
+    claim = TightestAccountant().compose(event, rounds).epsilon(delta)
+    moved = np.zeros(canaries)
+    for r in range(rounds):
+        sampled = np.flatnonzero(included & (uniform(rng, canaries) < sampling_probability))
+        results = []
+        for i in sampled:
+            update = np.zeros(canaries)
+            update[i] = aggregator.clip_norm
+            results.append(TrainResult(r, f"canary-{i}", update, 1))
+        context = RoundContext(
+            round=r,
+            dimension=canaries,
+            population=clients,
+            sampled=len(results),
+            sampling_probability=sampling_probability,
+            rng=rng,
+        )
+        moved += aggregator.aggregate(results, context)
+    return one_run_audit(moved, included, claimed_epsilon=claim, delta=delta)
