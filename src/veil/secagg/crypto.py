@@ -38,6 +38,7 @@ from veil.errors import AuthenticationError, ConfigurationError, RemoteProtocolE
 
 __all__ = [
     "AgreementKey",
+    "Masker",
     "SigningKey",
     "derive",
     "mask",
@@ -149,20 +150,45 @@ def _zeros(nbytes: int) -> bytes:
     return bytes(nbytes)
 
 
-def mask(seed: bytes, size: int) -> npt.NDArray[np.uint32]:
-    """``size`` pseudorandom words of ``Z_2^32`` expanded from a 32-byte ``seed`` (AES-256-CTR
-    from a zero counter: each seed is derived for one use, so the counter never repeats)."""
+def _expand_into(seed: bytes, out: bytearray, nbytes: int) -> None:
     if len(seed) != KEY_BYTES:
         raise ConfigurationError(f"a mask seed has {KEY_BYTES} bytes, got {len(seed)}")
-    if not isinstance(size, int) or size < 0:
-        raise ConfigurationError(f"size must be an integer >= 0, got {size!r}")
-    nbytes = 4 * size
-    out = bytearray(nbytes + 15)  # update_into wants a block of slack
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     written = encryptor.update_into(_zeros(nbytes), out)
     if written != nbytes:  # pragma: no cover - CTR is a stream mode
         raise AssertionError("AES-CTR returned a short keystream")
+
+
+def mask(seed: bytes, size: int) -> npt.NDArray[np.uint32]:
+    """``size`` pseudorandom words of ``Z_2^32`` expanded from a 32-byte ``seed`` (AES-256-CTR
+    from a zero counter: each seed is derived for one use, so the counter never repeats)."""
+    if not isinstance(size, int) or size < 0:
+        raise ConfigurationError(f"size must be an integer >= 0, got {size!r}")
+    out = bytearray(4 * size + 15)  # update_into wants a block of slack
+    _expand_into(seed, out, 4 * size)
     return np.frombuffer(out, dtype="<u4", count=size).astype(np.uint32, copy=False)
+
+
+class Masker:
+    """Adds or subtracts masks of one length into vectors of ``Z_2^32``, expanding each into
+    one reused buffer (a round adds a mask per neighbour: no allocation per mask)."""
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or size < 0:
+            raise ConfigurationError(f"size must be an integer >= 0, got {size!r}")
+        self.size = size
+        self._buffer = bytearray(4 * size + 15)
+        self._words = np.frombuffer(self._buffer, dtype="<u4", count=size)
+
+    def add(self, target: npt.NDArray[np.uint32], seed: bytes, *, subtract: bool = False) -> None:
+        """``target += mask(seed)`` (or ``-=``), in place."""
+        if target.shape != (self.size,) or target.dtype != np.uint32:
+            raise ConfigurationError(f"the target must be {self.size} uint32 words")
+        _expand_into(seed, self._buffer, 4 * self.size)
+        if subtract:
+            np.subtract(target, self._words, out=target)
+        else:
+            np.add(target, self._words, out=target)
 
 
 class SigningKey:

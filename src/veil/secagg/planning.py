@@ -24,6 +24,7 @@ with ``n``. When no ``k < n - 1`` is good enough, the plan is the complete graph
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 from scipy.stats import binom
@@ -84,6 +85,7 @@ def survivors_quantile(clients: int, dropout: float, failure: float) -> int:
     return int(binom.ppf(failure, clients, 1.0 - dropout))
 
 
+@functools.lru_cache(maxsize=256)
 def plan_round(
     clients: int,
     *,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import struct
 from collections.abc import Mapping
@@ -228,7 +229,15 @@ def derived_graph(
     digest = hashlib.sha256(_context(b"veil-secagg-graph|", session, round))
     for u in ids:
         digest.update(struct.pack(">Q", u) + keys[u][0] + keys[u][1])
-    return neighbours_harary(ids, degree=degree, rng=_SeededWords(digest.digest()))
+    return dict(_graph_from_digest(tuple(ids), degree, digest.digest()))
+
+
+@functools.lru_cache(maxsize=64)
+def _graph_from_digest(
+    ids: tuple[int, ...], degree: int, digest: bytes
+) -> MappingProxyType[int, frozenset[int]]:
+    """The Harary graph for a digest: every party of a round computes the same one."""
+    return MappingProxyType(neighbours_harary(list(ids), degree=degree, rng=_SeededWords(digest)))
 
 
 def active_threshold_ok(threshold: int, group: int) -> bool:
@@ -240,10 +249,13 @@ def _aad(session: bytes, round: int, sender: int, recipient: int) -> bytes:
     return b"veil-secagg-share|" + session + struct.pack(">QQQ", round, sender, recipient)
 
 
-def _pair_mask(secret: bytes, session: bytes, round: int, u: int, v: int, size: int) -> Vector:
+def _pair_seed(secret: bytes, session: bytes, round: int, u: int, v: int) -> bytes:
     low, high = min(u, v), max(u, v)
-    seed = crypto.derive(secret, session=session, round=round, purpose=f"pair/{low}/{high}")
-    return crypto.mask(seed, size)
+    return crypto.derive(secret, session=session, round=round, purpose=f"pair/{low}/{high}")
+
+
+def _pair_mask(secret: bytes, session: bytes, round: int, u: int, v: int, size: int) -> Vector:
+    return crypto.mask(_pair_seed(secret, session, round, u, v), size)
 
 
 def _commit(seed: bytes, session: bytes, round: int) -> bytes:
@@ -478,13 +490,11 @@ class SecAggClient:
             )
         y = _self_mask(self._self_seed, self.session, self.round, self.vector.size)
         y += self.vector
+        masker = crypto.Masker(y.size)
         for v in sorted(self._u2):
             secret = self._mask_key.exchange(self._directory.keys[v][0])
-            m = _pair_mask(secret, self.session, self.round, self.client, v, y.size)
-            if self.client < v:
-                y += m
-            else:
-                y -= m
+            seed = _pair_seed(secret, self.session, self.round, self.client, v)
+            masker.add(y, seed, subtract=self.client > v)
         self.stage = ClientStage.CONSISTENCY if self.active else ClientStage.UNMASK
         return MaskedInput(self.client, y)
 
@@ -754,12 +764,14 @@ class SecAggServer:
         total = np.zeros(self.dimension, dtype=np.uint32)
         for y in self.inputs.values():
             total += y
+        masker = crypto.Masker(self.dimension)
         for u in self.request.survivors:
             shares = {m.client: m.seed_shares[u] for m in answers if u in m.seed_shares}
             seed = shamir.combine(shares, threshold=self.threshold)
             if _commit(seed, self.session, self.round) != self.commitments.get(u):
                 raise RemoteProtocolError(f"the shares of client {u}'s seed are inconsistent")
-            total -= _self_mask(seed, self.session, self.round, self.dimension)
+            self_seed = crypto.derive(seed, session=self.session, round=self.round, purpose="self")
+            masker.add(total, self_seed, subtract=True)
         for v in self.request.dropped:
             partners = self.neighbours[v] & self.request.survivors
             if not partners:  # nobody carries a mask shared with v
@@ -772,9 +784,6 @@ class SecAggServer:
                 raise RemoteProtocolError(f"the shares of client {v}'s key are inconsistent")
             for u in partners:
                 secret = key.exchange(self.keys[u][0])
-                m = _pair_mask(secret, self.session, self.round, u, v, self.dimension)
-                if u < v:
-                    total -= m
-                else:
-                    total += m
+                seed = _pair_seed(secret, self.session, self.round, u, v)
+                masker.add(total, seed, subtract=u < v)
         return total
