@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.errors import AuthenticationError, RemoteProtocolError
+from veil.errors import AuthenticationError, ConfigurationError, RemoteProtocolError
 from veil.secagg import crypto
 
 h = bytes.fromhex
@@ -149,3 +149,21 @@ def test_ed25519_rfc8032_test_1_and_refusals() -> None:
         crypto.verify(key.public, signature, b"x")
     with pytest.raises(AuthenticationError):
         crypto.verify(crypto.SigningKey().public, signature, b"")
+
+
+def test_the_masker_adds_and_subtracts_exactly_the_mask_in_place() -> None:
+    from veil.secagg.crypto import Masker, mask
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 2**32, size=1000, dtype=np.uint64).astype(np.uint32)
+    start = target.copy()
+    masker = Masker(1000)
+    seeds = [bytes([i]) * 32 for i in range(3)]
+    masker.add(target, seeds[0])
+    masker.add(target, seeds[1], subtract=True)
+    masker.add(target, seeds[2])
+    np.testing.assert_array_equal(
+        target, start + mask(seeds[0], 1000) - mask(seeds[1], 1000) + mask(seeds[2], 1000)
+    )
+    with pytest.raises(ConfigurationError):
+        masker.add(np.zeros(999, dtype=np.uint32), seeds[0])
