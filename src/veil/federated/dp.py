@@ -235,6 +235,7 @@ class DpAggregator(Aggregator):
         return noise.release(total, context.rng) / expected
 
     summable = True
+    client_dp = True
 
     def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
         """The secure sum of the clipped updates, noised here unless the clients already added

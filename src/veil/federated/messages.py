@@ -14,20 +14,27 @@ it is sent.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError, RemoteProtocolError
+from veil.secagg.planning import RoundPlan
+from veil.secagg.quantize import Quantizer
 
-if TYPE_CHECKING:
-    from veil.federated.secure import SecureRoundSpec
-
-__all__ = ["TrainConfig", "TrainFailure", "TrainInstruction", "TrainResult"]
+__all__ = [
+    "Encoding",
+    "SecureRoundSpec",
+    "TrainConfig",
+    "TrainFailure",
+    "TrainInstruction",
+    "TrainResult",
+]
 
 FloatVector = npt.NDArray[np.floating[Any]]
 
@@ -92,6 +99,62 @@ def _positive_finite(value: object) -> bool:
         and math.isfinite(value)
         and value > 0
     )
+
+
+class Encoding(enum.Enum):
+    WEIGHTED = "weighted"
+    CENTRAL_DP = "central DP"
+    DISTRIBUTED_DP = "distributed DP"
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureRoundSpec:
+    """What every client of one secure round must agree on; sent with its instruction."""
+
+    session: bytes
+    round: int
+    clients: tuple[str, ...]
+    """The round's clients; client ``clients[i]`` is number ``i + 1`` in the protocol."""
+    plan: RoundPlan
+    encoding: Encoding
+    dimension: int
+    """Coordinates of the model's update."""
+    clip: float
+    max_weight: int = 1
+    metric_keys: tuple[str, ...] = ()
+    metric_bound: float = 1.0
+    granularity: float = 1.0
+    """Distributed DP: the grid spacing ``g``."""
+    client_sigma: float = 0.0
+    """Distributed DP: each client's discrete Gaussian parameter ``σ_c``, in grid steps."""
+    verify_keys: tuple[bytes, ...] = ()
+    """Active mode: the enrolled public signing key of each of ``clients``."""
+    min_survivors: int = 0
+    """The fewest survivors the round is unmasked with (distributed DP calibrates to it)."""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.verify_keys)
+
+    def number(self, client_id: str) -> int:
+        try:
+            return self.clients.index(client_id) + 1
+        except ValueError:
+            raise RemoteProtocolError(f"client {client_id!r} is not in this round") from None
+
+    @property
+    def length(self) -> int:
+        """Words in a client's vector: the update and what rides with it."""
+        if self.encoding is Encoding.WEIGHTED:
+            return self.dimension + 1 + len(self.metric_keys)
+        return self.dimension + len(self.metric_keys)
+
+    def quantizer(self) -> Quantizer:
+        return Quantizer(clip=self.clip, clients=len(self.clients))
+
+    @property
+    def payload_bytes(self) -> int:
+        return 16 + 8 * len(self.clients) + 64
 
 
 @dataclasses.dataclass(frozen=True)

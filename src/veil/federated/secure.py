@@ -46,7 +46,6 @@ clip``, not ``clip``; bounding the L2 norm needs zero-knowledge proofs (not buil
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -55,12 +54,18 @@ import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError, DataError, LocalProtocolError, RemoteProtocolError
-from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
+from veil.federated.messages import (
+    Encoding,
+    SecureRoundSpec,
+    TrainConfig,
+    TrainInstruction,
+    TrainResult,
+)
 from veil.federated.strategies import Aggregator, SummedUpdates
 from veil.privacy.random import RandomSource
 from veil.privacy.samplers import discrete_gaussian
 from veil.secagg.crypto import SigningKey
-from veil.secagg.planning import RoundPlan, plan_round
+from veil.secagg.planning import plan_round
 from veil.secagg.protocol import (
     AdvertiseKeys,
     ConsistencyCheck,
@@ -76,7 +81,7 @@ from veil.secagg.protocol import (
     UnmaskShares,
     neighbours_complete,
 )
-from veil.secagg.quantize import Quantizer, from_ring, stochastic_round, to_ring
+from veil.secagg.quantize import from_ring, stochastic_round, to_ring
 
 __all__ = [
     "Encoding",
@@ -94,12 +99,6 @@ Vector = npt.NDArray[np.float64]
 _GRID_STEPS = 1024
 _RING_HALF = 2**31
 _TAIL_SIGMAS = 40.0
-
-
-class Encoding(enum.Enum):
-    WEIGHTED = "weighted"
-    CENTRAL_DP = "central DP"
-    DISTRIBUTED_DP = "distributed DP"
 
 
 def _positive(name: str, value: object) -> float:
@@ -149,18 +148,16 @@ class SecureAggregation:
 
     def encoding(self, aggregator: Aggregator) -> Encoding:
         """The encoding for this aggregator; refuses one that needs individual updates."""
-        from veil.federated.dp import DpAggregator
-
         if not aggregator.summable:
             raise ConfigurationError(
                 f"{aggregator.describe()} needs every client's update, and secure aggregation "
                 "shows the server only their sum: use a mean (FedAvg, FedProx, FedAdam, "
                 "FedYogi, FedAdagrad) or client-level DP"
             )
-        if isinstance(aggregator, DpAggregator):
+        if aggregator.client_dp:
             if not self.distributed_dp:
                 return Encoding.CENTRAL_DP
-            if aggregator.adaptive is not None:
+            if getattr(aggregator, "adaptive", None) is not None:
                 raise ConfigurationError(
                     "adaptive clipping is not available with distributed DP (its count would "
                     "need distributed noise too): give a fixed clip_norm"
@@ -171,56 +168,6 @@ class SecureAggregation:
                 "distributed_dp=True needs client-level DP (a DpAggregator) to say the noise"
             )
         return Encoding.WEIGHTED
-
-
-@dataclasses.dataclass(frozen=True)
-class SecureRoundSpec:
-    """What every client of one secure round must agree on; sent with its instruction."""
-
-    session: bytes
-    round: int
-    clients: tuple[str, ...]
-    """The round's clients; client ``clients[i]`` is number ``i + 1`` in the protocol."""
-    plan: RoundPlan
-    encoding: Encoding
-    dimension: int
-    """Coordinates of the model's update."""
-    clip: float
-    max_weight: int = 1
-    metric_keys: tuple[str, ...] = ()
-    metric_bound: float = 1.0
-    granularity: float = 1.0
-    """Distributed DP: the grid spacing ``g``."""
-    client_sigma: float = 0.0
-    """Distributed DP: each client's discrete Gaussian parameter ``σ_c``, in grid steps."""
-    verify_keys: tuple[bytes, ...] = ()
-    """Active mode: the enrolled public signing key of each of ``clients``."""
-    min_survivors: int = 0
-    """The fewest survivors the round is unmasked with (distributed DP calibrates to it)."""
-
-    @property
-    def active(self) -> bool:
-        return bool(self.verify_keys)
-
-    def number(self, client_id: str) -> int:
-        try:
-            return self.clients.index(client_id) + 1
-        except ValueError:
-            raise RemoteProtocolError(f"client {client_id!r} is not in this round") from None
-
-    @property
-    def length(self) -> int:
-        """Words in a client's vector: the update and what rides with it."""
-        if self.encoding is Encoding.WEIGHTED:
-            return self.dimension + 1 + len(self.metric_keys)
-        return self.dimension + len(self.metric_keys)
-
-    def quantizer(self) -> Quantizer:
-        return Quantizer(clip=self.clip, clients=len(self.clients))
-
-    @property
-    def payload_bytes(self) -> int:
-        return 16 + 8 * len(self.clients) + 64
 
 
 def distributed_noise(

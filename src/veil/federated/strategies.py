@@ -109,6 +109,9 @@ class Aggregator(abc.ABC):
     """Whether it needs only a weighted sum of the updates (so it works under secure
     aggregation, where the server never sees one client's update)."""
 
+    client_dp: bool = False
+    """Whether it is client-level DP (clipped updates, noise on the sum)."""
+
     def from_sum(self, summed: SummedUpdates, context: RoundContext) -> Vector:
         """The combined update from the secure sums (for a summable aggregator)."""
         raise ConfigurationError(

@@ -11,6 +11,7 @@ it through :mod:`veil.federated.secure`.
 from veil.secagg import crypto, planning, shamir
 from veil.secagg.crypto import (
     AgreementKey,
+    Masker,
     SigningKey,
     derive,
     mask,
@@ -53,6 +54,7 @@ __all__ = [
     "Expectation",
     "KeyDirectory",
     "MaskedInput",
+    "Masker",
     "Quantizer",
     "RoundPlan",
     "SecAggClient",
