@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from tests.federated.conftest import synthetic
 
-from conftest import synthetic
 from veil.errors import ConfigurationError, DataError, LocalProtocolError, RemoteProtocolError
 from veil.federated import (
     ClientSampling,
