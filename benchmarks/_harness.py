@@ -5,9 +5,11 @@ Standard library only: the peer adapters import it too, from their own environme
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def machine(*versions: str) -> str:
@@ -120,3 +122,46 @@ def write_raw(folder: Path, stem: str, payload: object) -> Path:
     out = path / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(payload))
     return out
+
+
+# What a peer adapter subprocess prints: progress lines on stderr, one result line on stdout.
+PROGRESS = "PROGRESS "
+RESULT = "RESULT "
+# No telemetry and no usage reports from Flower and Ray (there is no network here).
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def run_round_adapter(command: list[str], *, timeout: float) -> dict[str, Any]:
+    """Run a peer's round-by-round adapter (``command``) in a fresh subprocess, each phase
+    (start-up, every round) given ``timeout`` seconds; its JSON result, or ``{"problem": ...}``
+    saying what went wrong (a timeout names the phase and the rounds that finished)."""
+    adapter = Adapter(command, timeout=timeout, env={**os.environ, **QUIET_ENV})
+    out: list[str] = []
+    err: list[str] = []
+    finished: list[float] = []
+    phase = "starting"
+    try:
+        for tag, line in adapter.lines():
+            if tag == "err" and line.startswith(PROGRESS):
+                event = json.loads(line[len(PROGRESS) :])
+                adapter.progress()
+                if "round" in event:
+                    finished.append(event["seconds"])
+                    phase = f"running round {event['round'] + 1}"
+                else:
+                    phase = "starting Ray and running round 1"
+            elif tag == "err":
+                err.append(line)
+            elif line.startswith(RESULT):
+                out.append(line[len(RESULT) :])
+    except AdapterTimeoutError:
+        done = ", ".join(f"{s:.2f} s" for s in finished)
+        return {
+            "problem": f"timeout: nothing within {timeout:.0f} s while {phase}"
+            + (f" (finished rounds: {done})" if done else "")
+        }
+    proc = adapter.process
+    if proc.wait() != 0 or not out:
+        tail = [e.strip() for e in err if e.strip()]
+        return {"problem": "failed: " + (tail[-1] if tail else f"exit code {proc.returncode}")}
+    return dict(json.loads(out[-1]))

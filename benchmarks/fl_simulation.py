@@ -69,7 +69,16 @@ from typing import Any
 
 import numpy as np
 
-from _harness import Adapter, AdapterTimeoutError, machine, pip_tail, ratio_text, write_raw
+from _harness import (
+    PROGRESS,
+    QUIET_ENV,
+    RESULT,
+    machine,
+    pip_tail,
+    ratio_text,
+    run_round_adapter,
+    write_raw,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
@@ -81,8 +90,6 @@ FEATURES = 20  # plus a bias
 LR = 0.5
 LABEL_SHIFT = 0.5  # standard deviation of the per-client logit shift
 DTYPE = np.float64
-PROGRESS = "PROGRESS "  # prefix of the adapter's progress lines on stderr
-RESULT = "RESULT "  # prefix of the adapter's one result line on stdout
 
 TARGET_FLOOR = 2.0  # veil / loop floor, at most
 TARGET_FLOWER = 50.0  # Flower steady s/round / veil s/round, at least
@@ -326,8 +333,6 @@ FLOWER_REQUIREMENTS = (
     "ray==2.55.1",
 )
 PEERS = ("flower",)
-# No telemetry and no usage reports (there is no network here, and a benchmark should not phone).
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def flower_python() -> Path:
@@ -521,36 +526,7 @@ def run_flower_once(
         "--flower-cpus-per-client",
         str(cpus_per_client),
     ]
-    adapter = Adapter(command, timeout=timeout, env={**os.environ, **QUIET_ENV})
-    out: list[str] = []
-    err: list[str] = []
-    finished: list[float] = []
-    phase = "starting"
-    try:
-        for tag, line in adapter.lines():
-            if tag == "err" and line.startswith(PROGRESS):
-                event = json.loads(line[len(PROGRESS) :])
-                adapter.progress()
-                if "round" in event:
-                    finished.append(event["seconds"])
-                    phase = f"running round {event['round'] + 1}"
-                else:
-                    phase = "starting Ray and running round 1"
-            elif tag == "err":
-                err.append(line)
-            elif line.startswith(RESULT):
-                out.append(line[len(RESULT) :])
-    except AdapterTimeoutError:
-        done = ", ".join(f"{s:.2f} s" for s in finished)
-        return {
-            "problem": f"timeout: nothing within {timeout:.0f} s while {phase}"
-            + (f" (finished rounds: {done})" if done else "")
-        }
-    proc = adapter.process
-    if proc.wait() != 0 or not out:
-        tail = [e.strip() for e in err if e.strip()]
-        return {"problem": "failed: " + (tail[-1] if tail else f"exit code {proc.returncode}")}
-    return dict(json.loads(out[-1]))
+    return run_round_adapter(command, timeout=timeout)
 
 
 def run_flower(

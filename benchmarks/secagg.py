@@ -106,14 +106,11 @@ from typing import Any
 
 import numpy as np
 
-from _harness import Adapter, AdapterTimeoutError, machine, ratio_text, write_raw
+from _harness import PROGRESS, RESULT, machine, ratio_text, run_round_adapter, write_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".bench-data"
 ENV_DIR = ROOT / ".bench-envs"
-PROGRESS = "PROGRESS "  # prefix of the adapter's progress lines on stderr
-RESULT = "RESULT "  # prefix of the adapter's one result line on stdout
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 PEERS = ("flower",)
 GRAPHS = ("complete", "harary")
 FLOWER_VARIANTS = ("fedavg", "secagg+", "secagg")  # the adapter's workflows
@@ -613,36 +610,7 @@ def run_flower_once(
         "--threshold",
         str(threshold),
     ]
-    adapter = Adapter(command, timeout=timeout, env={**os.environ, **QUIET_ENV})
-    out: list[str] = []
-    err: list[str] = []
-    finished: list[float] = []
-    phase = "starting"
-    try:
-        for tag, line in adapter.lines():
-            if tag == "err" and line.startswith(PROGRESS):
-                event = json.loads(line[len(PROGRESS) :])
-                adapter.progress()
-                if "round" in event:
-                    finished.append(event["seconds"])
-                    phase = f"running round {event['round'] + 1}"
-                else:
-                    phase = "starting Ray and running round 1"
-            elif tag == "err":
-                err.append(line)
-            elif line.startswith(RESULT):
-                out.append(line[len(RESULT) :])
-    except AdapterTimeoutError:
-        done = ", ".join(f"{s:.2f} s" for s in finished)
-        return {
-            "problem": f"timeout: nothing within {timeout:.0f} s while {phase}"
-            + (f" (finished rounds: {done})" if done else "")
-        }
-    proc = adapter.process
-    if proc.wait() != 0 or not out:
-        tail = [e.strip() for e in err if e.strip()]
-        return {"problem": "failed: " + (tail[-1] if tail else f"exit code {proc.returncode}")}
-    return dict(json.loads(out[-1]))
+    return run_round_adapter(command, timeout=timeout)
 
 
 def run_flower(args: argparse.Namespace, problem: str | None) -> dict[str, dict[str, Any]]:
