@@ -110,6 +110,30 @@ def test_audit_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--population must be between 8" in err
 
 
+def test_the_fdp_one_run_audit_is_refused_for_a_laplace_mechanism(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The f-DP test assumes the Gaussian trade-off curve: run on a correct Laplace mechanism
+    it reported epsilon 1.2 against a claim of 1 (a false refutation)."""
+    code, _, err = run(
+        capsys,
+        "audit",
+        "dp",
+        "--mechanism",
+        "laplace",
+        "--epsilon",
+        "1",
+        "--delta",
+        "1e-5",
+        "--method",
+        "one-run-fdp",
+        "--canaries",
+        "1000",
+    )
+    assert code == 1
+    assert "assumes the Gaussian mechanism's trade-off curve" in err
+
+
 def test_inversion_from_the_command_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

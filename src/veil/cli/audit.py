@@ -168,6 +168,13 @@ def dp(
         test = OneRunTest.GAUSSIAN_FDP if how is DpMethod.ONE_RUN_FDP else OneRunTest.APPROXIMATE_DP
         if test is OneRunTest.GAUSSIAN_FDP and d <= 0:
             raise ConfigurationError("the f-DP one-run audit needs --delta > 0")
+        if test is OneRunTest.GAUSSIAN_FDP and kind is not MechanismKind.GAUSSIAN:
+            # the f-DP test assumes the Gaussian trade-off curve: on another mechanism it can
+            # "refute" a correct claim
+            raise ConfigurationError(
+                "the f-DP one-run audit assumes the Gaussian mechanism's trade-off curve; "
+                "use --method one-run for other mechanisms"
+            )
         audit = one_run_audit(scores, included, claimed_epsilon=claimed, delta=d, test=test)
         roc = Roc.from_scores(scores[included], scores[~included])
     if as_json:
