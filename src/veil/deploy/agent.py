@@ -301,7 +301,14 @@ class Agent:
         header = first.task
         if header.kind != pb.TASK_TRAIN:
             return header, None
-        reader = codec.VectorReader(header.dtype, int(header.length), max_length=1 << 30)
+        # the model is the one this agent built from the federation's spec: nothing larger
+        expected = self.layout.size
+        if int(header.length) != expected:
+            raise ProtocolError(
+                f"the coordinator sent a model of {header.length} values; this federation's "
+                f"model has {expected}"
+            )
+        reader = codec.VectorReader(header.dtype, expected, max_length=expected)
         for chunk in stream:
             reader.add(chunk.data)
         return header, reader.vector()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -604,7 +605,8 @@ class Coordinator:
     def _next_task(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.Chunk | bytes]:
         request = codec.parse(pb.TaskRequest, raw)
         name = self._identity(context)
-        wait = min(max(float(request.wait_seconds), 0.0), 60.0)
+        wait = float(request.wait_seconds)
+        wait = min(max(wait, 0.0), 60.0) if math.isfinite(wait) else 0.0  # NaN would spin
         deadline = time.monotonic() + wait
         first = "advertise" if self.server.secure is not None else "update"
         with self._cv:
