@@ -552,3 +552,21 @@ def test_distributed_dp_refuses_a_non_finite_update() -> None:
 
 def test_a_three_client_round_needs_all_three() -> None:
     assert plan_round(3).threshold == 3
+
+
+def test_a_guard_scoped_to_the_federation_refuses_a_round_rerun_under_a_new_session() -> None:
+    """A coordinator that restarts (or lies) picks a new session; a client that scopes its
+    guard to its federation still refuses a round number it already took part in."""
+    import dataclasses as dc
+
+    from veil.federated.secure import RoundGuard
+
+    _, instructions = _first_round(4)
+    spec = instructions[0].secure
+    rerun = dc.replace(instructions[0], secure=dc.replace(spec, session=b"another session"))
+    guard = RoundGuard()
+    SecureClient(instructions[0], rng=InsecureSeededRandom(0), guard=guard, guard_scope=b"fed")
+    with pytest.raises(RemoteProtocolError, match="not newer"):
+        SecureClient(rerun, rng=InsecureSeededRandom(0), guard=guard, guard_scope=b"fed")
+    # scoped by session (the default), the rerun would have passed
+    SecureClient(rerun, rng=InsecureSeededRandom(0), guard=RoundGuard())

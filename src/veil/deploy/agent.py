@@ -26,7 +26,13 @@ import numpy as np
 
 from veil.deploy import codec
 from veil.deploy.config import ModelSpec
-from veil.errors import ConfigurationError, DataError, ProtocolError, VeilError
+from veil.errors import (
+    ConfigurationError,
+    DataError,
+    ProtocolError,
+    RemoteProtocolError,
+    VeilError,
+)
 from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.secure import RoundGuard, SecureAggregation, SecureClient
 from veil.privacy.random import SecureRandom
@@ -127,7 +133,10 @@ class Agent:
         self._warm = False
         self.secure = secure
         self.noise_multiplier = noise_multiplier
-        self.guard = RoundGuard()  # refuses a round of a session it already took part in
+        # refuses a round of this federation it already took part in, whatever the session
+        # (kept in memory: an agent that restarts forgets it)
+        self.guard = RoundGuard()
+        self.federation = ""
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -197,6 +206,7 @@ class Agent:
                     continue
                 raise ProtocolError(f"the coordinator refused to join: {exc.details()}") from None
             self.client_id = reply.client_id
+            self.federation = str(reply.federation)
             log.info("joined %s as %s at round %d", reply.federation, reply.client_id, reply.round)
             return reply
 
@@ -258,6 +268,12 @@ class Agent:
                                 }
                             )
                         )
+                    except RemoteProtocolError as exc:
+                        # the round asks for less than this hospital accepts (or a peer sent
+                        # something bad): refuse this round, stay for the next
+                        log.warning("refused round %d: %s", after, exc)
+                        self.report.missed.append(after)
+                        continue
                     except grpc.RpcError as exc:
                         if exc.code() in (
                             grpc.StatusCode.ABORTED,
@@ -369,6 +385,7 @@ class Agent:
             settings=self.secure,
             noise_multiplier=self.noise_multiplier,
             guard=self.guard,
+            guard_scope=("veil-federation|" + self.federation).encode(),
         )
         directory = self._unary(
             "Advertise", codec.advertise_to_pb(number, client.advertise()), pb.KeyDirectory, budget

@@ -374,6 +374,7 @@ class SecureClient:
         enrolled: Mapping[str, bytes] | None = None,
         noise_multiplier: float | None = None,
         guard: RoundGuard | None = None,
+        guard_scope: bytes | None = None,
     ) -> None:
         spec = instruction.secure
         if spec is None:
@@ -400,7 +401,9 @@ class SecureClient:
                 raise RemoteProtocolError(f"clients that are not enrolled in the round: {missing}")
             verify = {i + 1: enrolled[c] for i, c in enumerate(spec.clients)}
         if guard is not None:
-            guard.admit(spec.session, spec.round)
+            # a scope the client knows (its federation) rather than the server's session: a
+            # coordinator that restarts, or lies, gets a new session but not a new round
+            guard.admit(spec.session if guard_scope is None else guard_scope, spec.round)
         self.inner = SecAggClient(
             spec.number(instruction.client_id),
             session=spec.session,
