@@ -9,7 +9,7 @@ A coordinator reads one TOML file; every relative path in it is relative to the 
     listen = "0.0.0.0:7443"
     state = "coordinator.sqlite"     # checkpoints, one row per round
     stage_seconds = 60               # deadline of each stage of a round
-    start_seconds = 300              # wait this long for min_clients before a round starts
+    start_seconds = 300              # while fewer than min_clients are connected, log this often
     min_clients = 3
 
     [model]                          # sent to the agents when they join

@@ -339,25 +339,36 @@ class Coordinator:
                 emit("finished", rounds=self.server.round)
             self.finished.set()
 
-    def _wait_for_clients(self) -> None:
-        deadline = time.monotonic() + self.config.start_seconds
+    def _wait_for_clients(self, number: int) -> None:
+        """Block until ``min_clients`` enrolled agents are connected (asking for a task), for as
+        long as it takes: a round that started without them would still spend its privacy
+        budget. Says who it waits for every ``start_seconds``."""
+        need = self.config.min_clients
         with self._cv:
-            while (
-                len(self._waiting) < self.config.min_clients
-                and not self._stopped.is_set()
-                and time.monotonic() < deadline
-            ):
-                self._cv.wait(timeout=0.2)
+            next_log = time.monotonic()
+            while len(self._waiting & self.enrolled) < need and not self._stopped.is_set():
+                now = time.monotonic()
+                if now >= next_log:
+                    emit(
+                        "waiting_for_clients",
+                        round=number,
+                        connected=sorted(self._waiting & self.enrolled),
+                        min_clients=need,
+                    )
+                    next_log = now + self.config.start_seconds
+                self._cv.wait(timeout=max(0.0, min(0.5, next_log - now)))
 
     def _one_round(self) -> None:
         number = self.server.round + 1
-        self._wait_for_clients()
+        self._wait_for_clients(number)
         if self._stopped.is_set():
             return
         started = time.perf_counter()
         in0, out0 = self._bytes_in, self._bytes_out
         with self._cv:
             present = frozenset(self._waiting)
+            if len(present & self.enrolled) < self.config.min_clients:
+                return  # one left between the wait and now: wait again, nothing was paid
         reservation = self._pay(number)
         try:
             instructions = self.server.start_round(self.rng, reservation=reservation)
