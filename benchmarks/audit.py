@@ -50,11 +50,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import veil.federated.training as federated_training
 from _harness import machine, ratio_text
 from veil.audit import (
     OneRunTest,
@@ -71,7 +73,6 @@ from veil.privacy import (
     InsecureSeededRandom,
     LaplaceMechanism,
     PldAccountant,
-    RandomSource,
     dpsgd_noise_multiplier,
     gaussian_noise_multiplier,
 )
@@ -183,13 +184,26 @@ def one_run(seeds: int, rows: list[tuple[str, float, float]]) -> None:
         )
 
 
-def averaged_noise(total: np.ndarray, noise: NoisySum, batch: int, rng: RandomSource) -> Any:
-    wrong = NoisySum(
-        clip_norm=noise.clip_norm / batch,
-        noise_multiplier=noise.noise_multiplier,
-        dimension=noise.dimension,
-    )
-    return wrong.release(total, rng) / batch
+class _NoiseForTheMean(NoisySum):
+    """The bug, in veil's own trainer: noise calibrated to the averaged gradient (C / B)."""
+
+    batch = 1
+
+    def __init__(self, *, clip_norm: float, noise_multiplier: float, dimension: int) -> None:
+        super().__init__(
+            clip_norm=clip_norm / self.batch, noise_multiplier=noise_multiplier, dimension=dimension
+        )
+
+
+def canary_records(n: int) -> ClientData:
+    """The real records the white-box audit trains on (two Gaussian classes in 8 dimensions)."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    return ClientData(torch.randn(n, 8, generator=gen) + y[:, None].float(), y)
+
+
+def linear_model() -> torch.nn.Module:
+    return torch.nn.Linear(8, 2)
 
 
 def dpsgd_canaries(seeds: int, rows: list[tuple[str, float, float]]) -> None:
@@ -200,6 +214,7 @@ def dpsgd_canaries(seeds: int, rows: list[tuple[str, float, float]]) -> None:
     )
     print("|---|---|---|---|---|---|")
     records, batch, epochs = 1000, 200, 20
+    train = canary_records(records)
     for target in (1.0, 8.0):
         z = dpsgd_noise_multiplier(
             epsilon=target, delta=DELTA, sampling_probability=batch / records, steps=100
@@ -211,7 +226,8 @@ def dpsgd_canaries(seeds: int, rows: list[tuple[str, float, float]]) -> None:
         for seed in range(seeds):
             audit = dpsgd_canary_audit(
                 dpsgd,
-                records=records,
+                train,
+                linear_model,
                 epochs=epochs,
                 canaries=1000,
                 delta=DELTA,
@@ -221,16 +237,18 @@ def dpsgd_canaries(seeds: int, rows: list[tuple[str, float, float]]) -> None:
             claim = audit.claimed_epsilon or math.nan
             bounds.append(audit.epsilon_lower)
         wall, cpu = clock.read()
-        bug = dpsgd_canary_audit(
-            dpsgd,
-            records=records,
-            epochs=epochs,
-            canaries=1000,
-            delta=DELTA,
-            rng=InsecureSeededRandom(99),
-            seed=99,
-            aggregate=averaged_noise,
-        )
+        _NoiseForTheMean.batch = batch
+        with mock.patch.object(federated_training, "NoisySum", _NoiseForTheMean):
+            bug = dpsgd_canary_audit(
+                dpsgd,
+                train,
+                linear_model,
+                epochs=epochs,
+                canaries=1000,
+                delta=DELTA,
+                rng=InsecureSeededRandom(99),
+                seed=99,
+            )
         print(
             f"| {target:g} | {z:.4g} | {claim:.3f} | {spread(bounds)} | {bug.epsilon_lower:.2f} "
             f"({'refuted' if bug.exceeds_claim else 'not refuted: the cap of 1,000 canaries'}) | "

@@ -5,25 +5,22 @@ per-sample gradient is a chosen vector of norm ``C`` (the clipping norm), so tha
 model or the data softens its trace. Here each of ``m`` canaries owns one private coordinate of
 the parameter vector ("Dirac" canaries: canary ``i``'s gradient is ``C · e_i`` and no real
 record's gradient touches those coordinates), and is included in the training set independently
-with probability 1/2. After the run the attacker reads, for each canary, how far its coordinate
-moved against the gradient (the sum of the noisy released steps on it); included canaries have
-moved by about ``C · q · T / B`` more. :func:`veil.audit.one_run_audit` turns those scores into a
-lower bound on epsilon to set next to the accountant's claim for the run.
+with probability 1/2. The attacker sees every released noisy sum and scores each canary by the
+sum of those on its coordinate; included canaries add about ``C · q · T`` to it.
+:func:`veil.audit.one_run_audit` turns the scores into a lower bound on epsilon to set next to
+the accountant's claim for the run.
 
-:func:`dpsgd_canary_audit` runs DP-SGD's release path with veil's own pieces, step for step as
-:func:`veil.federated.train_dpsgd` does: Poisson sampling at ``q = B/n`` from veil's
-sampler, the clipped sum, :class:`veil.federated.NoisySum` (exact discrete Gaussian noise of
-``z · C``), division by the public batch size ``B``; the claim comes from ``DpSgd.event`` through
-veil's tightest accountant. Because the canary coordinates are disjoint from the model's, the
-real records' gradients drop out of the scores and are not simulated. ``aggregate`` is the one
-step that turns a clipped sum into the released update; a test passes a broken one (noise added
-to the averaged instead of the summed gradient) to show that the audit catches it.
-
-This audits the noise, sampling and accounting of DP-SGD, not the rest of a training loop (a
-clipping step skipped in a model's backward pass, say); auditing ``train_dpsgd`` itself needs a
-canary hook inside the trainer. :func:`mislabelled_canary_audit` does run the real trainers,
-black-box: mislabelled canary records, scored by the final model's confidence in their wrong
-labels.
+:func:`dpsgd_canary_audit` runs veil's own trainer, :func:`veil.federated.train_dpsgd`, on a real
+model and real records, through the trainer's audit hook: the model gets ``m`` extra parameters
+that its output does not depend on (the canary coordinates); at each step the hook adds the
+gradients of the included canaries, each Poisson-sampled at the trainer's own ``q = B/n``, to the
+clipped sum of the sampled records before the trainer's noise (:class:`veil.federated.NoisySum`,
+exact discrete Gaussian noise of ``z · C``), and reads the released noisy sum. The sampling of the
+records, their clipping, the noise and the division by ``B`` are the trainer's; the claim is the
+tightest accountant's epsilon for ``DpSgd.event`` over the ``n`` records. A test breaks the
+trainer's noise (calibrated to the averaged instead of the summed gradient) and the audit
+refutes the claim. :func:`mislabelled_canary_audit` runs the real trainers black-box:
+mislabelled canary records, scored by the final model's confidence in their wrong labels.
 """
 
 from __future__ import annotations
@@ -37,87 +34,118 @@ from torch import nn
 
 from veil.audit.dp import EpsilonAudit, one_run_audit
 from veil.errors import ConfigurationError
-from veil.federated.dp import DpAggregator, DpSgd, NoisySum
+from veil.federated.dp import DpAggregator, DpSgd
 from veil.federated.messages import TrainConfig, TrainResult
 from veil.federated.protocol import uniform
 from veil.federated.strategies import RoundContext
-from veil.federated.training import ClientData
+from veil.federated.training import ClientData, ParamLayout, train_dpsgd
 from veil.privacy.accountants import TightestAccountant
 from veil.privacy.random import RandomSource
 
 __all__ = [
-    "Aggregate",
     "dpfedavg_canary_audit",
     "dpsgd_canary_audit",
     "dpsgd_canary_scores",
     "mislabelled_canary_audit",
-    "noisy_mean",
 ]
 
 Vector = npt.NDArray[np.float64]
-Aggregate = Callable[[Vector, NoisySum, int, RandomSource], Vector]
 
 
-def noisy_mean(total: Vector, noise: NoisySum, batch_size: int, rng: RandomSource) -> Vector:
-    """DP-SGD's released step: noise on the clipped *sum*, then division by ``B``."""
-    return noise.release(total, rng) / batch_size
+class _WithCanaryCoordinates(nn.Module):
+    """``model`` plus ``canaries`` parameters that its output does not depend on: every real
+    record's gradient on them is exactly 0, so they belong to the canaries alone."""
+
+    def __init__(self, model: nn.Module, canaries: int) -> None:
+        super().__init__()
+        self.model = model
+        self.canary = nn.Parameter(torch.zeros(canaries))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out + 0.0 * self.canary.sum()
 
 
 def dpsgd_canary_scores(
     dpsgd: DpSgd,
+    data: ClientData,
+    make_model: Callable[[], nn.Module],
     *,
-    records: int,
     epochs: int,
     canaries: int,
     rng: RandomSource,
     seed: int = 0,
-    aggregate: Aggregate = noisy_mean,
+    learning_rate: float = 0.1,
 ) -> tuple[Vector, npt.NDArray[np.bool_]]:
-    """One DP-SGD run over a training set of ``records`` records (the included canaries among
-    them) for ``epochs`` epochs; returns each canary's score and whether it was included."""
+    """One run of :func:`veil.federated.train_dpsgd` on ``data`` for ``epochs`` epochs with
+    ``canaries`` white-box canaries (module docstring); returns each canary's score and whether
+    it was included. ``make_model()`` (called under ``torch.manual_seed(seed)``) builds the
+    model; ``seed`` also draws the inclusions, and ``rng`` is the trainer's noise and sampling
+    source (and the canaries' sampling)."""
     if not isinstance(canaries, int) or canaries < 10:
         raise ConfigurationError(f"canaries must be an integer >= 10, got {canaries!r}")
-    if not isinstance(records, int) or records < canaries:
-        raise ConfigurationError(
-            f"records (the training set, canaries included) must be at least {canaries}"
-        )
+    if len(data) < 1:
+        raise ConfigurationError("the audit trains on at least one real record")
     included = np.random.default_rng(seed).random(canaries) < 0.5
-    q = dpsgd.sampling_probability(records)
-    steps = dpsgd.steps(records, epochs)
-    noise = NoisySum(
-        clip_norm=dpsgd.clip_norm, noise_multiplier=dpsgd.noise_multiplier, dimension=canaries
-    )
-    moved = np.zeros(canaries)
-    for _ in range(steps):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = _WithCanaryCoordinates(make_model(), canaries)
+    layout = ParamLayout(module)
+    where = layout.names.index("canary")
+    offset = sum(layout.sizes[:where])
+    coords = slice(offset, offset + canaries)
+    start = np.asarray(layout.vector(), dtype=np.float64)
+    scores = np.zeros(canaries)
+
+    def add_canaries(step: int, q: float) -> Vector:
         sampled = included & (uniform(rng, canaries) < q)
-        total = np.where(sampled, dpsgd.clip_norm, 0.0)  # each sampled canary adds C · e_i
-        moved += aggregate(total, noise, dpsgd.batch_size, rng)
-    return moved, included
+        extra = np.zeros(layout.size)
+        extra[coords] = np.where(sampled, dpsgd.clip_norm, 0.0)  # C · e_i, within the clip
+        return extra
+
+    def observe(step: int, noisy_sum: Vector) -> None:
+        scores[:] += noisy_sum[coords]
+
+    config = TrainConfig(local_epochs=epochs, learning_rate=learning_rate)
+    train_dpsgd(
+        layout,
+        start,
+        data,
+        config,
+        dpsgd,
+        rng=rng,
+        add_before_noise=add_canaries,
+        observe_noisy_sum=observe,
+    )
+    return scores, included
 
 
 def dpsgd_canary_audit(
     dpsgd: DpSgd,
+    data: ClientData,
+    make_model: Callable[[], nn.Module],
     *,
-    records: int,
     epochs: int,
     canaries: int,
     delta: float,
     rng: RandomSource,
     seed: int = 0,
-    aggregate: Aggregate = noisy_mean,
+    learning_rate: float = 0.1,
     significance: float = 0.05,
 ) -> EpsilonAudit:
-    """The one-run audit of a DP-SGD run with white-box Dirac canaries (module docstring); the
-    claim is the accountant's epsilon at ``delta`` for ``dpsgd.event(records, epochs)``."""
-    claim = TightestAccountant().compose(dpsgd.event(records, epochs)).epsilon(delta)
+    """The one-run audit of :func:`veil.federated.train_dpsgd` with white-box Dirac canaries
+    (module docstring); the claim is the tightest accountant's epsilon at ``delta`` for
+    ``dpsgd.event(len(data), epochs)``."""
+    claim = TightestAccountant().compose(dpsgd.event(len(data), epochs)).epsilon(delta)
     scores, included = dpsgd_canary_scores(
         dpsgd,
-        records=records,
+        data,
+        make_model,
         epochs=epochs,
         canaries=canaries,
         rng=rng,
         seed=seed,
-        aggregate=aggregate,
+        learning_rate=learning_rate,
     )
     return one_run_audit(
         scores, included, claimed_epsilon=claim, delta=delta, significance=significance
@@ -150,7 +178,7 @@ def mislabelled_canary_audit(
     private at all.
     """
     from veil.audit.mia import model_confidences
-    from veil.federated.training import ParamLayout, train_clients, train_dpsgd
+    from veil.federated.training import train_clients
 
     n = len(data)
     if not isinstance(canaries, int) or not 10 <= canaries < n:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -405,12 +405,21 @@ def train_dpsgd(
     *,
     rng: RandomSource,
     chunk: int = 512,
+    add_before_noise: Callable[[int, float], Vector] | None = None,
+    observe_noisy_sum: Callable[[int, Vector], None] | None = None,
 ) -> LocalOutcome:
     """DP-SGD on one client's records (Abadi et al. 2016), as in :mod:`veil.federated.dp`.
 
     Each step samples records with probability ``B/n`` from ``rng`` (secure unless a seeded
     source is passed for a simulation), clips each per-sample gradient to ``C``, adds
     discrete Gaussian noise of ``z·C`` to the sum and divides by ``B``.
+
+    The audit hook (for :mod:`veil.audit.canaries`; leave both ``None`` to train): at step
+    ``t`` (from 0), ``add_before_noise(t, q)`` returns a vector of the parameters' size that is
+    added to the clipped sum before the noise (an auditor's canary gradients, which the auditor
+    samples at the step's sampling probability ``q`` and keeps within ``C`` each), and
+    ``observe_noisy_sum(t, s)`` receives the released noisy sum ``s`` (read-only, before the
+    division by ``B``). Neither changes the noise, the sampling or the clipping of the records.
     """
     n = len(client)
     if n == 0:
@@ -425,7 +434,7 @@ def train_dpsgd(
     )
     mu = config.proximal_mu
     taken = 0
-    for _ in range(steps):
+    for t in range(steps):
         chosen = np.flatnonzero(uniform(rng, n) < q)
         total = np.zeros(layout.size)
         for lo in range(0, chosen.size, chunk):
@@ -434,7 +443,19 @@ def train_dpsgd(
                 layout, flat, client.x[sel], client.y[sel], dpsgd.clip_norm
             )
         taken += chosen.size
-        noisy = noise.release(total, rng) / dpsgd.batch_size
+        if add_before_noise is not None:
+            extra = np.asarray(add_before_noise(t, q), dtype=np.float64)
+            if extra.shape != total.shape:
+                raise ConfigurationError(
+                    f"add_before_noise must return {total.shape[0]} values, got {extra.shape}"
+                )
+            total += extra
+        released = noise.release(total, rng)
+        if observe_noisy_sum is not None:
+            seen = released.view()
+            seen.flags.writeable = False
+            observe_noisy_sum(t, seen)
+        noisy = released / dpsgd.batch_size
         step = torch.as_tensor(noisy, dtype=dtype)
         if mu:
             step = step + mu * (flat - start)
