@@ -4,6 +4,7 @@ cannot starve the other calls, and client-reported counts are bounded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -116,11 +117,13 @@ def test_no_round_starts_and_nothing_is_charged_below_min_clients(
     ch, stream = poll(co, "hospital-a", wait=30.0)
     try:
         events.wait_for(
-            lambda seen: sum(
-                e["event"] == "waiting_for_clients" and e["connected"] == ["hospital-a"]
-                for e in seen
+            lambda seen: (
+                sum(
+                    e["event"] == "waiting_for_clients" and e["connected"] == ["hospital-a"]
+                    for e in seen
+                )
+                >= 3
             )
-            >= 3
         )
         assert co.status()["round"] == 0
         assert not events.named("round_started")
@@ -130,3 +133,160 @@ def test_no_round_starts_and_nothing_is_charged_below_min_clients(
         ch.close()
         co.stop(grace=0.1)
     assert co.error is None
+
+
+def run_agents(co: Coordinator, data_files: Path, names: tuple[str, ...]) -> list[Any]:
+    """Honest agents in threads; each one's Agent or the exception it raised."""
+    import numpy as np
+
+    from veil.deploy import Agent
+
+    outcomes: list[Any] = [RuntimeError("not run")] * len(names)
+
+    def one(i: int) -> None:
+        with np.load(data_files / f"{names[i]}.npz") as npz:
+            x, y = npz["x"], npz["y"]
+        agent = Agent(f"127.0.0.1:{co.port}", x=x, y=y, name=names[i], retry_seconds=5.0)
+        try:
+            agent.run()
+            outcomes[i] = agent
+        except BaseException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(names))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    return outcomes
+
+
+class FakeClient:
+    """hospital-a (client 1: its shares are the first used to rebuild a secret), driven by
+    hand through one secure round; ``corrupt`` spoils its message of one stage (advertise,
+    share or unmask). Records the status each call ended with."""
+
+    def __init__(self, co: Coordinator, corrupt: str) -> None:
+        self.co = co
+        self.corrupt = corrupt
+        self.codes: dict[str, grpc.StatusCode | None] = {}
+        self.thread = threading.Thread(target=self._run)
+
+    def _call(self, ch: grpc.Channel, method: str, message: Any, reply: Any) -> Any:
+        call = ch.unary_unary(f"/{SERVICE}/{method}")
+        try:
+            raw = call(
+                message.SerializeToString(),
+                timeout=120,
+                metadata=(("veil-client", "hospital-a"),),
+            )
+        except grpc.RpcError as exc:
+            self.codes[method] = exc.code()
+            return None
+        self.codes[method] = None
+        return reply.FromString(raw)
+
+    def _run(self) -> None:
+        import numpy as np
+
+        from veil.deploy import codec
+        from veil.federated.messages import TrainInstruction, TrainResult
+        from veil.federated.secure import SecureClient
+        from veil.privacy.random import SecureRandom
+        from veil.secagg.protocol import AdvertiseKeys, UnmaskShares
+
+        ch, stream = poll(self.co, "hospital-a", wait=60.0)
+        with ch:
+            chunks = [pb.Chunk.FromString(c) for c in stream]
+            header = chunks[0].task
+            model = np.frombuffer(b"".join(c.data for c in chunks[1:]), dtype=header.dtype)
+            spec = codec.spec_from_pb(header.secure)
+            instruction = TrainInstruction(
+                header.round, "hospital-a", model, codec.config_from_pb(header.config), spec
+            )
+            client = SecureClient(instruction, rng=SecureRandom())
+            keys = client.advertise()
+            if self.corrupt == "advertise":  # the all-zero point has order 1
+                keys = AdvertiseKeys(keys.client, bytes(32), keys.share_key)
+            number = header.round
+            directory = self._call(
+                ch, "Advertise", codec.advertise_to_pb(number, keys), pb.KeyDirectory
+            )
+            if directory is None:
+                return
+            shares = client.share_keys(codec.directory_from_pb(directory))
+            if self.corrupt == "share":  # leaves out one of its peers
+                shares = dataclasses.replace(shares, sealed=dict(list(shares.sealed.items())[1:]))
+            routed = self._call(
+                ch, "Share", codec.share_keys_to_pb(number, shares), pb.SharesForYou
+            )
+            if routed is None:
+                return
+            zero = TrainResult(number, "hospital-a", np.zeros_like(model), 1, {})
+            masked = client.masked_input(codec.shares_for_you_from_pb(routed), zero)
+            head = pb.Chunk(
+                header=pb.ChunkHeader(
+                    round=number, dtype="uint32", length=masked.vector.size, client=masked.client
+                )
+            )
+            submit = ch.stream_unary(f"/{SERVICE}/SubmitMasked")
+            raw = submit(
+                (m.SerializeToString() for m in codec.chunks(head, masked.vector)),
+                timeout=120,
+                metadata=(("veil-client", "hospital-a"),),
+            )
+            answer = client.unmask(codec.request_from_pb(pb.UnmaskRequest.FromString(raw)))
+            if self.corrupt == "unmask":
+                answer = UnmaskShares(
+                    answer.client,
+                    {v: (s + 1) for v, s in answer.seed_shares.items()},
+                    dict(answer.key_shares),
+                )
+            self._call(ch, "Unmask", codec.unmask_to_pb(number, answer), pb.RoundDone)
+
+
+@pytest.mark.parametrize("corrupt", ["advertise", "share", "unmask"])
+def test_one_bad_client_is_dropped_and_the_secure_round_completes(
+    tmp_path: Path, four_data_files: Path, events: Events, corrupt: str
+) -> None:
+    """Four hospitals under SecAgg (threshold 3); hospital-a spoils one message: a low-order
+    X25519 key, key shares that leave out a peer, or wrong unmasking shares. Each would make
+    the honest clients refuse the round or the unmasking fail; instead hospital-a is dropped
+    (logged with the reason) and the round aggregates the others."""
+    from deploy_support import FOUR
+
+    config = make_config(
+        tmp_path,
+        clients=FOUR,
+        rounds=1,
+        min_clients=4,
+        dp="none",
+        secure="secagg",
+        secure_dropout=0.34,
+    )
+    co = Coordinator(config, insecure=True, port=0)
+    co.start()
+    fake = FakeClient(co, corrupt)
+    try:
+        fake.thread.start()
+        outcomes = run_agents(co, four_data_files, FOUR[1:])
+        assert co.wait(60)
+        fake.thread.join(60)
+    finally:
+        co.stop(grace=0.1)
+    assert co.error is None
+    for outcome in outcomes:
+        assert not isinstance(outcome, BaseException), outcome
+        assert outcome.report.rounds == [1]
+    (closed,) = co.status()["history"]
+    assert closed["aggregated"] is True
+    dropped = [e for e in events.named("client_dropped") if e["client"] == "hospital-a"]
+    assert [e["stage"] for e in dropped] == [corrupt]
+    if corrupt == "unmask":  # its input is in the sum; only its shares were left out
+        assert closed["completed"] == 4
+        assert fake.codes["Unmask"] is None
+    else:
+        assert closed["completed"] == 3
+        assert closed["dropped"] == ["hospital-a"]
+        method = {"advertise": "Advertise", "share": "Share"}[corrupt]
+        assert fake.codes[method] is grpc.StatusCode.ABORTED

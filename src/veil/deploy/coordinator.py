@@ -21,6 +21,7 @@ Checkpoints and budget: see :mod:`veil.deploy.store`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -59,6 +60,8 @@ from veil.federated.strategies import (
 )
 from veil.ledger import Ledger, Reservation
 from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
+from veil.secagg import crypto
+from veil.secagg.protocol import AdvertiseKeys, KeyDirectory, ShareKeys, UnmaskShares
 from veil.tls import TlsFiles
 
 try:
@@ -485,10 +488,12 @@ class Coordinator:
         number = {c: spec.number(c) for c in spec.clients}
         try:
             adverts = self._collect(current, "advertise", set(spec.clients))
+            adverts = _valid_keys(current.number, adverts, active=spec.active)
             directory = sround.collect_keys([adverts[c] for c in spec.clients if c in adverts])
             reply = codec.directory_to_pb(directory)
             self._publish(current, "advertise", dict.fromkeys(adverts, reply))
             shares = self._collect(current, "share", set(adverts))
+            shares = _valid_shares(current.number, shares, directory)
             routed = sround.collect_shares([shares[c] for c in spec.clients if c in shares])
             self._publish(
                 current,
@@ -513,7 +518,9 @@ class Coordinator:
                 )
                 survivors = set(checks)
             answers = self._collect(current, "unmask", survivors)
-            summed = sround.finish([answers[c] for c in spec.clients if c in answers])
+            summed = _finish(
+                current.number, sround, [answers[c] for c in spec.clients if c in answers]
+            )
         except RemoteProtocolError as exc:
             emit("secure_round_aborted", round=current.number, reason=str(exc))
             self._publish(current, "aborted", {})
@@ -858,3 +865,115 @@ def _header(instruction: TrainInstruction, stage_seconds: float) -> bytes:
         stage_seconds=stage_seconds,
     ).SerializeToString()
     return data
+
+
+# -- what the coordinator checks before a message can sink a secure round ----------------------
+
+_SEALED_SHARE_BYTES = crypto.NONCE_BYTES + 2 * 33 + 16
+"""A sealed pair of Shamir shares: nonce, two 33-byte field elements, the GCM tag."""
+_SIGNATURE_BYTES = 64
+_COMMITMENT_BYTES = 32
+
+
+def _drop(round: int, stage: str, client: str, reason: str) -> None:
+    emit("client_dropped", round=round, stage=stage, client=client, reason=reason)
+
+
+def _valid_keys(
+    round: int, adverts: dict[str, AdvertiseKeys], *, active: bool
+) -> dict[str, AdvertiseKeys]:
+    """The advertisements every peer can use. A key that is not a canonical 32-byte X25519
+    point, or a low-order one (its shared secret with anyone is all zeros), a signature of
+    the wrong length, or a key that another advertisement repeats would make every honest
+    client refuse the round: its sender is dropped from the round instead (a dropout)."""
+    probe = crypto.AgreementKey()
+    good: dict[str, AdvertiseKeys] = {}
+    for name, m in adverts.items():
+        try:
+            for key in (m.mask_key, m.share_key):
+                probe.exchange(key)  # length, canonical encoding, low order
+            expected = _SIGNATURE_BYTES if active else 0
+            if len(m.signature) != expected:
+                raise RemoteProtocolError(
+                    f"a signature of {len(m.signature)} bytes (expected {expected})"
+                )
+        except VeilError as exc:
+            _drop(round, "advertise", name, f"unusable public key: {exc}")
+            continue
+        good[name] = m
+    counts: dict[bytes, int] = {}
+    for m in good.values():
+        for key in {m.mask_key, m.share_key}:
+            counts[key] = counts.get(key, 0) + 1
+    for name, m in list(good.items()):
+        if m.mask_key == m.share_key or counts[m.mask_key] > 1 or counts[m.share_key] > 1:
+            _drop(round, "advertise", name, "a public key that another advertisement repeats")
+            del good[name]
+    return good
+
+
+def _valid_shares(
+    round: int, shares: dict[str, ShareKeys], directory: KeyDirectory
+) -> dict[str, ShareKeys]:
+    """The share messages the recipients can open: one sealed share of the right size for
+    exactly each neighbour that advertised keys (a sender that leaves one out would mask with
+    a peer that does not unmask with it, and the sum would be wrong without anyone noticing),
+    and a 32-byte commitment. A sender whose message is malformed is dropped (a dropout
+    before it masked anything, which the protocol tolerates)."""
+    good: dict[str, ShareKeys] = {}
+    for name, m in shares.items():
+        peers = {v for v in directory.neighbours.get(m.client, ()) if v in directory.keys}
+        reason = None
+        if set(m.sealed) != peers:
+            reason = (
+                f"shares for peers {sorted(m.sealed)}; its neighbours that advertised keys "
+                f"are {sorted(peers)}"
+            )
+        elif any(len(b) != _SEALED_SHARE_BYTES for b in m.sealed.values()):
+            reason = f"a sealed share that is not {_SEALED_SHARE_BYTES} bytes"
+        elif len(m.seed_commitment) != _COMMITMENT_BYTES:
+            reason = f"a seed commitment that is not {_COMMITMENT_BYTES} bytes"
+        if reason is not None:
+            _drop(round, "share", name, f"malformed key shares: {reason}")
+            continue
+        good[name] = m
+    return good
+
+
+def _finish(round: int, sround: SecureServerRound, answers: list[UnmaskShares]) -> SummedUpdates:
+    """Unmask the sum. If the shares are inconsistent (one client sent bad ones), try again
+    without each answer in turn: a survivor's shares only help rebuild the others' secrets
+    (its own masked input stays in the sum), so leaving out one answer is correct whenever
+    the rest still reach the threshold. The first answer whose removal works is dropped."""
+    threshold = sround.spec.plan.threshold
+    first = _unmask_attempt(sround)
+    try:
+        return first.finish(answers)
+    except RemoteProtocolError as exc:
+        if len(answers) <= threshold:
+            raise
+        failure = exc
+    names = dict(enumerate(sround.spec.clients, start=1))
+    for i, culprit in enumerate(answers):
+        try:
+            summed = _unmask_attempt(sround).finish(answers[:i] + answers[i + 1 :])
+        except RemoteProtocolError:
+            continue
+        _drop(
+            round,
+            "unmask",
+            names.get(culprit.client, str(culprit.client)),
+            f"inconsistent unmasking shares ({failure}); the sum was rebuilt without them",
+        )
+        return summed
+    raise failure
+
+
+def _unmask_attempt(sround: SecureServerRound) -> SecureServerRound:
+    """A copy of ``sround`` that can run ``finish`` once more. ``finish`` only marks its stage
+    done and reads the collected inputs (it sums into a new array), so a shallow copy with its
+    own list of done stages is enough; the masked vectors are shared, not copied."""
+    clone = copy.copy(sround)
+    clone.server = copy.copy(sround.server)
+    clone.server._done = list(sround.server._done)
+    return clone
