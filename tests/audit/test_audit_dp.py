@@ -261,12 +261,12 @@ def test_one_run_gaussian_never_above_the_claim_and_at_least_thirty_percent(
 
 
 @pytest.mark.parametrize("epsilon", [1.0, 2.0])
-def test_one_run_fdp_never_above_the_claim_and_forty_five_percent_on_average(
+def test_one_run_fdp_never_above_the_claim_and_forty_five_percent_on_every_seed(
     gaussian_audits: dict[tuple[float, OneRunTest], list[tuple[float, float]]], epsilon: float
 ) -> None:
     fdp = gaussian_audits[(epsilon, OneRunTest.GAUSSIAN_FDP)]
-    assert all(0 < bound <= claim for bound, claim in fdp)
-    assert np.mean([bound / claim for bound, claim in fdp]) >= 0.45
+    for bound, claim in fdp:
+        assert 0.45 * claim <= bound <= claim
     # the Gaussian curve is a stronger hypothesis than the (epsilon, delta) box around it
     plain = gaussian_audits[(epsilon, OneRunTest.APPROXIMATE_DP)]
     assert np.mean([b for b, _ in fdp]) > np.mean([b for b, _ in plain])

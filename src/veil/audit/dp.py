@@ -85,7 +85,9 @@ class OneRunTest(enum.Enum):
     * ``GAUSSIAN_FDP``: the run has the trade-off curve of the Gaussian mechanism that is exactly
       ``(ε, δ)``-DP, i.e. is μ-GDP with that μ (Mahloujifar, Melis and Chaudhuri 2024). A
       stronger hypothesis, so the same guesses refute more of it; it is the right one for the
-      Gaussian mechanism and DP-SGD, whose claims come from that curve, and not for others.
+      Gaussian mechanism, whose claim comes from that curve, and not for others (Laplace, or
+      DP-SGD with subsampling, whose trade-off curves are not Gaussian: the test could refute
+      a correct claim).
     """
 
     APPROXIMATE_DP = "approximate-dp"
@@ -455,12 +457,15 @@ def one_run_audit(
     """Steinke et al.'s one-run audit from each canary's ``score`` (higher means "included") and
     whether it was ``included`` (drawn independently with probability 1/2 before the run).
 
-    For each ``k`` in ``guess_counts`` (default: a fixed grid from 10 to 20,000 guesses), the
-    attacker guesses "in" for the ``k/2`` highest scores and "out" for the ``k/2`` lowest
-    (``two_sided=True``, which gave higher bounds on the Gaussian mechanism), or "in" for the ``k``
-    highest (``two_sided=False``, the paper's main variant). Each ``k`` is tested at
-    ``significance / len(guess_counts)`` (Bonferroni), and the best bound is reported.
-    ``test`` chooses the hypothesis (:class:`OneRunTest`).
+    For each ``k`` in ``guess_counts``, the attacker guesses "in" for the ``k/2`` highest scores
+    and "out" for the ``k/2`` lowest (``two_sided=True``, which gave higher bounds on the Gaussian
+    mechanism), or "in" for the ``k`` highest (``two_sided=False``, the paper's main variant);
+    it abstains on the other canaries. Each ``k`` is tested at ``significance / len(guess_counts)``
+    (Bonferroni), and the best bound is reported. ``test`` chooses the hypothesis
+    (:class:`OneRunTest`). The default ``guess_counts`` is a fixed grid from 10 to 20,000 guesses
+    for :attr:`OneRunTest.APPROXIMATE_DP`, and one count fixed in advance, a tenth of the canaries,
+    for :attr:`OneRunTest.GAUSSIAN_FDP`: the f-DP bound changes little with ``k`` around there,
+    so it gains more from the full ``significance`` than from choosing ``k`` after looking.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     inc = np.asarray(included).reshape(-1).astype(bool)
@@ -472,7 +477,12 @@ def one_run_audit(
     claim = _check_claim(claimed_epsilon)
     sig = _check_level("significance", significance)
     m = int(s.size)
-    grid = list(guess_counts) if guess_counts is not None else _default_guess_grid(m)
+    if guess_counts is not None:
+        grid = list(guess_counts)
+    elif test is OneRunTest.GAUSSIAN_FDP:
+        grid = [max(1, m // 10)]
+    else:
+        grid = _default_guess_grid(m)
     if not grid or any(not 1 <= k <= m for k in grid):
         raise ConfigurationError(f"guess counts must be between 1 and {m} (the canaries)")
     order = np.argsort(-s, kind="stable")
