@@ -115,5 +115,7 @@ def join_args(port: int, pki: Path, data_files: Path, name: str, *extra: str) ->
         str(pki / f"{name}.pem"),
         "--data",
         str(data_files / f"{name}.npz"),
+        "--state",  # in the test's folder (the working directory), not next to the shared PKI
+        f"{name}.rounds.json",
         *extra,
     ]

@@ -161,6 +161,12 @@ def join(
         "--distributed-dp",
         help="Under distributed DP: the agreed noise multiplier; less noise is refused.",
     ),
+    state: Path | None = typer.Option(  # noqa: B008
+        None,
+        "--state",
+        help="The agent's record of the rounds it took part in (kept across restarts) "
+        "[default: next to --cert, <cert>.rounds.json; with --insecure, <name>.rounds.json].",
+    ),
     straggle: float = typer.Option(0.0, "--straggle", hidden=True),
 ) -> None:
     """Join a federation as a client agent: train on local data in each round until the end."""
@@ -192,6 +198,8 @@ def join(
         )
     elif distributed_dp is not None:
         raise ConfigurationError("--distributed-dp needs --secure-aggregation")
+    if state is None:
+        state = Path(f"{name}.rounds.json") if cert is None else cert.with_suffix(".rounds.json")
     x, y = deploy.load_data(data, target=target)
     _log_to_stderr()
     agent = deploy.Agent(
@@ -204,6 +212,7 @@ def join(
         straggle=straggle,
         secure=settings,
         noise_multiplier=distributed_dp,
+        guard_file=state,
     )
     report = agent.run()
     console.print(

@@ -114,11 +114,16 @@ class Agent:
         straggle: float = 0.0,
         secure: SecureAggregation | None = None,
         noise_multiplier: float | None = None,
+        guard_file: Path | None = None,
     ) -> None:
         """``secure`` (and, for distributed DP, ``noise_multiplier``) are the federation's
         secure-aggregation settings as this hospital knows them: each round's graph,
         threshold and noise are checked against them and a round asking for less is refused.
-        Without them the agent takes the coordinator's word (a semi-honest coordinator)."""
+        Without them the agent takes the coordinator's word (a semi-honest coordinator).
+
+        ``guard_file`` keeps the rounds this agent took part in (a small JSON file, written
+        before it sends anything for a round): a restarted agent still refuses to take part
+        twice in a round of its federation. Without it that memory lasts while it runs."""
         if tls is None and not name:
             raise ConfigurationError("without TLS the agent must say its --name")
         self.target = target
@@ -134,8 +139,7 @@ class Agent:
         self.secure = secure
         self.noise_multiplier = noise_multiplier
         # refuses a round of this federation it already took part in, whatever the session
-        # (kept in memory: an agent that restarts forgets it)
-        self.guard = RoundGuard()
+        self.guard = RoundGuard(guard_file)
         self.federation = ""
 
     # -- transport ------------------------------------------------------------------------------

@@ -46,8 +46,11 @@ clip``, not ``clip``; bounding the L2 norm needs zero-knowledge proofs (not buil
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -337,11 +340,57 @@ def decode(
 
 class RoundGuard:
     """A client's memory of the rounds it took part in: a server that runs a (session, round)
-    twice could subtract two sums over different survivors. Kept by the client across rounds
-    (the gRPC agent persists it)."""
+    twice could subtract two sums over different survivors. Kept by the client across rounds.
 
-    def __init__(self) -> None:
+    With ``path`` the memory survives a restart of the client: it is read from that JSON file
+    when the guard is made and written to it, atomically and durably (a temporary file,
+    ``fsync``, rename), inside :meth:`admit`, i.e. before the client sends anything for the
+    round. A file that cannot be read is an error, not an empty memory: forgetting would let
+    a server rerun a round. One client process per file.
+    """
+
+    _VERSION = 1
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._last: dict[bytes, int] = {}
+        self.path = None if path is None else Path(path)
+        if self.path is not None and self.path.exists():
+            self._last = self._load(self.path)
+
+    @classmethod
+    def _load(cls, path: Path) -> dict[bytes, int]:
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("version") != cls._VERSION:
+                raise ValueError(f"version {raw.get('version')!r}")
+            last = {bytes.fromhex(k): int(v) for k, v in raw["last"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"the round guard {path} cannot be read ({type(exc).__name__}: {exc}); it "
+                "records the rounds this client took part in: restore it from a backup, or "
+                "move it away only if this client never took part in a round of its federation"
+            ) from None
+        return last
+
+    def _save(self) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(
+            {"version": self._VERSION, "last": {k.hex(): v for k, v in sorted(self._last.items())}}
+        ).encode()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself is durable
+        finally:
+            os.close(folder)
 
     def admit(self, session: bytes, round: int) -> None:
         last = self._last.get(session)
@@ -351,6 +400,17 @@ class RoundGuard:
                 "client already took part in: refused"
             )
         self._last[session] = round
+        if self.path is not None:
+            try:
+                self._save()
+            except OSError as exc:
+                if last is None:
+                    del self._last[session]
+                else:
+                    self._last[session] = last
+                raise ConfigurationError(
+                    f"cannot record round {round} in the round guard {self.path}: {exc}"
+                ) from None
 
 
 class SecureClient:

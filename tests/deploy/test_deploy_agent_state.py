@@ -1,0 +1,105 @@
+"""The agent's round guard survives a restart: a coordinator that starts its federation over
+(or lies about the round) cannot get a restarted hospital to take part in a round twice."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deploy_support import HOSPITALS
+
+from veil.deploy import Agent, Coordinator, FederationConfig, ModelSpec
+from veil.errors import ConfigurationError, RemoteProtocolError
+from veil.federated.secure import RoundGuard
+
+
+def test_a_persisted_guard_refuses_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "guard.json"
+    guard = RoundGuard(path)
+    guard.admit(b"federation-a", 3)
+    assert path.stat().st_mode & 0o077 == 0  # only the agent's user reads it
+    again = RoundGuard(path)
+    with pytest.raises(RemoteProtocolError, match="already took part"):
+        again.admit(b"federation-a", 3)
+    again.admit(b"federation-a", 4)
+    again.admit(b"federation-b", 1)  # another federation has its own rounds
+    third = RoundGuard(path)
+    for scope, round_ in ((b"federation-a", 4), (b"federation-b", 1)):
+        with pytest.raises(RemoteProtocolError):
+            third.admit(scope, round_)
+    assert not list(path.parent.glob(".*.tmp"))  # the temporary file was renamed
+
+
+def test_an_unreadable_guard_is_an_error_not_an_empty_memory(tmp_path: Path) -> None:
+    path = tmp_path / "guard.json"
+    path.write_text('{"version": 1, "last": {"zz": 3}}')
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        RoundGuard(path)
+    path.write_text("{")
+    with pytest.raises(ConfigurationError, match="restore it from a backup"):
+        RoundGuard(path)
+
+
+def config(tmp_path: Path, state: str, stage_seconds: float) -> FederationConfig:
+    return FederationConfig(
+        name="hospitals",
+        clients=HOSPITALS,
+        rounds=1,
+        model=ModelSpec(features=30),
+        state=tmp_path / state,
+        stage_seconds=stage_seconds,
+        min_clients=3,
+        secure="secagg",
+        secure_dropout=0.34,
+    )
+
+
+def run(co: Coordinator, data_files: Path, guards: Path) -> list[Agent]:
+    agents = []
+    for name in HOSPITALS:
+        with np.load(data_files / f"{name}.npz") as npz:
+            x, y = npz["x"], npz["y"]
+        agents.append(
+            Agent(
+                f"127.0.0.1:{co.port}",
+                x=x,
+                y=y,
+                name=name,
+                retry_seconds=5.0,
+                guard_file=guards / f"{name}.rounds.json",
+            )
+        )
+    threads = [threading.Thread(target=a.run) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return agents
+
+
+def test_restarted_agents_refuse_a_round_they_took_part_in(
+    tmp_path: Path, data_files: Path
+) -> None:
+    """Round 1 runs; then a coordinator that starts the federation over (a fresh database)
+    asks the restarted agents (new processes, same guard files) for round 1 again: they
+    refuse, and the round aborts without them."""
+    first = Coordinator(config(tmp_path, "first.sqlite", 20.0), insecure=True, port=0)
+    first.start()
+    try:
+        agents = run(first, data_files, tmp_path)
+        assert first.wait(60)
+    finally:
+        first.stop(grace=0.1)
+    assert [a.report.rounds for a in agents] == [[1]] * 3
+    second = Coordinator(config(tmp_path, "second.sqlite", 4.0), insecure=True, port=0)
+    second.start()
+    try:
+        agents = run(second, data_files, tmp_path)
+        assert second.wait(60)
+    finally:
+        second.stop(grace=0.1)
+    assert [a.report.rounds for a in agents] == [[]] * 3
+    assert [a.report.missed for a in agents] == [[1]] * 3
+    assert second.status()["history"][0]["aggregated"] is False
