@@ -290,3 +290,55 @@ def test_one_bad_client_is_dropped_and_the_secure_round_completes(
         assert closed["dropped"] == ["hospital-a"]
         method = {"advertise": "Advertise", "share": "Share"}[corrupt]
         assert fake.codes[method] is grpc.StatusCode.ABORTED
+
+
+def test_parallel_long_polls_cannot_starve_other_calls(tmp_path: Path) -> None:
+    """hospital-a opens 40 long polls at once (twice the thread pool); each newer one ends the
+    older (or, above the per-client limit, is refused at once), so a status call of another
+    hospital is still answered and a single poll remains."""
+    co = Coordinator(make_config(tmp_path, min_clients=3), insecure=True, port=0)
+    co.start()
+    calls = [poll(co, "hospital-a", wait=60.0) for _ in range(40)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{co.port}") as ch:
+            status = ch.unary_unary(f"/{SERVICE}/Status")
+            raw = status(
+                pb.StatusRequest().SerializeToString(),
+                timeout=30,
+                metadata=(("veil-client", "hospital-b"),),
+            )
+        assert json.loads(pb.StatusReply.FromString(raw).json)["round"] == 0
+        ended = []
+        for _, stream in calls[:-1]:
+            try:
+                first = pb.Chunk.FromString(next(iter(stream)))
+                ended.append(first.task.kind)
+            except grpc.RpcError as exc:
+                ended.append(exc.code())
+        assert set(ended) <= {pb.TASK_WAIT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert set(co._polls) == {"hospital-a"}
+    finally:
+        for ch, stream in calls:
+            stream.cancel()
+            ch.close()
+        co.stop(grace=0.1)
+
+
+def test_the_caller_is_checked_before_its_payload_is_read(tmp_path: Path) -> None:
+    """A stranger's malformed stage message is refused for who sent it, not for its bytes."""
+    co = Coordinator(make_config(tmp_path, secure="secagg"), insecure=True, port=0)
+    co.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{co.port}") as ch:
+            for method in ("Join", "NextTask", "Advertise", "Share", "Unmask", "Status"):
+                if method == "NextTask":
+                    call: Any = lambda data, **kw: next(  # noqa: E731
+                        iter(ch.unary_stream(f"/{SERVICE}/NextTask")(data, **kw))
+                    )
+                else:
+                    call = ch.unary_unary(f"/{SERVICE}/{method}")
+                with pytest.raises(grpc.RpcError) as err:
+                    call(b"\xff\xff garbage", timeout=10, metadata=(("veil-client", "intruder"),))
+                assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED, method
+    finally:
+        co.stop(grace=0.1)

@@ -2,9 +2,9 @@
 
 One driver thread moves :class:`~veil.federated.protocol.FederatedServer` (and, under secure
 aggregation, a :class:`~veil.federated.secure.SecureServerRound` per round) exactly as the
-simulator does. gRPC handler threads only translate: each parses its request, checks that the
-caller's certificate names a client of this round and that the message belongs to the stage the
-round is in, drops it in the stage's inbox, and waits until the driver closes the stage and
+simulator does. gRPC handler threads only translate: each checks that the caller's certificate
+names an enrolled client (before it reads a byte of the payload), parses its request, checks
+that the message belongs to the stage the round is in, drops it in the stage's inbox, and waits until the driver closes the stage and
 publishes the answer for it. A stage closes when every expected client has answered or when its
 deadline (``stage_seconds``) passes; whoever has not answered by then is a dropout for the rest
 of the round (secure aggregation recovers its masks), and a late message is refused with
@@ -14,7 +14,9 @@ Authentication: mutual TLS; the caller's identity is the common name of its cert
 must be one of the federation's enrolled clients (``PERMISSION_DENIED`` otherwise; a certificate
 from another CA fails the handshake). Every request is parsed from raw bytes here, so a
 malformed one gets ``INVALID_ARGUMENT`` and one over the size limit ``RESOURCE_EXHAUSTED``;
-neither reaches the driver.
+neither reaches the driver. A client may have ``MAX_CALLS_PER_CLIENT`` calls in progress and
+one long poll for a task (a newer one ends the older), and the thread pool has room for all of
+them, so no client can starve the others' calls.
 
 Checkpoints and budget: see :mod:`veil.deploy.store`.
 """
@@ -79,6 +81,9 @@ SERVICE = "veil.fl.v1.Coordinator"
 MAX_MESSAGE_BYTES = 4 << 20
 """Largest single gRPC message accepted (vectors come in 1 MiB chunks)."""
 _GRACE_SECONDS = 2.0
+MAX_CALLS_PER_CLIENT = 4
+"""Calls one client may have in progress; more are refused with ``RESOURCE_EXHAUSTED`` (an
+agent makes one at a time; ``veil fl status`` with its certificate is a second)."""
 MAX_VECTOR = 50_000_000
 """Largest vector (values) a client may announce."""
 log = logging.getLogger("veil.deploy")
@@ -108,6 +113,16 @@ def build_strategy(config: FederationConfig) -> Strategy:
         return fedprox(mu=config.mu, aggregator=aggregator)
     makers = {"fedadam": fedadam, "fedyogi": fedyogi, "fedadagrad": fedadagrad}
     return makers[config.strategy](learning_rate=config.server_learning_rate, aggregator=aggregator)
+
+
+_STAGE_MESSAGES: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
+    "Advertise": (pb.AdvertiseKeys, codec.advertise_from_pb, "advertise"),
+    "Share": (pb.ShareKeys, codec.share_keys_from_pb, "share"),
+    "Consistency": (pb.ConsistencyCheck, codec.consistency_from_pb, "consistency"),
+    "Unmask": (pb.UnmaskShares, codec.unmask_from_pb, "unmask"),
+}
+"""The secure round's unary stage messages: method -> (protobuf class, conversion to the
+protocol's message, which checks its content, and the stage that takes it)."""
 
 
 @dataclasses.dataclass
@@ -197,7 +212,11 @@ class Coordinator:
         self._cv = threading.Condition()
         self._round: _Round | None = None
         self._seen: dict[str, float] = {}
-        self._waiting: set[str] = set()
+        self._polls: dict[str, int] = {}
+        """Clients asking for a task now: the token of each one's (single) long poll."""
+        self._poll_seq = 0
+        self._calls: dict[str, int] = {}
+        """Calls in progress per client (at most ``MAX_CALLS_PER_CLIENT``)."""
         self._told: set[str] = set()
         self._history: list[dict[str, Any]] = self.store.history()
         self._bytes_in = 0
@@ -207,7 +226,9 @@ class Coordinator:
         self.error: str | None = None
         self.stopped: str | None = None
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4 * len(config.clients) + 8),
+            # every enrolled client can have all its calls in progress at once, with room
+            # for refusing strangers: long polls cannot starve the other calls
+            futures.ThreadPoolExecutor(max_workers=MAX_CALLS_PER_CLIENT * len(config.clients) + 8),
             handlers=[self._handler()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -349,13 +370,13 @@ class Coordinator:
         need = self.config.min_clients
         with self._cv:
             next_log = time.monotonic()
-            while len(self._waiting & self.enrolled) < need and not self._stopped.is_set():
+            while len(self._polls.keys() & self.enrolled) < need and not self._stopped.is_set():
                 now = time.monotonic()
                 if now >= next_log:
                     emit(
                         "waiting_for_clients",
                         round=number,
-                        connected=sorted(self._waiting & self.enrolled),
+                        connected=sorted(self._polls.keys() & self.enrolled),
                         min_clients=need,
                     )
                     next_log = now + self.config.start_seconds
@@ -369,7 +390,7 @@ class Coordinator:
         started = time.perf_counter()
         in0, out0 = self._bytes_in, self._bytes_out
         with self._cv:
-            present = frozenset(self._waiting)
+            present = frozenset(self._polls)
             if len(present & self.enrolled) < self.config.min_clients:
                 return  # one left between the wait and now: wait again, nothing was paid
         reservation = self._pay(number)
@@ -546,6 +567,20 @@ class Coordinator:
             )
         with self._cv:
             self._seen[name] = time.time()
+            if self._calls.get(name, 0) >= MAX_CALLS_PER_CLIENT:
+                raise _AbortError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{name!r} already has {MAX_CALLS_PER_CLIENT} calls in progress; retry "
+                    "when one has ended",
+                )
+            self._calls[name] = self._calls.get(name, 0) + 1
+
+        def release() -> None:
+            with self._cv:
+                self._calls[name] -= 1
+
+        if not context.add_callback(release):  # the call has already ended
+            release()
         return name
 
     def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -597,19 +632,19 @@ class Coordinator:
             {
                 "Join": uu(self._guard(self._join), **common),
                 "NextTask": us(self._guard_stream(self._next_task), **common),
-                "Advertise": uu(self._guard(self._advertise), **common),
-                "Share": uu(self._guard(self._share), **common),
+                **{
+                    method: uu(self._guard(self._stage_handler(method)), **common)
+                    for method in _STAGE_MESSAGES
+                },
                 "SubmitMasked": su(self._guard(self._submit_masked), **common),
-                "Consistency": uu(self._guard(self._consistency), **common),
-                "Unmask": uu(self._guard(self._unmask), **common),
                 "SubmitUpdate": su(self._guard(self._submit_update), **common),
                 "Status": uu(self._guard(self._status), **common),
             },
         )
 
     def _join(self, raw: bytes, context: grpc.ServicerContext) -> pb.JoinReply:
-        codec.parse(pb.JoinRequest, raw)
         name = self._identity(context)
+        codec.parse(pb.JoinRequest, raw)
         emit("joined", client=name, peer=context.peer())
         return pb.JoinReply(
             federation=self.config.name,
@@ -621,19 +656,26 @@ class Coordinator:
         )
 
     def _next_task(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.Chunk | bytes]:
-        request = codec.parse(pb.TaskRequest, raw)
+        """A long poll for the next round. One per client: a newer one ends the older with
+        ``TASK_WAIT`` (an agent that reconnects is not locked out by its dead call)."""
         name = self._identity(context)
+        request = codec.parse(pb.TaskRequest, raw)
         wait = float(request.wait_seconds)
         wait = min(max(wait, 0.0), 60.0) if math.isfinite(wait) else 0.0  # NaN would spin
         deadline = time.monotonic() + wait
         first = "advertise" if self.server.secure is not None else "update"
         with self._cv:
-            self._waiting.add(name)
+            self._poll_seq += 1
+            token = self._poll_seq
+            self._polls[name] = token
             self._cv.notify_all()
             outcome = pb.TASK_TRAIN
             try:
                 while True:
                     r = self._round
+                    if self._polls.get(name) != token:
+                        outcome = pb.TASK_WAIT  # superseded by a newer poll of this client
+                        break
                     if (
                         r is not None
                         and r.number > request.after_round
@@ -651,7 +693,8 @@ class Coordinator:
                         break
                     self._cv.wait(timeout=min(left, 0.5))
             finally:
-                self._waiting.discard(name)
+                if self._polls.get(name) == token:
+                    del self._polls[name]
         if outcome != pb.TASK_TRAIN:
             yield pb.Chunk(task=pb.TaskHeader(kind=outcome))
             if outcome == pb.TASK_FINISHED:
@@ -720,19 +763,19 @@ class Coordinator:
         if claimed != self._spec_number(name, number):
             raise RemoteProtocolError(f"{name!r} signed a message as another client ({claimed})")
 
-    def _advertise(self, raw: bytes, context: grpc.ServicerContext) -> Any:
-        msg = codec.parse(pb.AdvertiseKeys, raw)
-        message = codec.advertise_from_pb(msg)  # the content is checked first
-        name = self._identity(context)
-        self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "advertise", message)
+    def _stage_handler(self, method: str) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        """The handler of a stage message (see ``_STAGE_MESSAGES``): who is calling first (an
+        enrolled certificate name), then the payload is parsed and checked, then delivered."""
+        cls, convert, stage = _STAGE_MESSAGES[method]
 
-    def _share(self, raw: bytes, context: grpc.ServicerContext) -> Any:
-        msg = codec.parse(pb.ShareKeys, raw)
-        message = codec.share_keys_from_pb(msg)  # the content is checked first
-        name = self._identity(context)
-        self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "share", message)
+        def handle(raw: bytes, context: grpc.ServicerContext) -> Any:
+            name = self._identity(context)
+            msg = codec.parse(cls, raw)
+            message = convert(msg)
+            self._check_sender(name, msg.round, msg.client)
+            return self._deliver(name, msg.round, stage, message)
+
+        return handle
 
     def _read_vector(
         self, raws: Iterator[bytes], check: Callable[[pb.ChunkHeader], int]
@@ -774,20 +817,6 @@ class Coordinator:
             name, header.round, "masked", MaskedInput(header.client, vector.astype(np.uint32))
         )
 
-    def _consistency(self, raw: bytes, context: grpc.ServicerContext) -> Any:
-        msg = codec.parse(pb.ConsistencyCheck, raw)
-        message = codec.consistency_from_pb(msg)  # the content is checked first
-        name = self._identity(context)
-        self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "consistency", message)
-
-    def _unmask(self, raw: bytes, context: grpc.ServicerContext) -> Any:
-        msg = codec.parse(pb.UnmaskShares, raw)
-        message = codec.unmask_from_pb(msg)  # the content is checked first
-        name = self._identity(context)
-        self._check_sender(name, msg.round, msg.client)
-        return self._deliver(name, msg.round, "unmask", message)
-
     def _submit_update(self, raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
         name = self._identity(context)
         header, vector = self._read_vector(raws, lambda _: self.dimension)
@@ -807,8 +836,8 @@ class Coordinator:
         return self._deliver(name, header.round, "update", result)
 
     def _status(self, raw: bytes, context: grpc.ServicerContext) -> pb.StatusReply:
-        codec.parse(pb.StatusRequest, raw)
         self._identity(context)
+        codec.parse(pb.StatusRequest, raw)
         return pb.StatusReply(json=json.dumps(self.status(), default=str))
 
     def status(self) -> dict[str, Any]:
