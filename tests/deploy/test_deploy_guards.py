@@ -342,3 +342,27 @@ def test_the_caller_is_checked_before_its_payload_is_read(tmp_path: Path) -> Non
                 assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED, method
     finally:
         co.stop(grace=0.1)
+
+
+def test_a_seeded_coordinator_does_not_replay_its_noise_after_a_restart(tmp_path: Path) -> None:
+    """Each round's randomness comes from (seed, round): a restarted coordinator resuming at
+    round 3 draws round 3's words, not round 1's again. Without a seed it is the secure
+    generator."""
+    seeded = make_config(tmp_path, seed=7)
+    first = Coordinator(seeded, insecure=True, port=0)
+    try:
+        words = {r: first.round_rng(r).words(8).tolist() for r in (1, 2, 3)}
+    finally:
+        first.stop(grace=0.1)
+    again = Coordinator(seeded, insecure=True, port=0)  # a restart: the same derivation
+    try:
+        assert again.round_rng(3).words(8).tolist() == words[3]
+    finally:
+        again.stop(grace=0.1)
+    assert len({tuple(w) for w in words.values()}) == 3  # no round repeats another's
+    assert not first.round_rng(1).is_secure
+    unseeded = Coordinator(make_config(tmp_path), insecure=True, port=0)
+    try:
+        assert unseeded.round_rng(1).is_secure
+    finally:
+        unseeded.stop(grace=0.1)

@@ -4,11 +4,12 @@ One driver thread moves :class:`~veil.federated.protocol.FederatedServer` (and, 
 aggregation, a :class:`~veil.federated.secure.SecureServerRound` per round) exactly as the
 simulator does. gRPC handler threads only translate: each checks that the caller's certificate
 names an enrolled client (before it reads a byte of the payload), parses its request, checks
-that the message belongs to the stage the round is in, drops it in the stage's inbox, and waits until the driver closes the stage and
-publishes the answer for it. A stage closes when every expected client has answered or when its
-deadline (``stage_seconds``) passes; whoever has not answered by then is a dropout for the rest
-of the round (secure aggregation recovers its masks), and a late message is refused with
-``FAILED_PRECONDITION``. A client that comes back asks for the next round.
+that the message belongs to the stage the round is in, drops it in the stage's inbox, and
+waits until the driver closes the stage and publishes the answer for it. A stage closes when
+every expected client has answered or when its deadline (``stage_seconds``) passes; whoever has
+not answered by then is a dropout for the rest of the round (secure aggregation recovers its
+masks), and a late message is refused with ``FAILED_PRECONDITION``. A client that comes back
+asks for the next round.
 
 Authentication: mutual TLS; the caller's identity is the common name of its certificate, which
 must be one of the federation's enrolled clients (``PERMISSION_DENIED`` otherwise; a certificate
@@ -166,9 +167,11 @@ class Coordinator:
         self.config = config
         self.tls = tls
         self.enrolled = frozenset(config.clients)
-        self.rng: RandomSource = (
-            SecureRandom() if config.seed is None else InsecureSeededRandom(config.seed)
-        )
+        if config.seed is not None:
+            log.warning(
+                "federation.seed is set: the coordinator's randomness (and any noise it adds) "
+                "is predictable from it; for tests only"
+            )
         model = config.model.build()
         from veil.federated.training import ParamLayout
 
@@ -343,6 +346,18 @@ class Coordinator:
         self.store.reserved(number, reservation.id)
         return reservation
 
+    def round_rng(self, number: int) -> RandomSource:
+        """The randomness of round ``number`` (sampling, and the noise of central DP): the
+        operating system's secure generator, or, when the federation file sets a ``seed``
+        (tests only), a stream derived from (seed, round). Derived rather than one stream for
+        the run: a restarted coordinator would replay that stream from its start and add the
+        noise of round 1 again. A round that is run again after a crash gets its noise again,
+        which is harmless: that round's first result never left the coordinator."""
+        if self.config.seed is None:
+            return SecureRandom()
+        sequence = np.random.SeedSequence(entropy=self.config.seed, spawn_key=(number,))
+        return InsecureSeededRandom(int(sequence.generate_state(1, np.uint64)[0]))
+
     # -- the driver --------------------------------------------------------------------------
 
     def _drive(self) -> None:
@@ -395,7 +410,8 @@ class Coordinator:
                 return  # one left between the wait and now: wait again, nothing was paid
         reservation = self._pay(number)
         try:
-            instructions = self.server.start_round(self.rng, reservation=reservation)
+            rng = self.round_rng(number)
+            instructions = self.server.start_round(rng, reservation=reservation)
             first = instructions[0] if instructions else None
             model = [] if first is None else codec_model(first)
             current = _Round(
@@ -407,10 +423,10 @@ class Coordinator:
             )
             emit("round_started", round=number, sampled=len(instructions))
             if self.server.secure is None:
-                outcome = self._plain_round(current)
+                outcome = self._plain_round(current, rng)
             else:
-                summed = self._secure_round(current)
-                outcome = self.server.close_round(self.rng, summed=summed)
+                summed = self._secure_round(current, rng)
+                outcome = self.server.close_round(rng, summed=summed)
         except BaseException as exc:
             if reservation is not None and not isinstance(exc, ProtocolError):
                 reservation.fail(f"round failed: {type(exc).__name__}")
@@ -488,24 +504,24 @@ class Coordinator:
             current.published[stage] = replies
             self._cv.notify_all()
 
-    def _plain_round(self, current: _Round) -> RoundOutcome:
+    def _plain_round(self, current: _Round, rng: RandomSource) -> RoundOutcome:
         got = self._collect(current, "update", set(current.instructions))
         for cid, result in got.items():
             try:
                 self.server.receive(result)
             except RemoteProtocolError as exc:
                 emit("update_refused", round=current.number, client=cid, reason=str(exc))
-        outcome = self.server.close_round(self.rng)
+        outcome = self.server.close_round(rng)
         done = pb.RoundDone(round=current.number, aggregated=outcome.aggregated)
         self._publish(current, "update", dict.fromkeys(outcome.completed, done))
         return outcome
 
-    def _secure_round(self, current: _Round) -> SummedUpdates | None:
+    def _secure_round(self, current: _Round, rng: RandomSource) -> SummedUpdates | None:
         spec = getattr(self.server, "spec", None)  # set by start_round
         if spec is None:
             self._open(current, "idle", set())
             return None
-        sround = SecureServerRound(spec, rng=self.rng)
+        sround = SecureServerRound(spec, rng=rng)
         number = {c: spec.number(c) for c in spec.clients}
         try:
             adverts = self._collect(current, "advertise", set(spec.clients))
