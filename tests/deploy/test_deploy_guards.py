@@ -366,3 +366,78 @@ def test_a_seeded_coordinator_does_not_replay_its_noise_after_a_restart(tmp_path
         assert unseeded.round_rng(1).is_secure
     finally:
         unseeded.stop(grace=0.1)
+
+
+def submit_update(
+    co: Coordinator, name: str, *, round: int, examples: int, metrics: dict[str, float]
+) -> Any:
+    """A plain update of zeros; the coordinator's reply or the status code it refused with."""
+    import numpy as np
+
+    from veil.deploy import codec
+
+    head = pb.Chunk(
+        header=pb.ChunkHeader(
+            round=round,
+            dtype="float32",
+            length=co.dimension,
+            num_examples=examples,
+            metrics=metrics,
+        )
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{co.port}") as ch:
+        call = ch.stream_unary(f"/{SERVICE}/SubmitUpdate")
+        try:
+            return call(
+                (c.SerializeToString() for c in codec.chunks(head, np.zeros(co.dimension, "f4"))),
+                timeout=60,
+                metadata=(("veil-client", name),),
+            )
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+
+
+def test_a_plain_update_reports_bounded_counts_and_metrics(tmp_path: Path) -> None:
+    """Example counts above federation.max_examples and metrics that are not finite, too
+    large or too many are refused before the update reaches the round; a well-formed update
+    outside a round is refused only for that."""
+    config = make_config(tmp_path, dp="none", max_examples=1000, min_clients=3)
+    co = Coordinator(config, insecure=True, port=0)
+    co.start()
+    try:
+        for examples, metrics, says in (
+            (1001, {}, "at most 1000"),
+            (10, {"train_loss": float("nan")}, "finite"),
+            (10, {"train_loss": 1e300}, "finite"),
+            (10, {f"m{i}": 0.0 for i in range(9)}, "8 metrics"),
+        ):
+            code, details = submit_update(
+                co, "hospital-a", round=1, examples=examples, metrics=metrics
+            )
+            assert code is grpc.StatusCode.INVALID_ARGUMENT
+            assert says in details
+        code, _ = submit_update(co, "hospital-a", round=1, examples=1000, metrics={"a": 1.0})
+        assert code is grpc.StatusCode.FAILED_PRECONDITION  # no round is running
+    finally:
+        co.stop(grace=0.1)
+
+
+def test_under_dp_the_clients_metrics_are_not_released(tmp_path: Path) -> None:
+    """Central DP noises the model, not the clients' training loss: the round's record (which
+    `veil fl status` shows every hospital) leaves the metrics out."""
+    co = Coordinator(make_config(tmp_path, rounds=1, min_clients=1), insecure=True, port=0)
+    co.start()
+    ch, stream = poll(co, "hospital-a", wait=30.0)
+    try:
+        with ch:
+            header = pb.Chunk.FromString(next(iter(stream))).task
+            reply = submit_update(
+                co, "hospital-a", round=header.round, examples=10, metrics={"train_loss": 0.5}
+            )
+        assert isinstance(reply, bytes)
+        assert co.wait(60)
+    finally:
+        co.stop(grace=0.1)
+    (closed,) = co.status()["history"]
+    assert closed["completed"] == 1
+    assert closed["metrics"] == {}

@@ -11,6 +11,7 @@ A coordinator reads one TOML file; every relative path in it is relative to the 
     stage_seconds = 60               # deadline of each stage of a round
     start_seconds = 300              # while fewer than min_clients are connected, log this often
     min_clients = 3
+    max_examples = 100000            # the largest example count a plain update may report
 
     [model]                          # sent to the agents when they join
     kind = "logistic"                # or "mlp"
@@ -119,6 +120,7 @@ class FederationConfig:
     stage_seconds: float = 60.0
     start_seconds: float = 300.0
     min_clients: int = 1
+    max_examples: int | None = None
     seed: int | None = None
     local_epochs: int = 1
     learning_rate: float = 0.1
@@ -162,6 +164,8 @@ class FederationConfig:
             raise ConfigurationError(
                 f"min_clients must be between 1 and {len(self.clients)}, got {self.min_clients}"
             )
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigurationError(f"max_examples must be >= 1, got {self.max_examples}")
         if self.strategy not in ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"):
             raise ConfigurationError(f"unknown strategy {self.strategy!r}")
 
@@ -180,6 +184,7 @@ _TABLES: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
         "stage_seconds": ("stage_seconds", (int, float)),
         "start_seconds": ("start_seconds", (int, float)),
         "min_clients": ("min_clients", (int,)),
+        "max_examples": ("max_examples", (int,)),
         "seed": ("seed", (int,)),
     },
     "training": {

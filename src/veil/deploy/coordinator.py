@@ -457,7 +457,8 @@ class Coordinator:
             "completed": len(outcome.completed),
             "dropped": sorted(outcome.dropped),
             "aggregated": outcome.aggregated,
-            "metrics": outcome.metrics,
+            # under DP the clients' metrics are not noised: they are not released either
+            "metrics": {} if self.config.private else outcome.metrics,
             "seconds": round(time.perf_counter() - started, 4),
             "bytes_received": self._bytes_in - in0,
             "bytes_sent": self._bytes_out - out0,
@@ -846,10 +847,20 @@ class Coordinator:
             int(header.round),
             name,
             vector,
-            int(header.num_examples),
-            dict(header.metrics),
+            self._check_examples(name, int(header.num_examples)),
+            _check_metrics(dict(header.metrics)),
         )
         return self._deliver(name, header.round, "update", result)
+
+    def _check_examples(self, name: str, count: int) -> int:
+        """A plain update's example count weighs it in FedAvg: at most ``max_examples``."""
+        cap = self.config.max_examples
+        if cap is not None and count > cap:
+            raise RemoteProtocolError(
+                f"{name!r} reports {count} examples; this federation allows at most {cap} "
+                "(federation.max_examples)"
+            )
+        return count
 
     def _status(self, raw: bytes, context: grpc.ServicerContext) -> pb.StatusReply:
         self._identity(context)
@@ -910,6 +921,25 @@ def _header(instruction: TrainInstruction, stage_seconds: float) -> bytes:
         stage_seconds=stage_seconds,
     ).SerializeToString()
     return data
+
+
+MAX_METRICS = 8
+"""Metrics one plain update may report (names of at most 64 characters, finite values of
+magnitude at most ``METRIC_BOUND``)."""
+METRIC_BOUND = 1e6
+
+
+def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    if len(metrics) > MAX_METRICS:
+        raise RemoteProtocolError(f"an update may report {MAX_METRICS} metrics, not {len(metrics)}")
+    for key, value in metrics.items():
+        if not key or len(key) > 64:
+            raise RemoteProtocolError("a metric's name must have 1 to 64 characters")
+        if not math.isfinite(value) or abs(value) > METRIC_BOUND:
+            raise RemoteProtocolError(
+                f"metric {key!r} must be finite and at most {METRIC_BOUND:g} in magnitude"
+            )
+    return metrics
 
 
 # -- what the coordinator checks before a message can sink a secure round ----------------------
