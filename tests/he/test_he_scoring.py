@@ -198,6 +198,28 @@ def test_a_scorecard_built_elsewhere_scores_encrypted(
     assert np.max(np.abs(_score(odds, client, x) - sigmoid(odds.logits(x)))) <= 1e-5
 
 
+@pytest.mark.parametrize(
+    "per_unit",
+    [
+        {"duration_in_month": -0.5},  # one feature: one slot, no rotation
+        {"duration_in_month": -0.5, "age_in_years": 0.25},  # one slot, both parts
+        {"duration_in_month": -0.5, "age_in_years": 0.25, "credit_amount": 0.01},  # two
+    ],
+)
+def test_single_applicant_layout_holds_for_few_features(
+    test_rows: list[dict[str, str]], per_unit: dict[str, float]
+) -> None:
+    """Two features per slot: odd counts leave an imaginary part unused, one or two features
+    need no rotation at all."""
+    from veil.he import scorecard_model
+
+    card = scorecard_model(points={}, per_unit=per_unit, base=100.0)
+    client = ScoringClient.generate(card.public_spec())
+    assert len(client.plan.rotations) == (1 if len(per_unit) > 2 else 0)
+    x = client.encode(test_rows[:3])
+    assert np.max(np.abs(_score(card, client, x) - card.logits(x))) <= 1e-4
+
+
 @pytest.mark.parametrize(("mode", "step"), [(Mode.LOGIT, 1e-6), (Mode.PROBABILITY, 1e-4)])
 def test_decrypted_results_are_rounded_to_drop_the_noise_bits(
     model: LinearModel, x_test: np.ndarray, mode: Mode, step: float

@@ -1,17 +1,25 @@
 """The scoring circuits, written against :class:`veil.he.backend.Evaluator`.
 
-Single applicant (one ciphertext, features in slots ``0 .. F-1``, ``P`` the next power of two):
+Single applicant (one ciphertext, two features per slot: ``x_2k + i x_2k+1`` in slot ``k``, for
+``k < S = ceil(F / 2)``, :func:`pack_single`; ``P`` the power of two at or above ``S``):
 
-1. ``t = x * (w / 2)`` slot by slot, ``w`` zero outside ``0 .. F-1`` (one rescale);
-2. rotate and add with steps ``P/2, ..., 2, 1``: slot 0 now holds ``w . x / 2``;
-3. add the complex conjugate (one key switch): every slot now holds ``Re(...)``, twice;
-4. multiply by the one-hot vector of slot 0 (one rescale), add ``b`` in slot 0;
+1. ``t = x * v / 2`` slot by slot with ``v_k = w_2k - i w_2k+1``, zero from slot ``S`` on (one
+   rescale): ``Re(t_k) = (w_2k x_2k + w_2k+1 x_2k+1) / 2``;
+2. rotate and add with steps ``P/2, ..., 2, 1``: ``Re`` of slot 0 now holds ``w . x / 2``;
+3. multiply by the one-hot vector of slot 0 (one rescale);
+4. add the complex conjugate (one key switch): every slot now holds ``Re(...)``, twice, and no
+   imaginary part; add ``b`` in slot 0;
 5. add a fresh plaintext of uniform noise in ``[-B, B]`` to every slot but slot 0's real part
    (both parts of slots ``1 ..``, the imaginary part of slot 0): :func:`flood`.
 
+Two features per slot halve the slots to sum (one rotation fewer: 5 for 61 features, where one
+feature per slot needs 6 and the conjugation on top), and the conjugation comes after the mask's
+rescale, where the ciphertext has one prime left and a key switch costs half as much. These are
+the circuit's only key switches, and most of its time.
+
 Step 2 alone would leave *partial* sums of ``w_j x_j`` in slots ``1 .. P-1`` (TenSEAL's
 ``CKKSVector.dot`` returns exactly that), from which a client holding the secret key reads every
-weight in one query. Step 4 multiplies them by the mask, but not by an exact zero: the mask is
+weight in one query. Step 3 multiplies them by the mask, but not by an exact zero: the mask is
 encoded with a rounding error ``e`` of about ``2^-35`` per slot, so slot ``i`` keeps ``e_i``
 times the partial sum, a residue that grows with the client's inputs (about ``1e-6`` for
 ``|x| ~ 2e4``) and that a client who runs this public circuit on basis weights can solve for
@@ -28,14 +36,21 @@ most: millions of queries at the very least, against the ``F + 1`` exact scores 
 linear model through any scoring API. The server cannot see the inputs, so this rests on the
 randomisation alone.
 
-Step 3 is there because a slot is complex: with ``x = a + i b`` slot 0 would hold
-``w . a + i (w . b)``, a second score per query. Conjugating removes the imaginary part exactly
-whatever the inputs (flooding could not: ``w . b`` is as large as the client likes).
+Step 4 is there because a slot is complex: without it slot 0 would hold, besides the score
+``Re(s)`` of ``s = sum_k t_k``, the imaginary part ``Im(s) = sum_k (w_2k x_2k+1 - w_2k+1 x_2k)``,
+a second score per query. Conjugating removes the imaginary part exactly whatever the inputs
+(flooding could not: ``Im(s)`` is as large as the client likes). Conjugating after the mask
+rather than before lets the mask's encoding error ``e_0`` in slot 0 (about ``2^-35``, complex)
+mix ``-2 Im(e_0) Im(s)`` into the score; ``e_0`` is public (anyone can encode the mask), so slot 0
+is still one linear function of the weights, ``w . y`` for a ``y`` the client knows
+(``y = (1 + Re e_0) x - Im(e_0) x'``, ``x'`` the pairs ``(x_2k+1, -x_2k)``): what any scoring
+API returns for the input ``y``, and nothing more.
 
 It also holds against a client that packs its ciphertext in some other way: slot 0 after step 2
-is ``sum_{j<P} w_j x_j`` whatever the other slots held.
+is ``sum_{k<P} t_k`` whatever the other slots held.
 
-Probability mode runs steps 1-3 with ``w / R`` and adds ``b / R``, so slot 0 holds
+Probability mode runs steps 1 and 2 with ``w / R``, conjugates before its rescale (the
+polynomial needs a real ``u``) and adds ``b / R``, so slot 0 holds
 ``u = z / R`` in ``[-1, 1]``, then evaluates the sigmoid polynomial ``sum_k c_k u^k``: the powers
 ``u^k`` by binary splitting (depth ``ceil(log2 k)``), each multiplied by the plaintext
 ``c_k * one_hot`` (so the mask costs no extra level), summed, plus ``c_0`` in slot 0, and
@@ -45,12 +60,16 @@ where slot 0 holds ``p(u) = -670``; a little further out (``|u|`` near 9) the re
 around ``q_0`` and every slot, slot 0 included, is garbage. Averaging ``B = 4`` away from a
 residue of ``2e-5`` takes about ``(4 / 2e-5)^2 / 63`` queries, some ``6e8``.
 
-Many applicants (feature-major): ciphertext ``j`` holds feature ``j`` of up to ``N/2``
-applicants, one per slot. ``z = sum_j w_j ct_j + b`` needs no rotation, so no slot ever mixes two
-applicants or two features; the products are summed at the larger scale and rescaled once.
-Every slot is a result, so there is nothing to mask or flood, but batch mode gives the model
-away by construction: unit vectors as applicants return every weight and the bias in one query
-(and complex inputs score two applicants per slot). Servers enable it for trusted clients only.
+Many applicants (feature-major): ciphertext ``j`` holds feature ``j`` of many applicants, and
+``z = sum_j w_j ct_j + b`` needs no rotation, so no slot ever mixes two applicants or two
+features; the products are summed at the larger scale (and, with a rescale, rescaled once). The
+weights are real, so the real and imaginary parts of a slot are scored independently: in logit
+mode a slot holds two applicants (``N`` per query; :func:`batch_linear` adds ``b + i b``), twice
+the applicants for the same ciphertexts and the same work. Probability mode squares ``u``, which
+would mix the two parts, so it keeps one applicant per slot. Every slot is a result, so there is
+nothing to mask or flood, but batch mode gives the model away by construction: unit vectors as
+applicants return every weight and the bias in one query. Servers enable it for trusted clients
+only.
 
 Depth (rescales): single logit 2, batch logit 0 (with a bound on the scores; 1 without),
 probability ``2 + ceil(log2 degree)`` either way.
@@ -61,6 +80,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -75,16 +95,41 @@ __all__ = [
     "circuit_depth",
     "flood",
     "flood_bound",
+    "pack_single",
     "single_linear",
     "single_probability",
     "single_rotations",
+    "single_slots",
 ]
+
+
+def single_slots(features: int) -> int:
+    """Slots one applicant's ``features`` take in the single-applicant layout: two per slot."""
+    return max(1, (features + 1) // 2)
 
 
 def single_rotations(features: int) -> tuple[int, ...]:
     """The rotation steps the single-applicant circuit uses: ``1, 2, 4, ..., P/2``."""
-    p = next_power_of_two(features)
+    p = next_power_of_two(single_slots(features))
     return tuple(1 << i for i in range(int(math.log2(p))))
+
+
+def pack_single(x: npt.ArrayLike) -> npt.NDArray[np.complex128]:
+    """One applicant's features, two per slot: ``x_2k + i x_2k+1`` in slot ``k``."""
+    arr = np.asarray(x, dtype=np.float64).ravel()
+    out = np.zeros(single_slots(arr.size), dtype=np.complex128)
+    out.real[: (arr.size + 1) // 2] = arr[0::2]
+    out.imag[: arr.size // 2] = arr[1::2]
+    return out
+
+
+def _paired_weights(weights: Sequence[float], factor: float, slots: int) -> npt.NDArray[Any]:
+    """``v_k = factor (w_2k - i w_2k+1)``: ``Re(pack_single(x)_k v_k)`` is
+    ``factor (w_2k x_2k + w_2k+1 x_2k+1)``."""
+    out = np.zeros(slots, dtype=np.complex128)
+    w = pack_single(weights)
+    out[: w.size] = factor * w.conj()
+    return out
 
 
 def circuit_depth(*, probability: bool, batch: bool, degree: int = 0) -> int:
@@ -101,13 +146,13 @@ def _padded(values: Sequence[float], slots: int) -> npt.NDArray[np.float64]:
 
 def _rotate_sum(ev: Evaluator, t: Ciphertext, features: int) -> Ciphertext:
     for step in reversed(single_rotations(features)):
-        t = ev.add(t, ev.rotate(t, step))
+        t = ev.add_into(ev.rotate(t, step), t)  # into the fresh rotation: no new ciphertext
     return t
 
 
 def _real_part_twice(ev: Evaluator, t: Ciphertext) -> Ciphertext:
     """``t + conj(t)``: ``2 Re`` of every slot, the imaginary parts gone whatever they held."""
-    return ev.add(t, ev.conjugate(t))
+    return ev.add_into(ev.conjugate(t), t)
 
 
 def flood_bound(ev: Evaluator, ct: Ciphertext) -> float:
@@ -140,14 +185,17 @@ def single_linear(
     *,
     flood: bool = True,
 ) -> Ciphertext:
-    """Slot 0: ``w . Re(x) + b``; every other slot (and slot 0's imaginary part): fresh noise.
-    ``flood=False`` is for tests (the attacker's own copy of the circuit)."""
+    """Slot 0: ``w . x + b`` for ``ct`` an encryption of :func:`pack_single` ``(x)``; every other
+    slot (and slot 0's imaginary part): fresh noise. ``flood=False`` is for tests (the
+    attacker's own copy of the circuit)."""
     slots = ev.params.slots
     scale = ev.scale(ct)
-    t = ev.multiply_plain(ct, _padded([w / 2 for w in weights], slots), target_scale=scale)
-    t = _real_part_twice(ev, _rotate_sum(ev, t, len(weights)))
+    t = ev.multiply_plain(ct, _paired_weights(weights, 0.5, slots), target_scale=scale)
+    t = _rotate_sum(ev, t, len(weights))
     one_hot = _padded([1.0], slots)
-    t = ev.multiply_plain(t, one_hot, target_scale=scale)
+    # masked (and rescaled to the last prime) before the conjugation's key switch, which then
+    # works on one residue instead of two
+    t = _real_part_twice(ev, ev.multiply_plain(t, one_hot, target_scale=scale))
     t = ev.add_plain(t, bias * one_hot)
     return _flood(ev, t) if flood else t
 
@@ -199,7 +247,7 @@ def single_probability(
     # is then tiny next to the scale. (Probability mode runs at a 2^30 scale, where rotating
     # after the rescale costs about 2e-3 of precision; rotating first costs one more prime in
     # each rotation.)
-    t = ev.multiply_plain_no_rescale(ct, _padded([w / (2 * radius) for w in weights], slots))
+    t = ev.multiply_plain_no_rescale(ct, _paired_weights(weights, 1 / (2 * radius), slots))
     t = ev.rescale(_real_part_twice(ev, _rotate_sum(ev, t, len(weights))))
     u = ev.add_plain(t, bias / radius)
     p = _polynomial(ev, u, coefficients, _padded([1.0], slots))
@@ -207,7 +255,7 @@ def single_probability(
 
 
 def _batch_sum(
-    ev: Evaluator, cts: Sequence[Ciphertext], weights: Sequence[float], bias: float
+    ev: Evaluator, cts: Sequence[Ciphertext], weights: Sequence[float], bias: float | complex
 ) -> Ciphertext:
     if len(cts) != len(weights):
         raise ConfigurationError(f"{len(cts)} ciphertexts for {len(weights)} features")
@@ -229,8 +277,9 @@ def _batch_sum(
 def batch_linear(
     ev: Evaluator, cts: Sequence[Ciphertext], weights: Sequence[float], bias: float
 ) -> Ciphertext:
-    """Slot ``i``: ``w . x_i + b`` for the applicant in slot ``i`` of every ciphertext."""
-    return _batch_sum(ev, cts, weights, bias)
+    """Slot ``i``: ``w . x_i + b`` in its real part for the applicant in the real part of slot
+    ``i`` of every ciphertext, and the same in its imaginary part for the applicant there."""
+    return _batch_sum(ev, cts, weights, complex(bias, bias))
 
 
 def batch_probability(

@@ -23,7 +23,12 @@ from veil.errors import ConfigurationError, DataError
 from veil.he import circuits
 from veil.he.backend import ClientKeys, Evaluator, HEBackend, default_backend
 from veil.he.model import FeatureEncoder, LinearModel
-from veil.he.params import CkksParameters, parameters_for_depth, parameters_for_sums
+from veil.he.params import (
+    CkksParameters,
+    next_power_of_two,
+    parameters_for_depth,
+    parameters_for_sums,
+)
 from veil.he.sigmoid import SigmoidPolynomial, sigmoid
 
 __all__ = ["Mode", "Packing", "Scorer", "ScoringClient", "ScoringPlan", "ScoringSession"]
@@ -79,11 +84,12 @@ class ScoringPlan:
             degree=0 if poly is None else poly.degree,
         )
         single = packing is Packing.SINGLE
-        min_slots = circuits.single_rotations(features)[-1] * 2 if single else 1
+        min_slots = next_power_of_two(circuits.single_slots(features)) if single else 1
         bound = spec.get("score_bound")
         if poly is None and not single and isinstance(bound, int | float):
-            # no rescale at all: one 60-bit residue per ciphertext (parameters_for_sums)
-            params = parameters_for_sums(bound=float(bound))
+            # no rescale at all: one 60-bit residue per ciphertext (parameters_for_sums); a slot
+            # holds two applicants, so its value is within sqrt(2) times the bound
+            params = parameters_for_sums(bound=math.sqrt(2) * float(bound))
         elif poly is None:
             params = parameters_for_depth(depth, min_slots=min_slots)
         else:
@@ -118,8 +124,17 @@ class ScoringPlan:
         return 1 if self.packing is Packing.SINGLE else self.features
 
     @property
+    def applicants_per_slot(self) -> int:
+        """Batch logit mode scores an applicant in each part of a slot, real and imaginary;
+        the polynomial of probability mode would mix the two."""
+        batch = self.packing is Packing.BATCH
+        return 2 if batch and self.mode is Mode.LOGIT else 1
+
+    @property
     def applicants_per_query(self) -> int:
-        return 1 if self.packing is Packing.SINGLE else self.params.slots
+        if self.packing is Packing.SINGLE:
+            return 1
+        return self.params.slots * self.applicants_per_slot
 
 
 class ScoringClient:
@@ -172,12 +187,19 @@ class ScoringClient:
                 f"expected encoded rows of {self.plan.features} features; got shape {x.shape}"
             )
         if self.plan.packing is Packing.SINGLE:
-            return [[self.keys.encrypt(row)] for row in x]
+            return [[self.keys.encrypt(circuits.pack_single(row))] for row in x]
         per = self.plan.applicants_per_query
-        return [
-            [self.keys.encrypt(x[i : i + per, j]) for j in range(self.plan.features)]
-            for i in range(0, len(x), per)
-        ]
+        slots = self.plan.params.slots
+        queries = []
+        for i in range(0, len(x), per):
+            chunk: npt.NDArray[Any] = x[i : i + per]
+            if self.plan.applicants_per_slot == 2:  # the first N/2 real, the rest imaginary
+                both = np.zeros((slots, self.plan.features), dtype=np.complex128)
+                both.real[: min(slots, len(chunk))] = chunk[:slots]
+                both.imag[: max(0, len(chunk) - slots)] = chunk[slots:]
+                chunk = both
+            queries.append([self.keys.encrypt(chunk[:, j]) for j in range(self.plan.features)])
+        return queries
 
     @property
     def decimals(self) -> int:
@@ -196,7 +218,11 @@ class ScoringClient:
         values: list[float] = []
         per = self.plan.applicants_per_query
         for i, result in enumerate(results):
-            slots = self.keys.decrypt(result)
+            if self.plan.applicants_per_slot == 2:
+                both = self.keys.decrypt_complex(result)
+                slots = np.concatenate([both.real, both.imag])
+            else:
+                slots = self.keys.decrypt(result)
             take = min(per, count - i * per)
             values.extend(slots[:take].tolist())
         if len(values) != count:
