@@ -555,3 +555,155 @@ def test_seeded_draws_are_reproducible() -> None:
 def test_bad_parameters_raise_configuration_error(call: Callable[[], object]) -> None:
     with pytest.raises(ConfigurationError):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# The staircase sampler (sigma >= 16) and its exact building blocks
+# --------------------------------------------------------------------------------------------
+
+STAIRCASE_SIGMAS = [16.0, 23.9, 100.5]
+
+
+@pytest.mark.parametrize("factor", FACTORS, ids=["exact", "5%-wider", "5%-narrower"])
+@pytest.mark.parametrize("sigma", STAIRCASE_SIGMAS, ids=str)
+def test_staircase_gaussian_fits_its_pmf(sigma: float, factor: Fraction) -> None:
+    """Chi-square fit at false-alarm rate 1e-4 (K = 1, 1 and 6); a 5% error must be rejected."""
+    rng = InsecureSeededRandom(seed_for("staircase-fit", sigma, factor))
+    drawn = discrete_gaussian(rng, SAMPLES, sigma=float(sigma * factor))
+    check_fit(drawn, gaussian_pmf(sigma), factor)
+
+
+def binned_gaussian(
+    sigma: float, width: float, radius: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Integer bin edges ``[e_i, e_{i+1})`` and each bin's probability under the discrete
+    Gaussian, for a large sigma: by Euler-Maclaurin the sum over the integers of a bin is the
+    normal integral over ``[e_i - 1/2, e_{i+1} - 1/2)`` within a relative 1e-10."""
+    edges = np.round(np.arange(-radius, radius + width / 2, width)).astype(np.float64)
+    cdf = stats.norm.cdf((edges - 0.5) / sigma)
+    probs = np.diff(cdf)
+    return edges, probs
+
+
+@pytest.mark.parametrize("factor", FACTORS, ids=["exact", "5%-wider", "5%-narrower"])
+def test_staircase_gaussian_with_a_large_sigma(factor: Fraction) -> None:
+    """σ = 524,739 (the DP-SGD grid noise of a 203,530-parameter MLP) in 48 bins of σ/8 plus
+    the two tails: chi-square at false-alarm rate 1e-4, and a 5% error in σ rejected."""
+    sigma = 524_739.142
+    rng = InsecureSeededRandom(seed_for("staircase-large", factor))
+    drawn = discrete_gaussian(rng, SAMPLES, sigma=float(sigma * float(factor)))
+    edges, probs = binned_gaussian(sigma, sigma / 8, 3 * sigma)
+    inner = np.histogram(drawn, bins=edges)[0].astype(np.float64)
+    low, high = float((drawn < edges[0]).sum()), float((drawn >= edges[-1]).sum())
+    observed = np.concatenate([[low], inner, [high]])
+    tail = float(stats.norm.cdf((edges[0] - 0.5) / sigma))
+    expected = np.concatenate([[tail], probs, [tail]]) * SAMPLES
+    p_value = float(stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue)
+    if factor == 1:
+        assert p_value > ALPHA
+    else:
+        assert p_value < ALPHA
+
+
+def test_exp_thresholds_are_the_exact_floors() -> None:
+    table = samplers._exp_thresholds()
+    assert table[0] == 2**32 - 1
+    assert table[-1] == 0
+    assert len(table) % 4 == 1
+    with mpmath.workdps(60):
+        for j in range(1, len(table)):
+            exact = int(mpmath.floor(mpmath.ldexp(mpmath.exp(-mpmath.mpf(j) / 64), 32)))
+            assert table[j] == exact, j
+    assert table[-2] > 0 or (len(table) - 2) % 4 != 0
+
+
+@pytest.mark.parametrize(
+    "x", [Fraction(0), Fraction(1, 64), Fraction(1, 3), Fraction(7, 2), Fraction(10**6, 7)]
+)
+@pytest.mark.parametrize("prec", [32, 64, 200])
+def test_exp_minus_bounds_bracket_the_value(x: Fraction, prec: int) -> None:
+    lo, hi = samplers._exp_minus_bounds(x, prec)
+    with mpmath.workdps(prec // 3 + 40):
+        value = mpmath.ldexp(mpmath.exp(-mpmath.mpf(x.numerator) / x.denominator), prec)
+        assert lo <= value <= hi
+    assert hi - lo <= 4
+
+
+def test_lazy_uniform_draws_more_bits_only_when_needed() -> None:
+    x = Fraction(3, 16)
+    threshold = samplers._exp_thresholds()[12]  # floor(2**32 exp(-3/16))
+    below = samplers._LazyUniform(ScriptedRandom([0]), threshold, 32)
+    assert below.below_exp(x)  # U = T/2**32 + 0 < exp(-3/16)
+    above = samplers._LazyUniform(ScriptedRandom([2**64 - 1]), threshold, 32)
+    assert not above.below_exp(x)  # U just under (T + 1)/2**32 > exp(-3/16)
+    assert samplers._LazyUniform(ScriptedRandom([]), threshold - 1, 32).below_exp(x)
+    assert not samplers._LazyUniform(ScriptedRandom([]), threshold + 1, 32).below_exp(x)
+
+
+def staircase_script(v: int, r_sign: int, first: int, residual: int) -> list[int]:
+    """Two words whose four 32-bit halves are the draws of one staircase candidate."""
+    return [v | (r_sign << 32), first | (residual << 32)]
+
+
+def test_staircase_settles_a_tie_of_v_exactly() -> None:
+    """A V draw equal to the threshold of v = 3 is settled by more bits (σ = 16: K = 1)."""
+    n, d = rational_upper_bound(Fraction(16) ** 2)
+    plan = samplers._StaircasePlan(n, d)
+    assert plan.k == 1
+    tie = int(samplers._exp_thresholds()[12])
+    kept = staircase_script(tie, 0, 0, 2**32 - 1)  # positive, first factor and residual pass
+    assert samplers._staircase_candidates(ScriptedRandom([*kept, 0]), 1, plan).tolist() == [3]
+    assert samplers._staircase_candidates(ScriptedRandom([*kept, 2**64 - 1]), 1, plan).tolist() == [
+        2
+    ]
+
+
+def test_staircase_settles_a_tie_of_the_first_factor_exactly() -> None:
+    """A draw equal to T[j] is settled by more bits: below exp(-j/64) keeps, above drops."""
+    n, d = rational_upper_bound(Fraction(16) ** 2)
+    plan = samplers._StaircasePlan(n, d)
+    table = samplers._exp_thresholds()
+    v_draw = int(table[4 * 41]) - 5  # V = 41 (U just below exp(-41/16))
+    gamma = plan.gamma(41, 0)
+    j = math.floor(64 * gamma)
+    assert 64 * gamma - j > 1e-6  # far from a boundary: the float j is exact
+    first = int(table[j])
+    script = staircase_script(v_draw, 0, first, 2**32 - 1)
+    assert samplers._staircase_candidates(ScriptedRandom([*script, 0]), 1, plan).tolist() == [41]
+    assert (
+        samplers._staircase_candidates(ScriptedRandom([*script, 2**64 - 1]), 1, plan).tolist() == []
+    )
+
+
+def test_staircase_rejects_negative_zero_and_signs_the_rest() -> None:
+    n, d = rational_upper_bound(Fraction(16) ** 2)
+    plan = samplers._StaircasePlan(n, d)
+    v_zero = 2**32 - 2  # U close to 1: V = 0
+    negative = 1 << 31
+    v_one = int(samplers._exp_thresholds()[4]) - 1  # V = 1
+    assert (
+        samplers._staircase_candidates(
+            ScriptedRandom(staircase_script(v_zero, negative, 0, 2**32 - 1)), 1, plan
+        ).tolist()
+        == []
+    )
+    assert samplers._staircase_candidates(
+        ScriptedRandom(staircase_script(v_one, negative, 0, 2**32 - 1)), 1, plan
+    ).tolist() == [-1]
+    assert samplers._staircase_candidates(
+        ScriptedRandom(staircase_script(v_zero, 0, 0, 2**32 - 1)), 1, plan
+    ).tolist() == [0]
+
+
+def test_word_pool_hands_out_each_word_once_in_order() -> None:
+    reference = InsecureSeededRandom(21).words(2 * samplers._POOL_WORDS)
+    pool = samplers._WordPool(InsecureSeededRandom(21))
+    first = pool.words(3).copy()
+    second = pool.words(5).copy()
+    assert first.tolist() == reference[:3].tolist()
+    assert second.tolist() == reference[3:8].tolist()
+    # a request that does not fit in the rest of the block starts a fresh block
+    big = pool.words(samplers._POOL_WORDS - 4)
+    assert big.tolist() == reference[samplers._POOL_WORDS : 2 * samplers._POOL_WORDS - 4].tolist()
+    assert pool.is_secure is False
+    assert samplers._WordPool(SecureRandom()).is_secure is True

@@ -10,14 +10,19 @@ Privacy* (NeurIPS 2020; arXiv:2004.00010), Algorithms 1 to 3:
 
 **Exactness.** Every decision that shapes an output is made on integers. Random input arrives as
 uniform 64-bit words; a scale is first turned into an exact rational (rounded up, see
-:func:`rational_upper_bound`), and from there on the only arithmetic is on integers, except in
-one place where floating point is provably harmless: a Bernoulli(a/b) draw for an array of
-ratios compares a 32-bit random draw with ``a * 2**32 / b`` in float64 and accepts the float
-verdict only when the two differ by more than 2, while the worst rounding error is below
-2**-17; every other case (probability about 2**-30 per draw) is settled with exact Python
-integers. Entries whose integer intermediates would overflow int64 are likewise moved to exact
-Python integers or decided by an exact bound. The outputs therefore have exactly the stated
-distributions, given uniform words.
+:func:`rational_upper_bound`), and from there on the only arithmetic is on integers, except
+where floating point is provably harmless: a Bernoulli(a/b) draw for an array of ratios
+compares a 32-bit random draw with ``a * 2**32 / b`` in float64 and accepts the float verdict
+only when the two differ by more than 2, while the worst error is below 1/2; every other case
+(probability about 2**-30 per draw) is settled with exact Python integers. The discrete
+Gaussian for σ >= 16 (a staircase proposal, see :func:`discrete_gaussian`) compares 32-bit
+draws with a table of exact integer thresholds ``floor(2**32 exp(-j/64))``, uses a float
+logarithm only to *propose* a value that integer comparisons then confirm, and computes its
+acceptance exponent in float64 with a proven error bound that the margins cover; ties and
+draws inside a margin are settled exactly, reading more random bits and bounding ``exp`` with
+rational interval arithmetic (:func:`_exp_minus_bounds`). Entries whose integer
+intermediates would overflow int64 are likewise moved to exact Python integers or decided by an
+exact bound. The outputs therefore have exactly the stated distributions, given uniform words.
 
 **Randomness.** Every function takes the :class:`~veil.privacy.random.RandomSource` as its first
 argument and has no default: the mechanisms pass a :class:`~veil.privacy.random.SecureRandom`
@@ -33,6 +38,7 @@ total time of a batch is itself random.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -75,6 +81,14 @@ _MIN_SIGMA = Fraction(1, 1 << 16)
 _MAX_SIGMA = Fraction(1 << 26)
 # Candidates per vectorised batch (see _collect).
 _MAX_BATCH = 1 << 19
+# Candidates per batch of the staircase sampler: its arrays (64 KB) stay below the size at which
+# the allocator maps (and the kernel faults in) fresh pages, which otherwise costs more than the
+# arithmetic.
+_STAIRCASE_BATCH = 7_000
+# Words per request of _WordPool: just below 128 KB, for the same reason.
+_POOL_WORDS = 15_000
+# Bits per random draw of the staircase sampler.
+_DRAW_BITS = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,11 +296,12 @@ def _bernoulli_from_float(
 ) -> BoolArray:
     """Bernoulli(a_i / b_i) per entry, given ``t[i] ≈ T_i = a_i 2**32 / b_i`` in float64.
 
-    ``t`` must be within ``2**-18`` of ``T_i`` (the callers compute it from the integers with at
-    most five roundings of relative size 2**-53 on a value at most 2**32, an error below
-    ``5 * 2**-21``). A 32-bit draw ``w`` is exact in float64 and ``d = fl(w - t)`` adds at most
-    ``2**-21``, so ``d`` is within ``2**-17`` of ``w - T_i``. Hence ``d < -2`` implies
-    ``w < T_i - 1``, so ``w < floor(T_i)`` (True), and ``d > 2`` implies ``w > T_i`` (False).
+    ``t`` must be within ``1/2`` of ``T_i``. (The callers are far closer: from the integers
+    with at most five roundings of relative size 2**-53 on a value at most 2**32, an error
+    below ``5 * 2**-21``; or, in the staircase sampler, within ``2**-4``.) A 32-bit draw ``w``
+    is exact in float64 and ``d = fl(w - t)`` adds at most ``2**-21``, so ``d`` is within
+    ``1/2 + 2**-21`` of ``w - T_i``. Hence ``d < -2`` implies ``w < T_i - 1``, so
+    ``w < floor(T_i)`` (True), and ``d > 2`` implies ``w > T_i`` (False).
     The entries with ``|d| <= 2`` (probability about 2**-30 each) are settled with the exact
     integers ``exact_ratio(i) = (a_i, b_i)``.
     """
@@ -583,7 +598,12 @@ def _laplace_acceptance(num: int, den: int) -> float:
     return p_keep * (1.0 - p_zero / 2.0)
 
 
-def _collect(size: int, acceptance: float, draw: Callable[[int], IntArray]) -> IntArray:
+def _collect(
+    size: int,
+    acceptance: float,
+    draw: Callable[[int], IntArray],
+    max_batch: int = _MAX_BATCH,
+) -> IntArray:
     """Calls ``draw(m)`` on batches sized for ``acceptance`` until ``size`` values are in hand.
 
     A batch holds at most ``_MAX_BATCH`` candidates: working sets of a few MB run markedly
@@ -596,7 +616,7 @@ def _collect(size: int, acceptance: float, draw: Callable[[int], IntArray]) -> I
     have = 0
     while have < size:
         need = size - have
-        m = min(_MAX_BATCH, math.ceil((need + 6.0 * math.sqrt(need) + 16.0) / acceptance))
+        m = min(max_batch, math.ceil((need + 6.0 * math.sqrt(need) + 16.0) / acceptance))
         batch = draw(m)
         parts.append(batch)
         have += batch.shape[0]
@@ -644,9 +664,379 @@ def discrete_laplace(rng: RandomSource, size: int, *, scale: float | Fraction) -
     num, den = _laplace_rational(scale)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    source = _WordPool(rng)
     return _collect(
-        n, _laplace_acceptance(num, den), lambda m: _laplace_candidates(rng, m, num, den)
+        n, _laplace_acceptance(num, den), lambda m: _laplace_candidates(source, m, num, den)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# exp(-x) to any precision, for the exact fallbacks and the threshold table
+# --------------------------------------------------------------------------------------------
+
+
+def _exp_minus_bounds(x: Fraction, prec: int) -> tuple[int, int]:
+    """Integers ``lo <= 2**prec * exp(-x) <= hi`` for a rational ``x >= 0``.
+
+    ``exp(-x) = exp(-y)**(2**s)`` with ``y = x / 2**s <= 1/2``. The Taylor series of
+    ``exp(-y)`` alternates with decreasing terms, so two consecutive partial sums bracket it;
+    they are rounded outwards to ``p = prec + s + 8`` bits and squared ``s`` times, rounding
+    the lower bound down and the upper bound up. Every step keeps ``lo <= value <= hi``; the
+    width, a few units at ``prec`` bits, only decides how often a caller must ask again with
+    more bits.
+    """
+    s = 0
+    y = x
+    while y > Fraction(1, 2):
+        y /= 2
+        s += 1
+    p = prec + s + 8
+    resolution = Fraction(1, 1 << (p + 2))
+    term = Fraction(1)
+    partial = Fraction(1)
+    previous = partial
+    k = 0
+    while True:
+        k += 1
+        term = term * y / k
+        previous = partial
+        partial = partial - term if k % 2 else partial + term
+        if term < resolution:
+            break
+    lower, upper = min(previous, partial), max(previous, partial)
+    lo = (lower.numerator << p) // lower.denominator
+    hi = -((-upper.numerator << p) // upper.denominator)
+    for _ in range(s):
+        lo = (lo * lo) >> p
+        hi = -((-hi * hi) >> p)
+    shift = p - prec
+    return lo >> shift, -((-hi) >> shift)
+
+
+class _LazyUniform:
+    """A uniform real ``U`` in [0, 1) of which the first ``bits`` bits, ``known``, are drawn;
+    further bits come from ``rng`` when a comparison needs them (and are kept, so several
+    comparisons see the same ``U``)."""
+
+    __slots__ = ("bits", "known", "rng")
+
+    def __init__(self, rng: RandomSource, known: int, bits: int) -> None:
+        self.rng = rng
+        self.known = int(known)
+        self.bits = bits
+
+    def below_exp(self, x: Fraction) -> bool:
+        """Whether ``U < exp(-x)``, exactly (``x >= 0`` rational)."""
+        while True:
+            lo, hi = _exp_minus_bounds(x, self.bits)
+            # U lies in [known, known + 1) / 2**bits and exp(-x) in [lo, hi] / 2**bits
+            if self.known + 1 <= lo:
+                return True
+            if self.known >= hi:
+                return False
+            self.known = (self.known << 64) | int(self.rng.words(1)[0])
+            self.bits += 64
+
+
+@functools.cache
+def _exp_thresholds() -> IntArray:
+    """``T[j] = floor(2**32 exp(-j/64))`` for ``j = 0 .. J``, except ``T[0] = 2**32 - 1`` (a
+    32-bit draw equal to it is settled exactly, as every tie is). ``J`` is the first multiple
+    of 4 with ``T[J] == 0``, i.e. ``exp(-J/64) < 2**-32`` (J = 1420).
+
+    Computed once, on first use, by exact interval products of ``exp(-1/64)`` (64 guard bits);
+    a floor the interval leaves open (never seen) is settled with :func:`_exp_minus_bounds`.
+    """
+    guard = 64
+    p = _DRAW_BITS + guard
+    step_lo, step_hi = _exp_minus_bounds(Fraction(1, 64), p)
+    lo, hi = 1 << p, 1 << p
+    values = [(1 << _DRAW_BITS) - 1]
+    j = 0
+    while True:
+        j += 1
+        lo = (lo * step_lo) >> p
+        hi = -((-hi * step_hi) >> p)
+        floor_lo, floor_hi = lo >> guard, hi >> guard
+        extra = guard
+        while floor_lo != floor_hi:  # exp(-j/64) is irrational: more bits settle it
+            extra += 64
+            lo_j, hi_j = _exp_minus_bounds(Fraction(j, 64), _DRAW_BITS + extra)
+            floor_lo, floor_hi = lo_j >> extra, hi_j >> extra
+        values.append(floor_lo)
+        if floor_lo == 0 and j % 4 == 0:
+            break
+    table = np.array(values, dtype=np.int64)
+    table.setflags(write=False)
+    return table
+
+
+class _WordPool:
+    """A :class:`RandomSource` that hands out the words of large requests to ``rng``.
+
+    Each request to ``rng`` is ``_POOL_WORDS`` words (or the caller's count, if larger); the
+    words are handed out in order, each once, so they are exactly as uniform and independent
+    as ``rng``'s. It saves the fixed cost of a request (a fresh AES key, or a system call for
+    small ones: some 10 µs each) for the many small draws of the rejection loops, and keeps
+    each block below the size at which the allocator maps fresh pages.
+    """
+
+    __slots__ = ("_block", "_position", "_rng")
+
+    def __init__(self, rng: RandomSource) -> None:
+        self._rng = rng
+        self._block = np.zeros(0, dtype=np.uint64)
+        self._position = 0
+
+    @property
+    def is_secure(self) -> bool:
+        return self._rng.is_secure
+
+    def words(self, n: int) -> npt.NDArray[np.uint64]:
+        n = int(n)
+        start = self._position
+        if start + n > self._block.shape[0]:
+            if n >= _POOL_WORDS:
+                return self._rng.words(n)
+            self._block = self._rng.words(_POOL_WORDS)  # the rest of the old block is unused
+            start = 0
+        self._position = start + n
+        return self._block[start : start + n]
+
+
+# --------------------------------------------------------------------------------------------
+# Discrete Gaussian for sigma >= 16: a staircase proposal and one exp(-γ) test per candidate
+# --------------------------------------------------------------------------------------------
+
+# The staircase sampler is used from this sigma on (K = round(σ/16) >= 1).
+_STAIRCASE_MIN_SIGMA = 16.0
+# Steps of the staircase per unit of exp: P(V >= v) = exp(-v/16), thresholds T[4v].
+_STEPS_PER_E = 16
+# Absolute error bound of the float γ, as a multiple of (1 + γ): 2**-45 (see _StaircasePlan).
+_GAMMA_SLACK = 2.0**-43
+
+
+class _StaircasePlan:
+    """Exact integers and float constants for :func:`_staircase_candidates` with σ² = n/d.
+
+    ``K = round(σ/16)``, ``t = 16 K`` and ``τ = σ²/t = n / (16 K d)``. A candidate is
+    ``y = ±(K V + R)`` with ``P(V >= v) = exp(-v/16)``, ``R`` uniform on {0, ..., K-1} and a fair
+    sign (``-0`` rejected); it is kept with probability ``exp(-γ)``,
+    ``γ = (|y| - τ)²/(2σ²) + R/t = ((16 K d |y| - n)² + 32 K d n R) / (512 K² d n)``.
+    """
+
+    __slots__ = (
+        "acceptance",
+        "d",
+        "gamma_den",
+        "half_inverse_variance",
+        "inverse_t",
+        "k",
+        "n",
+        "reject_below",
+        "tau",
+    )
+
+    def __init__(self, n: int, d: int) -> None:
+        sigma2 = n / d
+        sigma = math.sqrt(sigma2)
+        self.n = n
+        self.d = d
+        self.k = max(1, round(sigma / _STEPS_PER_E))
+        k = self.k
+        self.gamma_den = 512 * k * k * d * n
+        # Correctly rounded (Fraction -> float): each within a relative 2**-53.
+        self.tau = float(Fraction(n, _STEPS_PER_E * k * d))
+        self.half_inverse_variance = float(Fraction(d, 2 * n))
+        self.inverse_t = float(Fraction(1, _STEPS_PER_E * k))
+        # Multiply-and-shift draws whose low part is below this are rejected (Lemire).
+        self.reject_below = (1 << 31) % k
+        tau = self.tau
+        rho = math.exp(-1.0 / _STEPS_PER_E)
+        z_gauss = math.sqrt(2.0 * math.pi * sigma2)
+        self.acceptance = (
+            (1.0 - self.reject_below / 2.0**31)
+            * z_gauss
+            * math.exp(-(tau * tau) / (2.0 * sigma2))
+            * (1.0 - rho)
+            / (2.0 * k)
+        )
+
+    def gamma(self, magnitude: int, r: int) -> Fraction:
+        """The exact γ of a candidate of this magnitude and remainder."""
+        k, n, d = self.k, self.n, self.d
+        e = _STEPS_PER_E * k * d * magnitude - n
+        return Fraction(e * e + 2 * _STEPS_PER_E * k * d * n * r, self.gamma_den)
+
+
+def _residual_exp(
+    rng: RandomSource,
+    delta: npt.NDArray[np.float64],
+    exact: Callable[[int], tuple[int, int]],
+    *,
+    start: int = 1,
+) -> BoolArray:
+    """CKS Algorithm 1 for exp(-δ_i), δ_i in [0, 1], from floats, starting at ``K = start``.
+
+    ``K = start``; while Bernoulli(δ/K): ``K += 1``; the result is whether ``K`` is odd (with
+    ``start = 1``, a Bernoulli(exp(-δ)) draw). ``delta[i]`` must be within ``2**-36`` of δ_i
+    and ``exact(i)`` give δ_i as a ratio of Python integers. In round ``K`` the still-active
+    entries draw Bernoulli(δ/K) through :func:`_bernoulli_from_float` with
+    ``t = δ̃ 2**32 / K``, within ``2**-4 + 2**-21`` of the true ``δ 2**32 / K``: inside the
+    margin its proof allows (an error below 1).
+    """
+    n = delta.shape[0]
+    result = np.full(n, start % 2 == 1, dtype=np.bool_)
+    active: IntArray | None = None
+    k = start
+    while True:
+        d_active = delta if active is None else delta[active]
+        t = d_active * (_TWO_32_FLOAT / k)
+
+        def lookup(i: int, active: IntArray | None = active, k: int = k) -> tuple[int, int]:
+            a, b = exact(i if active is None else int(active[i]))
+            return a, b * k
+
+        go_on = np.flatnonzero(_bernoulli_from_float(rng, t, lookup))
+        active = go_on if active is None else active[go_on]
+        if not active.size:
+            return result
+        k += 1
+        result[active] = k % 2 == 1
+
+
+def _bernoulli_ratio_exact_from(rng: RandomSource, w: int, bits: int, a: int, b: int) -> bool:
+    """Bernoulli(a / b), ``0 <= a <= b``, of which the first ``bits`` random bits are ``w``."""
+    threshold, rest = divmod(a << bits, b)
+    if w != threshold:
+        return w < threshold
+    return _bernoulli_ratio_exact(rng, rest, b)
+
+
+def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> IntArray:
+    """``m`` candidates of the staircase proposal, each kept with probability exp(-γ): the
+    accepted values, in order. See :func:`discrete_gaussian` for the proof.
+
+    Each candidate takes four 32-bit draws from one request: one for ``V``, one for ``R`` and
+    the sign, one against the threshold ``T[j]`` and one for the first round of the residual
+    ``exp(-δ)``. Every decision is a comparison of a draw with an exact integer threshold, or
+    with a float threshold outside a proven margin; a tie, or a draw inside the margin, is
+    settled exactly with Python integers (probability about 2**-31 per decision).
+    """
+    table = _exp_thresholds()
+    j_max = table.shape[0] - 1
+    v_thresholds = table[::4]  # P(V >= v) = exp(-v/16): threshold T[4v]
+    v_cap = v_thresholds.shape[0] - 2
+    draws = rng.words(2 * m).view(np.uint32)
+    v_draw = draws[:m]
+    v_bits = v_draw.astype(np.int64)
+    r_bits = draws[m : 2 * m].astype(np.int64)
+    first_bits = draws[2 * m : 3 * m].astype(np.int64)
+    residual_draw = draws[3 * m :].astype(np.float64)
+
+    # V: the number of v >= 1 with U < exp(-v/16), U's first 32 bits v_bits. A float32
+    # logarithm proposes V; integer comparisons with the thresholds confirm it; the entries they
+    # do not confirm (a tie, or a guess off by one next to a threshold) are settled exactly.
+    guess = v_draw.astype(np.float32)
+    guess += np.float32(0.5)
+    guess *= np.float32(2.0**-_DRAW_BITS)
+    np.log(guess, out=guess)
+    guess *= np.float32(-_STEPS_PER_E)
+    np.minimum(guess, np.float32(v_cap), out=guess)  # the guess is >= 0
+    v = guess.astype(np.int64)  # truncation is the floor here
+    confirmed = v_bits < v_thresholds[v]
+    confirmed &= v_bits > v_thresholds[v + 1]
+    if not confirmed.all():
+        for i in np.flatnonzero(~confirmed).tolist():
+            u = _LazyUniform(rng, int(v_bits[i]), _DRAW_BITS)
+            count = 0
+            while u.below_exp(Fraction(count + 1, _STEPS_PER_E)):
+                count += 1
+            v[i] = count
+
+    # R uniform below K from the low 31 bits by multiply-and-shift (Lemire): R = (x K) >> 31,
+    # rejecting the (2**31 mod K) of every 2**31 values of x whose low part (x K) mod 2**31 is
+    # below 2**31 mod K; the sign from the top bit.
+    negative = r_bits >> 31
+    r_bits &= 0x7FFFFFFF
+    r_bits *= plan.k  # below 2**53
+    valid = (r_bits & 0x7FFFFFFF) >= plan.reject_below
+    r = r_bits
+    r >>= 31
+    magnitude = v
+    magnitude *= plan.k
+    magnitude += r
+    zero = np.flatnonzero(magnitude == 0)
+    valid[zero[negative[zero] == 1]] = False  # -0 is rejected
+
+    # γ in float64 (error below 2**-45 (1 + γ)), then exp(-γ) = exp(-j/64) exp(-δ) with
+    # j = floor(64 γ_lo) for a lower bound γ_lo <= γ, so δ = γ - j/64 >= 0.
+    gamma = magnitude.astype(np.float64)
+    gamma -= plan.tau
+    np.square(gamma, out=gamma)
+    gamma *= plan.half_inverse_variance
+    scaled = r.astype(np.float64)
+    scaled *= plan.inverse_t
+    gamma += scaled
+    np.multiply(gamma, 64.0 * (1.0 - _GAMMA_SLACK), out=scaled)
+    scaled -= 64.0 * _GAMMA_SLACK
+    np.floor(scaled, out=scaled)
+    np.maximum(scaled, 0.0, out=scaled)
+    np.minimum(scaled, float(j_max), out=scaled)
+    j = scaled.astype(np.int64)
+    delta = gamma
+    scaled *= 1.0 / 64.0
+    delta -= scaled
+    clamped = np.flatnonzero(j == j_max)
+    delta[clamped] = 0.0  # exp(-j_max/64) < 2**-32 decides these alone (see below)
+
+    def exact_gamma(i: int) -> Fraction:
+        return plan.gamma(int(magnitude[i]), int(r[i]))
+
+    def exact_delta(i: int) -> tuple[int, int]:
+        if j[i] == j_max:
+            return 0, 1
+        residual = exact_gamma(i) - Fraction(int(j[i]), 64)
+        return residual.numerator, residual.denominator
+
+    # First factor: U' < exp(-j/64), U' from 32 bits against T[j]; ties settled exactly.
+    threshold = table[j]
+    keep = first_bits < threshold
+    for i in np.flatnonzero(first_bits == threshold).tolist():
+        x = exact_gamma(i) if j[i] == j_max else Fraction(int(j[i]), 64)
+        keep[i] = _LazyUniform(rng, int(first_bits[i]), _DRAW_BITS).below_exp(x)
+    keep &= valid
+
+    # Residual exp(-δ) by CKS Algorithm 1, its first round inline: Bernoulli(δ) is the draw
+    # w < δ 2**32, decided in float64 outside the margin of _bernoulli_from_float; the few
+    # entries that succeed (probability δ < 1/64) go on to the later rounds.
+    gap = residual_draw
+    delta *= _TWO_32_FLOAT
+    gap -= delta
+    go_on = gap < 0.0
+    np.abs(gap, out=gap)
+    if gap.min() <= _FLOAT_MARGIN:
+        for i in np.flatnonzero(gap <= _FLOAT_MARGIN).tolist():
+            a_i, b_i = exact_delta(i)
+            go_on[i] = _bernoulli_ratio_exact_from(rng, int(draws[3 * m + i]), 32, a_i, b_i)
+    later = np.flatnonzero(go_on)
+    if later.size:
+
+        def exact_later(i: int) -> tuple[int, int]:
+            return exact_delta(int(later[i]))
+
+        # Having passed round 1, an entry continues at K = 2; it is kept when K ends odd.
+        delta_later = delta[later]
+        delta_later *= 1.0 / _TWO_32_FLOAT
+        keep[later] &= _residual_exp(rng, delta_later, exact_later, start=2)
+
+    chosen = np.flatnonzero(keep)
+    out = magnitude[chosen]
+    sign = negative[chosen]
+    sign *= -2
+    sign += 1
+    out *= sign
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -777,12 +1167,42 @@ def discrete_gaussian(rng: RandomSource, size: int, *, sigma: float | Fraction) 
             = exp(-y²/(2σ²)) exp(-τ²/(2σ²))           (since τ/σ² = 1/t)
             ∝ exp(-y²/(2σ²)),
 
-    so an accepted ``Y`` has exactly the discrete Gaussian law. τ is ``round(σ)`` for σ >= 1
-    (an integer, so γ = d(|Y| - τ)²/(2n) is a ratio of integers), and for small σ a power of
-    two ``2**-k`` near σ, whichever accepts more often (see ``_gaussian_plan``); Algorithm 3
-    then keeps about 0.76 of the proposals for large σ and at least half everywhere. γ is
-    formed in int64 where it fits and otherwise decided exactly as described in
+    so an accepted ``Y`` has exactly the discrete Gaussian law.
+
+    **σ below 16.** τ is ``round(σ)`` for σ >= 1 (an integer, so γ = d(|Y| - τ)²/(2n) is a
+    ratio of integers), and for small σ a power of two ``2**-k`` near σ, whichever accepts
+    more often (see ``_gaussian_plan``); Algorithm 3 then keeps at least half of the
+    proposals. γ is formed in int64 where it fits and otherwise decided exactly as described in
     ``_gaussian_accept``.
+
+    **σ from 16 on: a staircase proposal.** With ``K = round(σ/16)``, ``t = 16K`` and
+    ``τ = σ²/t``, the Laplace factor is split over blocks of ``K`` integers: a candidate is
+    ``Y = ±(K V + R)`` with ``P(V >= v) = exp(-v/16)``, ``R`` uniform on {0, ..., K-1}, a fair
+    sign and ``-0`` rejected, so ``P(Y = y) ∝ exp(-(|y| // K)/16)``; it is kept with
+    probability ``exp(-γ)``, ``γ = (|y| - τ)²/(2σ²) + R/t``. As ``(|y| // K)/16 + R/t = |y|/t``,
+    the kept ``Y`` has ``P ∝ exp(-|y|/t - (|y| - τ)²/(2σ²)) ∝ exp(-y²/(2σ²))`` by the identity
+    above. About 0.74 of the candidates are kept. Every draw is 32 bits:
+
+    * ``V`` is the number of ``v >= 1`` with ``U < exp(-v/16)``: a float32 logarithm of the
+      draw proposes it and the exact thresholds ``T[4v] = floor(2**32 exp(-v/16))`` confirm
+      it (``w < T[4V]`` and ``w > T[4V + 4]``); a tie or an unconfirmed guess is settled by
+      reading more bits of ``U`` (:class:`_LazyUniform`).
+    * ``R = (x K) >> 31`` for 31 random bits ``x``, rejecting the ``2**31 mod K`` low parts
+      that would bias it (Lemire's multiply-and-shift).
+    * ``exp(-γ) = exp(-j/64) exp(-δ)`` with ``j = floor(64 γ_lo)``, ``γ_lo <= γ``: the first
+      factor is a draw below ``T[j]`` (ties settled exactly; ``j`` is capped at the first
+      ``J`` with ``T[J] = 0``, where the draw decides ``exp(-γ) < 2**-32`` alone), the second
+      CKS Algorithm 1 on ``δ = γ - j/64`` in [0, 1/64], its Bernoulli(δ/k) draws compared in
+      float64 outside a margin (see ``_bernoulli_from_float``).
+    * γ is computed in float64 from ``|Y|`` and ``R`` (exact below 2**53) and the correctly
+      rounded constants τ, ``1/(2σ²)`` and ``1/t``. With ``D = |Y| - τ`` and ``u = 2**-53``,
+      ``fl(|Y| - τ̃)`` is within ``u(|D| + 2τ)`` of ``D``; as ``τ <= 2σ``, squaring and
+      scaling keep the error below ``u (5γ + 6√γ)``, and the sum below ``12 u (1 + γ)``,
+      under ``2**-49 (1 + γ)``. ``γ_lo = γ̃ (1 - 2**-43) - 2**-43`` is therefore a lower
+      bound of γ (with room for its own two roundings), and for ``j < J`` (so γ < 23) δ's
+      float is within ``2**-38`` of δ, giving thresholds ``δ 2**32 / k`` within ``2**-6``.
+
+    The Python-integer fallbacks occur with probability about 2**-31 per decision.
 
     Raises:
         ConfigurationError: for a negative ``size`` or a ``sigma`` that is not finite and
@@ -801,12 +1221,24 @@ def discrete_gaussian(rng: RandomSource, size: int, *, sigma: float | Fraction) 
             "for larger noise, scale the data down or use a coarser grid"
         )
     n, d = rational_upper_bound(Fraction(sigma) ** 2)
+    if sigma >= _STAIRCASE_MIN_SIGMA:
+        staircase = _StaircasePlan(n, d)
+        if n_out == 0:
+            return np.zeros(0, dtype=np.int64)
+        pool = _WordPool(rng)
+        return _collect(
+            n_out,
+            staircase.acceptance,
+            lambda m: _staircase_candidates(pool, m, staircase),
+            _STAIRCASE_BATCH,
+        )
     plan = _gaussian_plan(n, d)
     if n_out == 0:
         return np.zeros(0, dtype=np.int64)
+    source = _WordPool(rng)
 
     def draw(m: int) -> IntArray:
-        y = _laplace_candidates(rng, m, plan.lap_num, plan.lap_den)
-        return y[np.flatnonzero(_gaussian_accept(rng, y, plan))]
+        y = _laplace_candidates(source, m, plan.lap_num, plan.lap_den)
+        return y[np.flatnonzero(_gaussian_accept(source, y, plan))]
 
     return _collect(n_out, plan.acceptance, draw)
