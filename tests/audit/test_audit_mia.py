@@ -39,13 +39,13 @@ def mlp() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def overfit(digits: data.FederatedData) -> MembershipAudit:
-    """8 non-private MLPs (64-128-10), each trained to fit 200 of 400 digits (full-batch GD,
-    500 epochs), every one the target in turn."""
+    """12 non-private MLPs (64-128-10), each trained to fit 200 of 400 digits (full-batch GD,
+    500 epochs), every one the target in turn with 10 shadow models (its partner left out)."""
     population = ClientData(digits.x[:400], digits.y[:400])
     shadows = train_shadow_models(
         mlp,
         population,
-        models=8,
+        models=12,
         config=TrainConfig(local_epochs=500, learning_rate=1.0),
         holdout=digits.test,
         seed=0,
@@ -94,8 +94,8 @@ def test_overfit_mlp_is_attackable(overfit: MembershipAudit) -> None:
     assert offline.auc > loss.auc
     assert overfit.rocs[Attack.RMIA].auc >= 0.7  # RMIA, with the held-out digits as z
     assert online.tpr_at(0.01).tpr >= 3 * loss.tpr_at(0.01).tpr
-    # pooled over 8 targets: 1,600 non-members, so 1% FPR is 16 false positives
-    assert overfit.rocs[Attack.LOSS].negatives == 1600
+    # pooled over 12 targets: 2,400 non-members, so 1% FPR is 24 false positives
+    assert overfit.rocs[Attack.LOSS].negatives == 2400
 
 
 def test_the_overfit_model_breaks_an_epsilon_one_claim(overfit: MembershipAudit) -> None:
@@ -112,8 +112,8 @@ def test_dpsgd_at_epsilon_one_stays_near_chance(
     assert audit.mean_accuracy > 0.6
     for attack, roc in audit.rocs.items():
         assert roc.auc <= 0.56, attack
-        point = roc.tpr_at(0.01)
-        assert point.tpr_lower < math.exp(1.0) * 0.01 + DELTA, attack
+        point = audit.tpr_interval(attack, 0.01)
+        assert point.lower < math.exp(1.0) * 0.01 + DELTA, attack
     assert audit.dp_bound_violations(epsilon=1.0, delta=DELTA) == []
 
 
@@ -197,3 +197,67 @@ def test_shadow_model_arguments_are_checked(digits: data.FederatedData) -> None:
     bad = ShadowModels(np.zeros((4, 3)), np.ones((4, 3), dtype=bool), np.zeros(4))
     with pytest.raises(DataError):
         membership_audit(bad)
+
+
+def shadows_around_untrained_targets(seed: int) -> tuple[ShadowModels, int]:
+    """Synthetic confidences: 4 target models that learned nothing (φ does not depend on what
+    they trained on), each with a complementary partner that did learn (+3 on its members),
+    and two more learned pairs; 2,000 records and 2,000 held-out population samples."""
+    gen = np.random.default_rng(seed)
+    targets, pairs, n = 4, 2, 2000
+    m = 2 * targets + 2 * pairs
+    keep = np.zeros((m, n), dtype=bool)
+    for t in [*range(targets), *range(2 * targets, m, 2)]:
+        keep[t, gen.permutation(n)[: n // 2]] = True
+    keep[targets : 2 * targets] = ~keep[:targets]
+    keep[2 * targets + 1 :: 2] = ~keep[2 * targets :: 2]
+    learned = (np.arange(m) >= targets)[:, None]
+    difficulty = gen.normal(size=n)
+    confidences = difficulty + np.where(learned & keep, 3.0, 0.0) + gen.normal(0, 0.2, (m, n))
+    population = gen.normal(size=n) + gen.normal(0, 0.2, (m, n))
+    return ShadowModels(confidences, keep, np.full(m, np.nan), population), targets
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_attack_finds_members_of_a_model_that_learned_nothing(seed: int) -> None:
+    shadows, targets = shadows_around_untrained_targets(seed)
+    audit = membership_audit(shadows, targets=targets)
+    # the target's complementary partner is not among its shadows: every record has as many IN
+    # as OUT shadows, so the references carry no trace of the target's membership
+    assert audit.shadow_models == shadows.models - 2
+    assert audit.units == (0, 1, 2, 3)
+    for attack in Attack:
+        auc = audit.auc_interval(attack)
+        assert abs(auc.estimate - 0.5) < 0.03, attack
+        assert auc.lower <= 0.5 <= auc.upper, attack
+    # with the partner among the references RMIA reads membership off the imbalance (one IN
+    # shadow fewer for a member) from a target that learned nothing
+    pos, neg = [], []
+    for t in range(targets):
+        others = np.arange(shadows.models) != t
+        assert shadows.reference is not None
+        s = rmia(
+            shadows.confidences[t],
+            shadows.confidences[others],
+            shadows.reference[t],
+            shadows.reference[others],
+        )
+        pos.append(s[shadows.keep[t]])
+        neg.append(s[~shadows.keep[t]])
+    assert Roc.from_scores(np.concatenate(pos), np.concatenate(neg)).auc > 0.53
+
+
+def test_intervals_resample_independent_units_not_pooled_scores() -> None:
+    shadows, targets = shadows_around_untrained_targets(2)
+    audit = membership_audit(shadows, targets=targets)
+    pooled = audit.rocs[Attack.LOSS]
+    # Clopper-Pearson on the pooled scores treats 4,000 scores as independent; the bootstrap
+    # over units and records is wider, and it covers the estimate
+    cp = pooled.tpr_at(0.01)
+    boot = audit.tpr_interval(Attack.LOSS, 0.01)
+    assert boot.lower <= boot.estimate <= boot.upper
+    assert boot.estimate == cp.tpr
+    assert boot.upper - boot.lower > 0
+    # a limit every attack is far above is violated by each, one far above is by none
+    assert {v[0] for v in audit.limit_violations(lambda fpr: 0.0)} == set(Attack)
+    assert audit.limit_violations(lambda fpr: min(1.0, 10 * fpr + 0.05)) == []

@@ -24,15 +24,25 @@ confident records all get loss exactly 0 and the attack sees ties (AUC 0.5 where
 
 Shadow models come in pairs trained on complementary halves (:func:`train_shadow_models`), so
 every record has IN and OUT models. :func:`membership_audit` evaluates the attacks the way the
-LiRA paper does: each model in turn is the target and the others are its shadows; the scores of
-all targets are pooled into one ROC per attack (members are the positives), so there are enough
-non-members to read the TPR at a low FPR.
+LiRA paper does: each model in turn is the target and the others, *except its complementary
+partner*, are its shadows; the scores of all targets are pooled into one ROC per attack (members
+are the positives), so there are enough non-members to read the TPR at a low FPR. The partner is
+left out because it is IN exactly where the target is OUT: with it, a member of the target has
+one IN shadow fewer than a non-member, and RMIA's mean over the reference models would read
+membership off that imbalance even from a target that learned nothing. Without it every record
+has as many IN as OUT shadows, whatever the target trained on.
+
+The pooled scores are not independent (the same records and shadow models serve every target),
+so the confidence intervals of :class:`MembershipAudit` come from a bootstrap over the
+independent units of the experiment: each complementary pair of targets (trained on one random
+split) is one unit, resampled whole.
 
 A DP guarantee bounds every attack: an ``(ε, δ)``-DP training run allows at most
 ``TPR <= e^ε FPR + δ`` at every threshold, and the accountant's trade-off curve for the run's
 events bounds it more tightly (:mod:`veil.audit.tradeoff`).
 :meth:`MembershipAudit.dp_bound_violations` and :meth:`MembershipAudit.limit_violations` check
-the lower confidence bound of each attack's TPR against them.
+the bootstrap lower bound of each attack's TPR against the limit at the upper bound of its FPR,
+with a Bonferroni correction over every (attack, FPR) point tested.
 
 Needs the ``federated`` extra (PyTorch).
 """
@@ -42,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +62,7 @@ from torch import nn
 from torch.func import functional_call
 
 from veil.audit.stats import Roc
-from veil.audit.tradeoff import dp_tpr_limit, limit_violations
+from veil.audit.tradeoff import dp_tpr_limit
 from veil.errors import ConfigurationError, DataError
 from veil.federated.dp import DpSgd
 from veil.federated.messages import TrainConfig
@@ -67,6 +77,7 @@ from veil.privacy.random import RandomSource
 
 __all__ = [
     "Attack",
+    "Interval",
     "MembershipAudit",
     "ShadowModels",
     "confidence_scores",
@@ -315,74 +326,207 @@ def train_shadow_models(
 
 
 @dataclasses.dataclass(frozen=True)
+class Interval:
+    """A statistic of the pooled ROC with its bootstrap confidence interval."""
+
+    estimate: float
+    lower: float
+    upper: float
+
+
+# (members' scores, non-members' scores) of one target model
+TargetScores = tuple[FloatArray, FloatArray]
+
+
+@dataclasses.dataclass(frozen=True)
 class MembershipAudit:
-    """Each attack's pooled ROC over the target models (leave-one-model-out)."""
+    """Each attack's pooled ROC over the target models (leave-one-model-out).
+
+    ``scores[attack][t]`` are target ``t``'s scores of its members and non-members, and
+    ``units[t]`` the independent unit target ``t`` belongs to (targets trained on complementary
+    halves of one split share a unit). Intervals come from a two-stage bootstrap, ``resamples``
+    times from a fixed seed (an audit is reproducible): the units are drawn with replacement, then
+    each drawn target's members and non-members with replacement, and the pooled statistic is
+    recomputed; the interval is its percentiles. Between targets, the scores are dependent (the
+    same records, overlapping shadow models), so only whole units are treated as independent;
+    within one target model, records are, as in every membership inference evaluation. With
+    few units (8 models are 4) the interval is approximate; more models make it reliable."""
 
     rocs: Mapping[Attack, Roc]
     targets: int
     shadow_models: int
     records: int
     mean_accuracy: float
+    scores: Mapping[Attack, tuple[TargetScores, ...]] = dataclasses.field(default_factory=dict)
+    units: tuple[int, ...] = ()
+    resamples: int = 1000
+
+    def _bootstrap(self) -> bool:
+        """Whether the per-target scores are there (an audit built by hand may lack them; its
+        intervals are then Clopper-Pearson bounds on the pooled scores, as if independent)."""
+        return len(self.units) == self.targets > 0 and all(a in self.scores for a in self.rocs)
+
+    def _resampled(self, attack: Attack, statistic: Callable[[Roc], Sequence[float]]) -> FloatArray:
+        """``statistic`` of the pooled ROC of ``attack`` on each bootstrap resample of the units
+        (one row per resample)."""
+        per_target = self.scores[attack]
+        labels = sorted(set(self.units))
+        members = {u: [t for t, v in enumerate(self.units) if v == u] for u in labels}
+        gen = np.random.default_rng(0)
+        out = []
+        for _ in range(self.resamples):
+            drawn = [
+                t for i in gen.integers(0, len(labels), len(labels)) for t in members[labels[i]]
+            ]
+            pos = np.concatenate([_redraw(per_target[t][0], gen) for t in drawn])
+            neg = np.concatenate([_redraw(per_target[t][1], gen) for t in drawn])
+            out.append(statistic(Roc.from_scores(pos, neg)))
+        return np.asarray(out, dtype=np.float64)
+
+    def _intervals(
+        self, attack: Attack, fprs: tuple[float, ...], confidence: float
+    ) -> tuple[Interval, list[Interval]]:
+        roc = self.rocs[attack]
+        points = [roc.tpr_at(f, confidence=confidence) for f in fprs]
+        if not self._bootstrap():
+            return Interval(roc.auc, math.nan, math.nan), [
+                Interval(p.tpr, p.tpr_lower, p.tpr_upper) for p in points
+            ]
+        tail = (1.0 - confidence) / 2.0
+        values = self._resampled(attack, lambda r: [r.auc, *(r.tpr_at(f).tpr for f in fprs)])
+        lo, hi = np.quantile(values, [tail, 1.0 - tail], axis=0)
+        auc = Interval(roc.auc, float(lo[0]), float(hi[0]))
+        tprs = [Interval(p.tpr, float(lo[i + 1]), float(hi[i + 1])) for i, p in enumerate(points)]
+        return auc, tprs
+
+    def auc_interval(self, attack: Attack, *, confidence: float = 0.95) -> Interval:
+        """The pooled AUC with a two-sided bootstrap interval (``nan`` bounds without per-target
+        scores)."""
+        return self._intervals(attack, (), confidence)[0]
+
+    def tpr_interval(self, attack: Attack, fpr: float, *, confidence: float = 0.95) -> Interval:
+        """The pooled TPR at ``fpr`` (:meth:`Roc.tpr_at`) with a two-sided bootstrap interval
+        of the same statistic."""
+        return self._intervals(attack, (fpr,), confidence)[1][0]
 
     def summary(self, *, confidence: float = 0.95) -> list[dict[str, float | str]]:
-        """One row per attack: AUC, advantage, TPR at 0.1% and 1% FPR with their bounds."""
+        """One row per attack: AUC, advantage, TPR at 0.1% and 1% FPR, each interval at
+        ``confidence`` on its own (no correction for reading several)."""
         rows: list[dict[str, float | str]] = []
         for attack, roc in self.rocs.items():
+            auc, tprs = self._intervals(attack, (0.001, 0.01), confidence)
             row: dict[str, float | str] = {
                 "attack": attack.value,
                 "auc": roc.auc,
+                "auc low": auc.lower,
+                "auc high": auc.upper,
                 "advantage": roc.advantage,
             }
-            for fpr, name in ((0.001, "0.1%"), (0.01, "1%")):
-                p = roc.tpr_at(fpr, confidence=confidence)
-                row[f"tpr@{name}"] = p.tpr
-                row[f"tpr@{name} low"] = p.tpr_lower
-                row[f"tpr@{name} high"] = p.tpr_upper
+            for p, name in zip(tprs, ("0.1%", "1%"), strict=True):
+                row[f"tpr@{name}"] = p.estimate
+                row[f"tpr@{name} low"] = p.lower
+                row[f"tpr@{name} high"] = p.upper
             rows.append(row)
         return rows
 
     def limit_violations(
-        self, limit: Callable[[float], float], *, fprs: tuple[float, ...] = (0.001, 0.01, 0.1)
+        self,
+        limit: Callable[[float], float],
+        *,
+        fprs: tuple[float, ...] = (0.001, 0.01, 0.1),
+        significance: float = 0.05,
     ) -> list[tuple[Attack, float, float, float]]:
         """``(attack, fpr, tpr lower bound, limit)`` wherever an attack's TPR is significantly
         above ``limit`` (a function of the FPR, e.g. from :mod:`veil.audit.tradeoff`); an empty
-        list when every ROC lies under the curve."""
-        return [
-            (attack, fpr, low, bound)
-            for attack, roc in self.rocs.items()
-            for fpr, low, bound in limit_violations(roc, limit, fprs=fprs)
-        ]
+        list when every ROC lies under the curve.
+
+        At each ``fpr`` the threshold is the pooled ROC's (:meth:`Roc.tpr_at`); its TPR's lower
+        bound and its FPR's upper bound are one-sided at ``significance / (2 k)``, ``k`` being the
+        number of (attack, FPR) points tested (Bonferroni), so that the chance of any false
+        violation is at most ``significance``. The bounds are percentiles of the two-stage
+        bootstrap (class docstring)."""
+        tests = len(self.rocs) * len(fprs)
+        level = significance / (2 * tests)
+        out = []
+        for attack, roc in self.rocs.items():
+            points = [roc.tpr_at(f, confidence=1.0 - 2 * level) for f in fprs]
+            lows = [p.tpr_lower for p in points]
+            highs = [p.fpr_upper for p in points]
+            if self._bootstrap():
+                cut = [p.threshold for p in points]
+
+                def rates_at_cuts(r: Roc, cut: list[float] = cut) -> list[float]:
+                    return [x for c in cut for x in _rates_at(r, c)]
+
+                rates = self._resampled(attack, rates_at_cuts)
+                lows = list(np.quantile(rates[:, 1::2], level, axis=0))
+                highs = list(np.quantile(rates[:, 0::2], 1.0 - level, axis=0))
+            for target, low, fpr_high in zip(fprs, lows, highs, strict=True):
+                bound = float(limit(float(fpr_high)))
+                if low > bound:
+                    out.append((attack, target, float(low), bound))
+        return out
 
     def dp_bound_violations(
-        self, *, epsilon: float, delta: float, fprs: tuple[float, ...] = (0.001, 0.01, 0.1)
+        self,
+        *,
+        epsilon: float,
+        delta: float,
+        fprs: tuple[float, ...] = (0.001, 0.01, 0.1),
+        significance: float = 0.05,
     ) -> list[tuple[Attack, float, float, float]]:
         """:meth:`limit_violations` against the ``(epsilon, delta)``-DP limit
         ``TPR <= min(e^ε · FPR + δ, 1 − e^{−ε}(1 − δ − FPR))``.
 
-        The FPR is that of the threshold read at each target rate (:meth:`Roc.tpr_at`), taken at
-        its upper confidence bound: the empirical FPR of a threshold picked for the best TPR is
-        itself an estimate, and with a few false positives in thousands it can be well below
-        the true rate."""
+        The limit is read at the upper bound of the threshold's FPR: the empirical FPR of a
+        threshold picked for the best TPR is itself an estimate, and with a few false positives
+        in thousands it can be well below the true rate."""
 
         def limit(fpr: float) -> float:
             return float(dp_tpr_limit(fpr, epsilon=epsilon, delta=delta))
 
-        return self.limit_violations(limit, fprs=fprs)
+        return self.limit_violations(limit, fprs=fprs, significance=significance)
+
+
+def _redraw(values: FloatArray, gen: np.random.Generator) -> FloatArray:
+    """A bootstrap resample (with replacement) of one target's records."""
+    return values[gen.integers(0, values.size, values.size)]
+
+
+def _rates_at(roc: Roc, threshold: float) -> tuple[float, float]:
+    """``(fpr, tpr)`` of guessing "member" for scores at or above ``threshold``."""
+    i = int(np.searchsorted(-roc.thresholds, -threshold, side="right")) - 1
+    return float(roc.fpr[max(i, 0)]), float(roc.tpr[max(i, 0)])
+
+
+def _partner(keep: BoolArray, t: int) -> int | None:
+    """The model trained on exactly the records model ``t`` left out, if there is one."""
+    for j in range(keep.shape[0]):
+        if j != t and np.array_equal(keep[j], ~keep[t]):
+            return j
+    return None
 
 
 def membership_audit(shadows: ShadowModels, *, targets: int | None = None) -> MembershipAudit:
     """Run every :class:`Attack` with each of the first ``targets`` models (default: all) as the
-    target and the remaining models as its shadows; pool the scores into one ROC per attack.
-    RMIA runs when the shadow models carry held-out ``reference`` confidences."""
+    target and the remaining models, except the target's complementary partner (the model
+    trained on exactly the records the target left out), as its shadows; pool the scores into one
+    ROC per attack. RMIA runs when the shadow models carry held-out ``reference`` confidences.
+    A target and its partner form one independent unit of the bootstrap intervals."""
     m = shadows.models
     count = m if targets is None else targets
     if not 1 <= count <= m:
         raise ConfigurationError(f"targets must be between 1 and {m}, got {targets!r}")
-    if m - 1 < 3:
-        raise ConfigurationError("need at least 4 models (one target and three shadows)")
+    if m < 4:
+        raise ConfigurationError("need at least 4 models (a target, its partner and a pair)")
     pooled: dict[Attack, tuple[list[FloatArray], list[FloatArray]]] = {}
+    units: list[int] = []
     for t in range(count):
+        partner = _partner(shadows.keep, t)
+        units.append(t if partner is None else min(t, partner))
         others = np.arange(m) != t
+        if partner is not None:
+            others[partner] = False
         target = shadows.confidences[t]
         member = shadows.keep[t]
         shadow = shadows.confidences[others]
@@ -408,7 +552,9 @@ def membership_audit(shadows: ShadowModels, *, targets: int | None = None) -> Me
     return MembershipAudit(
         rocs=rocs,
         targets=count,
-        shadow_models=m - 1,
+        shadow_models=int(others.sum()),
         records=int(shadows.keep.shape[1]),
         mean_accuracy=float(acc.mean()) if acc.size else math.nan,
+        scores={a: tuple(zip(pos, neg, strict=True)) for a, (pos, neg) in pooled.items()},
+        units=tuple(units),
     )
