@@ -1,5 +1,6 @@
-"""Gradient inversion on digits: a raw or clipped update gives the image back; noise or a
-secure sum of 16 updates does not."""
+"""Gradient inversion on digits: a raw or clipped update gives the image back; noise of
+multiplier 1 does not; a secure sum of 16 updates blurs it (20 dB on the median batch, never
+the 25 dB of a recovered image)."""
 
 from __future__ import annotations
 
@@ -95,21 +96,29 @@ def test_noise_of_sigma_one_protects_and_too_little_does_not(
         assert max(best) > 12  # the check above can fail: sigma 0.01 is no defence
 
 
-def test_a_secure_sum_of_sixteen_updates_protects(
+@pytest.mark.slow
+def test_a_secure_sum_of_sixteen_updates_blurs_every_batch(
     digits: tuple[torch.Tensor, torch.Tensor], model: nn.Module
 ) -> None:
+    # The first eight batches of 16 digits (clients 0-127, one image each), not a chosen one:
+    # for each batch, the best of the three attacks against the best-matching client.
     x_all, y_all = digits
-    xs, ys = x_all[100:116], y_all[100:116]  # 16 clients, one image each
+    best = []
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        summed = client_update(model, xs, ys)
-        results = {name: psnr(rec, xs) for name, rec in attacks(model, summed).items()}
+        for k in range(8):
+            xs, ys = x_all[16 * k : 16 * k + 16], y_all[16 * k : 16 * k + 16]
+            summed = client_update(model, xs, ys)
+            best.append(max(psnr(rec, xs) for rec in attacks(model, summed).values()))
         # one client alone is exposed by the same attacks
         alone = client_update(model, xs[:1], ys[:1])
         assert psnr(analytic_first_layer(model, alone), xs[:1]) >= 60
-    # 17.1 dB here; the benchmark's five batches reach up to 21.3 dB (analytic), so the issue's
-    # 20 dB holds for this batch, not for every batch (docs/benchmarks.md)
-    assert max(results.values()) <= 20, results
+    # The issue's 20 dB holds for the typical batch, not for every one: 12.6-21.3 dB here, the
+    # worst a blurred but recognisable digit (batch 2, the analytic attack). No batch comes near
+    # the 25 dB that counts as recovering an image (Inverting Gradients on one client, above).
+    best.sort()
+    assert (best[3] + best[4]) / 2 <= 20, best  # the median batch
+    assert best[-1] < 25, best
 
 
 def test_inversion_arguments_are_checked(model: nn.Module) -> None:
