@@ -3,6 +3,7 @@ processes a test starts (killed when it ends). Plain helpers are in ``deploy_sup
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 pytest.importorskip("grpc")
 pytest.importorskip("torch")
 
-from deploy_support import FOUR, HOSPITALS, Proc
+from deploy_support import FOUR, HOSPITALS, Events, Proc
 
 from veil.federated.data import FederatedData, breast_cancer
 from veil.tls import issue, make_ca
@@ -74,3 +75,16 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.kill()
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    """The coordinator's structured log lines, collected while the test runs."""
+    handler = Events()
+    logger = logging.getLogger("veil.deploy")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -4,11 +4,13 @@ real ``veil`` processes whose structured logs the tests read."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,3 +121,108 @@ def join_args(port: int, pki: Path, data_files: Path, name: str, *extra: str) ->
         f"{name}.rounds.json",
         *extra,
     ]
+
+
+class Events(logging.Handler):
+    """The coordinator's structured log lines, as dicts."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[dict[str, Any]] = []
+        self._lock_ = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith("{"):
+            with self._lock_:
+                self.seen.append(json.loads(text))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        with self._lock_:
+            return [e for e in self.seen if e["event"] == event]
+
+    def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock_:
+                seen = list(self.seen)
+            if predicate(seen):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"not seen in time; events: {self.seen[-20:]}")
+
+
+def make_config(tmp_path: Path, **settings: object) -> Any:
+    """A FederationConfig for a coordinator in the test's process (plaintext on loopback):
+    the three hospitals, central DP, rounds that start at once when two are connected."""
+    from veil.deploy import FederationConfig, ModelSpec
+
+    fields: dict[str, object] = {
+        "name": "hospitals",
+        "clients": HOSPITALS,
+        "rounds": 3,
+        "model": ModelSpec(features=30),
+        "state": tmp_path / "coordinator.sqlite",
+        "stage_seconds": 20.0,
+        "start_seconds": 0.1,
+        "min_clients": 2,
+        "dp": "client",
+        "noise_multiplier": 1.0,
+        "clip_norm": 1.0,
+        "ledger": tmp_path / "ledger.sqlite",
+        "scope": "hospitals/client",
+        "epsilon": 100.0,
+    }
+    return FederationConfig(**{**fields, **settings})  # type: ignore[arg-type]
+
+
+def poll(co: Any, name: str, *, wait: float, after: int = 0) -> Any:
+    """A NextTask long poll from ``name`` (plaintext: the name rides in the metadata); the
+    channel and the call, to be read or cancelled by the caller."""
+    import grpc
+
+    from veil.deploy.coordinator import SERVICE
+    from veil.deploy.proto import federation_pb2 as pb
+
+    ch = grpc.insecure_channel(f"127.0.0.1:{co.port}")
+    call = ch.unary_stream(f"/{SERVICE}/NextTask")
+    stream = call(
+        pb.TaskRequest(after_round=after, wait_seconds=wait).SerializeToString(),
+        timeout=wait + 30,
+        metadata=(("veil-client", name),),
+    )
+    return ch, stream
+
+
+def submit_update(
+    co: Any, name: str, *, round: int, examples: int, metrics: dict[str, float]
+) -> Any:
+    """A plain update of zeros; the coordinator's reply or the status code it refused with."""
+    import grpc
+    import numpy as np
+
+    from veil.deploy import codec
+    from veil.deploy.coordinator import SERVICE
+    from veil.deploy.proto import federation_pb2 as pb
+
+    head = pb.Chunk(
+        header=pb.ChunkHeader(
+            round=round,
+            dtype="float32",
+            length=co.dimension,
+            num_examples=examples,
+            metrics=metrics,
+        )
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{co.port}") as ch:
+        call = ch.stream_unary(f"/{SERVICE}/SubmitUpdate")
+        try:
+            return call(
+                (c.SerializeToString() for c in codec.chunks(head, np.zeros(co.dimension, "f4"))),
+                timeout=60,
+                metadata=(("veil-client", name),),
+            )
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()

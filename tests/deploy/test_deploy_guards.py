@@ -6,84 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from deploy_support import HOSPITALS
+from deploy_support import Events, make_config, poll, submit_update
 
-from veil.deploy import Coordinator, FederationConfig, ModelSpec
+from veil.deploy import Coordinator
 from veil.deploy.coordinator import SERVICE
 from veil.deploy.proto import federation_pb2 as pb
 from veil.ledger import Ledger
-
-
-class Events(logging.Handler):
-    """The coordinator's structured log lines, as dicts."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.seen: list[dict[str, Any]] = []
-        self._lock_ = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text.startswith("{"):
-            with self._lock_:
-                self.seen.append(json.loads(text))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        with self._lock_:
-            return [e for e in self.seen if e["event"] == event]
-
-    def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock_:
-                seen = list(self.seen)
-            if predicate(seen):
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"not seen in time; events: {self.seen[-20:]}")
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("veil.deploy")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def make_config(tmp_path: Path, **settings: object) -> FederationConfig:
-    fields: dict[str, object] = {
-        "name": "hospitals",
-        "clients": HOSPITALS,
-        "rounds": 3,
-        "model": ModelSpec(features=30),
-        "state": tmp_path / "coordinator.sqlite",
-        "stage_seconds": 20.0,
-        "start_seconds": 0.1,
-        "min_clients": 2,
-        "dp": "client",
-        "noise_multiplier": 1.0,
-        "clip_norm": 1.0,
-        "ledger": tmp_path / "ledger.sqlite",
-        "scope": "hospitals/client",
-        "epsilon": 100.0,
-    }
-    return FederationConfig(**{**fields, **settings})  # type: ignore[arg-type]
 
 
 def reserves(tmp_path: Path) -> list[Any]:
@@ -92,19 +26,6 @@ def reserves(tmp_path: Path) -> list[Any]:
         return [e for e in ledger.history("hospitals/client") if e.kind == "reserve"]
     finally:
         ledger.close()
-
-
-def poll(co: Coordinator, name: str, *, wait: float, after: int = 0) -> Any:
-    """A NextTask long poll from ``name`` (plaintext: the name rides in the metadata); the
-    call object, to be read or cancelled by the caller."""
-    ch = grpc.insecure_channel(f"127.0.0.1:{co.port}")
-    call = ch.unary_stream(f"/{SERVICE}/NextTask")
-    stream = call(
-        pb.TaskRequest(after_round=after, wait_seconds=wait).SerializeToString(),
-        timeout=wait + 30,
-        metadata=(("veil-client", name),),
-    )
-    return ch, stream
 
 
 def test_no_round_starts_and_nothing_is_charged_below_min_clients(
@@ -366,35 +287,6 @@ def test_a_seeded_coordinator_does_not_replay_its_noise_after_a_restart(tmp_path
         assert unseeded.round_rng(1).is_secure
     finally:
         unseeded.stop(grace=0.1)
-
-
-def submit_update(
-    co: Coordinator, name: str, *, round: int, examples: int, metrics: dict[str, float]
-) -> Any:
-    """A plain update of zeros; the coordinator's reply or the status code it refused with."""
-    import numpy as np
-
-    from veil.deploy import codec
-
-    head = pb.Chunk(
-        header=pb.ChunkHeader(
-            round=round,
-            dtype="float32",
-            length=co.dimension,
-            num_examples=examples,
-            metrics=metrics,
-        )
-    )
-    with grpc.insecure_channel(f"127.0.0.1:{co.port}") as ch:
-        call = ch.stream_unary(f"/{SERVICE}/SubmitUpdate")
-        try:
-            return call(
-                (c.SerializeToString() for c in codec.chunks(head, np.zeros(co.dimension, "f4"))),
-                timeout=60,
-                metadata=(("veil-client", name),),
-            )
-        except grpc.RpcError as exc:
-            return exc.code(), exc.details()
 
 
 def test_a_plain_update_reports_bounded_counts_and_metrics(tmp_path: Path) -> None:

@@ -142,6 +142,8 @@ class _Round:
     """Clients that were asking for a task when the round started."""
     fetched: set[str] = dataclasses.field(default_factory=set)
     """Clients that received the round's task."""
+    disconnected: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Clients whose call ended (connection lost) while they waited for a stage to close."""
 
 
 class Coordinator:
@@ -215,6 +217,8 @@ class Coordinator:
         self._cv = threading.Condition()
         self._round: _Round | None = None
         self._seen: dict[str, float] = {}
+        self._paid_by: str | None = None
+        """The ledger entry paying for the running round."""
         self._polls: dict[str, int] = {}
         """Clients asking for a task now: the token of each one's (single) long poll."""
         self._poll_seq = 0
@@ -289,21 +293,61 @@ class Coordinator:
 
     # -- resuming ----------------------------------------------------------------------------
 
+    def _purpose(self, number: int) -> str:
+        return f"{self.config.name}: DP-FedAvg round {number}"
+
+    def _round_of(self, entry: Any) -> int | None:
+        """The round a ledger entry of this federation paid for (None: not one of ours)."""
+        prefix = self._purpose(0)[:-1]
+        tail = entry.purpose[len(prefix) :] if entry.purpose.startswith(prefix) else ""
+        return int(tail) if tail.isdigit() else None
+
     def _resume(self) -> int:
-        """Restore the last checkpoint; settle the ledger reservations a crash left open."""
+        """Restore the last checkpoint; settle every reservation a crash left pending.
+
+        Each pending reservation of this federation is settled the same way whatever the
+        crash interrupted: a checkpointed round's is committed (its result may have left);
+        one for the round after the checkpoint is kept for the rerun of that round, unless
+        under distributed DP the coordinator had already asked for the unmasking shares
+        (it could have seen the noisy sum: then it is closed as failed, which still counts,
+        and the rerun pays again); any other is closed as failed. So at most one stays
+        pending, and it is used by the very next round: no round is charged twice for one
+        release, none is left uncounted."""
         latest = self.store.latest()
         done = 0
         if latest is not None:
             done, state = latest
             self.server.restore(state)
         if self.ledger is not None:
-            entries = {e.entry_id: e for e in self.ledger.history(self.config.scope)}
-            for r in range(1, done + 1):
-                entry_id = self.store.reservation(r)
-                entry = entries.get(entry_id or "")
-                if entry is not None and entry.status == "pending":
-                    self._reservation_of(entry).commit()  # paid and checkpointed: released
-                    emit("reservation_committed_on_resume", round=r)
+            kept = None
+            for entry in self.ledger.history(self.config.scope):
+                if entry.kind != "reserve" or entry.status != "pending":
+                    continue
+                # the round it pays for: the latest the store notes it for (a reservation an
+                # aborted round carried over pays for the next), else the one it was made for
+                number = self.store.round_of(entry.entry_id) or self._round_of(entry)
+                if number is None:
+                    continue
+                reservation = self._reservation_of(entry)
+                recorded = self.store.reservation(number)
+                if number <= done:
+                    reservation.commit()
+                    emit("reservation_committed_on_resume", round=number)
+                elif (
+                    number == done + 1
+                    and kept is None
+                    and recorded in (None, entry.entry_id)
+                    and self.store.meta(f"exposed:{entry.entry_id}") is None
+                ):
+                    if recorded is None:  # killed between the ledger's reserve and our note
+                        self.store.reserved(number, entry.entry_id)
+                    kept = entry.entry_id
+                    emit("reservation_kept_for_rerun", round=number)
+                else:
+                    reservation.fail("cut short by a coordinator restart (counted)")
+                    emit("reservation_failed_on_resume", round=number)
+            if kept is None and self.store.reservation(done + 1) is not None:
+                self.store.forget_reservation(done + 1)
         if latest is not None:
             emit("resumed", round=done)
         return done
@@ -324,14 +368,16 @@ class Coordinator:
         )
 
     def _pay(self, number: int) -> Reservation | None:
-        """The reservation for round ``number``: the pending one of a run a crash cut short
-        (its result never left the coordinator), or a new one."""
+        """The reservation for round ``number``: the one :meth:`_resume` kept for the rerun
+        of a round a crash cut short, or a new one. The ledger reserves first and the store
+        notes it second: a crash between them leaves a pending entry that ``_resume`` finds
+        by its purpose."""
         event = self.server.round_event()
         if event is None:
             return None
         assert self.ledger is not None
         entry_id = self.store.reservation(number)
-        if entry_id is not None and self.config.dp != "distributed":
+        if entry_id is not None:
             for entry in self.ledger.history(self.config.scope):
                 if (
                     entry.entry_id == entry_id
@@ -340,9 +386,7 @@ class Coordinator:
                 ):
                     emit("reservation_reused", round=number)
                     return self._reservation_of(entry)
-        reservation = self.ledger.reserve(
-            self.config.scope, event, purpose=f"{self.config.name}: DP-FedAvg round {number}"
-        )
+        reservation = self.ledger.reserve(self.config.scope, event, purpose=self._purpose(number))
         self.store.reserved(number, reservation.id)
         return reservation
 
@@ -409,6 +453,7 @@ class Coordinator:
             if len(present & self.enrolled) < self.config.min_clients:
                 return  # one left between the wait and now: wait again, nothing was paid
         reservation = self._pay(number)
+        self._paid_by = None if reservation is None else reservation.id
         try:
             rng = self.round_rng(number)
             instructions = self.server.start_round(rng, reservation=reservation)
@@ -437,9 +482,25 @@ class Coordinator:
                     self._round.closed = True
                 self._cv.notify_all()
         record = self._record(outcome, started, in0, out0, reservation)
+        carry = (
+            reservation is not None
+            and not outcome.aggregated
+            and self.config.dp == "distributed"
+            and self.store.meta(f"exposed:{reservation.id}") is None
+            and number < self.config.rounds
+        )
+        if carry:
+            # nothing was released (no unmasking share was asked for, the model did not
+            # move): the reservation pays for the next round instead of being charged twice
+            assert reservation is not None
+            record["epsilon_spent"] = None
+            record["reservation"] = "carried to the next round"
+            self.store.reserved(number + 1, reservation.id)
         self.store.checkpoint(number, self.server.state(), record)
-        if reservation is not None:
+        if reservation is not None and not carry:
             reservation.commit()
+        elif carry:
+            emit("reservation_carried_over", round=number, to=number + 1)
         self._history.append(record)
         emit("round_closed", **record)
 
@@ -496,8 +557,17 @@ class Coordinator:
                 self._cv.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
             got = dict(current.inbox)
             current.stage = f"{stage}:closed"
+            lost = dict(current.disconnected)
         missing = sorted(expected - got.keys())
         emit("stage_closed", round=current.number, stage=stage, got=len(got), missing=missing)
+        for name in missing:
+            if name in lost:
+                reason = lost[name]
+            elif first and name not in current.present | current.fetched:
+                reason = "not connected when the round started"
+            else:
+                reason = f"no {stage} message before the deadline (slow, or gone between calls)"
+            _drop(current.number, stage, name, reason)
         return got
 
     def _publish(self, current: _Round, stage: str, replies: dict[str, Any]) -> None:
@@ -544,6 +614,10 @@ class Coordinator:
             )
             masked = self._collect(current, "masked", {c for c in shares if number[c] in routed})
             request: Any = sround.collect_masked([masked[c] for c in spec.clients if c in masked])
+            if self.config.dp == "distributed" and self._paid_by is not None:
+                # durably before any client is asked for its unmasking shares: from here the
+                # coordinator could see the noisy sum, so a crash must not make it free
+                self.store.set_meta(f"exposed:{self._paid_by}", "1")
             self._publish(current, "masked", dict.fromkeys(masked, codec.request_to_pb(request)))
             survivors = set(masked)
             if spec.active:
@@ -728,8 +802,12 @@ class Coordinator:
         yield pb.Chunk(task=header)
         yield from r.model  # serialised once for every client of the round
 
-    def _deliver(self, name: str, number: int, stage: str, message: Any) -> Any:
-        """Put ``message`` in the inbox of ``stage``; the driver's answer when it closes."""
+    def _deliver(
+        self, name: str, number: int, stage: str, message: Any, context: grpc.ServicerContext
+    ) -> Any:
+        """Put ``message`` in the inbox of ``stage``; the driver's answer when it closes. A
+        caller whose call ends meanwhile (its process or link died) is noted as disconnected,
+        the reason the round's log gives when it then misses a stage."""
         with self._cv:
             r = self._round
             if r is None or r.number != number:
@@ -757,6 +835,10 @@ class Coordinator:
                 and not self._stopped.is_set()
             ):
                 if time.monotonic() > limit:
+                    break
+                if not context.is_active():
+                    r.disconnected[name] = f"its call ended while it waited on {stage} (gone)"
+                    emit("client_disconnected", round=number, stage=stage, client=name)
                     break
                 self._cv.wait(timeout=0.5)
             reply = r.published.get(stage, {}).get(name)
@@ -790,7 +872,7 @@ class Coordinator:
             msg = codec.parse(cls, raw)
             message = convert(msg)
             self._check_sender(name, msg.round, msg.client)
-            return self._deliver(name, msg.round, stage, message)
+            return self._deliver(name, msg.round, stage, message, context)
 
         return handle
 
@@ -830,9 +912,8 @@ class Coordinator:
             )
         from veil.secagg.protocol import MaskedInput
 
-        return self._deliver(
-            name, header.round, "masked", MaskedInput(header.client, vector.astype(np.uint32))
-        )
+        masked = MaskedInput(header.client, vector.astype(np.uint32))
+        return self._deliver(name, header.round, "masked", masked, context)
 
     def _submit_update(self, raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
         name = self._identity(context)
@@ -850,7 +931,7 @@ class Coordinator:
             self._check_examples(name, int(header.num_examples)),
             _check_metrics(dict(header.metrics)),
         )
-        return self._deliver(name, header.round, "update", result)
+        return self._deliver(name, header.round, "update", result, context)
 
     def _check_examples(self, name: str, count: int) -> int:
         """A plain update's example count weighs it in FedAvg: at most ``max_examples``."""

@@ -1,16 +1,19 @@
-"""The coordinator's database: one checkpoint per closed round, and the round's ledger
-reservation (SQLite, standard library).
+"""The coordinator's database: one checkpoint per closed round, and which ledger reservation
+pays for which round (SQLite, standard library).
 
 Order of writes in a private round, and what a restart finds:
 
-1. ``reserved(r, entry_id)`` right after the ledger reserved round ``r``'s cost;
-2. the round runs; ``checkpoint(r, state, metrics)`` once it is closed;
-3. the reservation is committed in the ledger.
+1. the ledger reserves round ``r``'s cost (pending); ``reserved(r, entry_id)`` notes it here;
+2. the round runs; under distributed DP, ``set_meta("exposed:<entry_id>")`` is written before
+   any client is asked for its unmasking shares;
+3. ``checkpoint(r, state, metrics)`` once it is closed;
+4. the reservation is committed in the ledger (or, if the round released nothing, noted as
+   paying for round ``r + 1``).
 
-Killed before 2: the round was paid for but its result never left the coordinator; the restart
-runs round ``r`` again under the same (still pending) reservation. Killed between 2 and 3: the
-restart commits the pending reservation of the checkpointed round. Either way the budget is
-charged once per round.
+The coordinator's ``_resume`` settles every pending reservation from these notes (see
+docs/deploy.md, *Restarts and the privacy budget*): killed before 1's note, the entry is found
+by its purpose; killed before 3, it is kept for the rerun unless it was exposed; killed between
+3 and 4, it is committed. Either way no release is charged twice and none is left uncounted.
 """
 
 from __future__ import annotations
@@ -116,6 +119,16 @@ class StateStore:
 
     def reserved(self, round: int, entry_id: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?)", (round, entry_id))
+
+    def round_of(self, entry_id: str) -> int | None:
+        """The latest round noted as paid by ledger entry ``entry_id``."""
+        row = self._db.execute(
+            "SELECT MAX(round) FROM reservations WHERE entry_id = ?", (entry_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def forget_reservation(self, round: int) -> None:
+        self._db.execute("DELETE FROM reservations WHERE round = ?", (round,))
 
     def reservation(self, round: int) -> str | None:
         row = self._db.execute(
