@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,11 @@ def test_secure_aggregation_with_dp_and_a_client_killed_mid_round(
     """SecAgg with central DP among four hospitals (the threshold is 3): hospital-d is killed
     with SIGKILL after it shared its keys (while it trains); the round completes with the other
     three, its masks recovered; it comes back and takes part in the next round; each round is
-    charged once in the ledger."""
+    charged once in the ledger.
+
+    A kill, not a straggler: hospital-d takes 5 s more than the others, well inside the
+    stage's 20 s, so alive it would have been in the round; its exit status says SIGKILL, and
+    the coordinator's log says why it dropped."""
     data_files = four_data_files
     port = free_port()
     config = write_config(
@@ -90,7 +95,7 @@ def test_secure_aggregation_with_dp_and_a_client_killed_mid_round(
         port=port,
         **{
             "federation.rounds": 4,
-            "federation.stage_seconds": 6.0,
+            "federation.stage_seconds": 20.0,
             "federation.clients": list(FOUR),
             "federation.min_clients": 4,  # each round starts once all four are connected
             "dp.mode": "client",
@@ -108,18 +113,27 @@ def test_secure_aggregation_with_dp_and_a_client_killed_mid_round(
     own = ("--secure-aggregation", "secagg", "--dropout", "0.34")
     for name in HOSPITALS:
         procs.append(Proc(tmp_path, name, *join_args(port, pki, data_files, name, *own)))
-    slow = join_args(port, pki, data_files, "hospital-d", "--straggle", "60", *own)
+    slow = join_args(port, pki, data_files, "hospital-d", "--straggle", "5", *own)
     d = Proc(tmp_path, "d", *slow)
     procs.append(d)
     coordinator.wait_event(
         lambda e: e["event"] == "stage_closed" and e["stage"] == "share" and e["got"] == 4
     )
     d.kill()
+    assert d.popen.returncode == -signal.SIGKILL
     first = coordinator.wait_event(lambda e: e["event"] == "round_closed")
     assert first["round"] == 1
     assert first["completed"] == 3
     assert first["dropped"] == ["hospital-d"]
     assert first["aggregated"]
+    (why,) = [
+        e
+        for e in coordinator.events()
+        if e["event"] == "client_dropped" and e["client"] == "hospital-d" and e["round"] == 1
+    ]
+    assert why["stage"] == "masked"
+    assert "no masked message before the deadline" in why["reason"]
+    assert "round_done" not in d.err.read_text()  # it never finished round 1
     back = Proc(tmp_path, "d-again", *join_args(port, pki, data_files, "hospital-d", *own))
     procs.append(back)
     assert coordinator.wait() == 0, coordinator.text()
@@ -191,7 +205,9 @@ def test_coordinator_killed_and_restarted_resumes_without_double_charging(
     ledger = Ledger(str(tmp_path / "ledger.sqlite"))
     try:
         reserves = [e for e in ledger.history("hospitals/client") if e.kind == "reserve"]
+        status = ledger.status("hospitals/client")
     finally:
         ledger.close()
     assert len(reserves) == 4
     assert {e.status for e in reserves} == {"committed"}
+    assert status.pending == 0
