@@ -131,6 +131,7 @@ def deployed(clients: int, rounds: int, mode: str) -> dict[str, Any]:
                     str(folder / f"{n}.pem"),
                     "--data",
                     str(folder / f"{n}.npz"),
+                    *(["--allow-plain-updates"] if mode == "plain" else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=(folder / f"{n}.err").open("wb"),

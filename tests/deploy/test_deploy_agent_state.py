@@ -103,3 +103,47 @@ def test_restarted_agents_refuse_a_round_they_took_part_in(
     assert [a.report.rounds for a in agents] == [[]] * 3
     assert [a.report.missed for a in agents] == [[1]] * 3
     assert second.status()["history"][0]["aggregated"] is False
+
+
+def test_an_agent_joins_a_federation_without_secure_aggregation_only_when_told(
+    tmp_path: Path, data_files: Path
+) -> None:
+    """Without secure aggregation the coordinator sees each hospital's update: the agent
+    refuses to join unless its operator passed --allow-plain-updates (and always when it was
+    given secure-aggregation settings), and takes part when allowed."""
+    from veil.federated import SecureAggregation
+
+    plain = FederationConfig(
+        name="hospitals",
+        clients=HOSPITALS,
+        rounds=1,
+        model=ModelSpec(features=30),
+        state=tmp_path / "plain.sqlite",
+        stage_seconds=20.0,
+        min_clients=1,
+    )
+    co = Coordinator(plain, insecure=True, port=0)
+    co.start()
+    try:
+        with np.load(data_files / "hospital-a.npz") as npz:
+            x, y = npz["x"], npz["y"]
+        target = f"127.0.0.1:{co.port}"
+        with pytest.raises(ConfigurationError, match="--allow-plain-updates"):
+            Agent(target, x=x, y=y, name="hospital-a", retry_seconds=5.0).run()
+        with pytest.raises(ConfigurationError, match="without secure aggregation"):
+            Agent(
+                target,
+                x=x,
+                y=y,
+                name="hospital-a",
+                retry_seconds=5.0,
+                allow_plain=True,
+                secure=SecureAggregation(graph="secagg"),
+            ).run()
+        assert co.status()["round"] == 0  # nobody took part
+        agent = Agent(target, x=x, y=y, name="hospital-a", retry_seconds=5.0, allow_plain=True)
+        agent.run()
+        assert co.wait(60)
+    finally:
+        co.stop(grace=0.1)
+    assert agent.report.rounds == [1]

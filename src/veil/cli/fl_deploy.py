@@ -167,6 +167,12 @@ def join(
         help="The agent's record of the rounds it took part in (kept across restarts) "
         "[default: next to --cert, <cert>.rounds.json; with --insecure, <name>.rounds.json].",
     ),
+    allow_plain: bool = typer.Option(
+        False,
+        "--allow-plain-updates",
+        help="Take part in a federation without secure aggregation (the coordinator then "
+        "sees this hospital's model updates). Refused by default.",
+    ),
     straggle: float = typer.Option(0.0, "--straggle", hidden=True),
 ) -> None:
     """Join a federation as a client agent: train on local data in each round until the end."""
@@ -213,6 +219,7 @@ def join(
         secure=settings,
         noise_multiplier=distributed_dp,
         guard_file=state,
+        allow_plain=allow_plain,
     )
     report = agent.run()
     console.print(

@@ -115,6 +115,7 @@ class Agent:
         secure: SecureAggregation | None = None,
         noise_multiplier: float | None = None,
         guard_file: Path | None = None,
+        allow_plain: bool = False,
     ) -> None:
         """``secure`` (and, for distributed DP, ``noise_multiplier``) are the federation's
         secure-aggregation settings as this hospital knows them: each round's graph,
@@ -123,7 +124,12 @@ class Agent:
 
         ``guard_file`` keeps the rounds this agent took part in (a small JSON file, written
         before it sends anything for a round): a restarted agent still refuses to take part
-        twice in a round of its federation. Without it that memory lasts while it runs."""
+        twice in a round of its federation. Without it that memory lasts while it runs.
+
+        ``allow_plain``: take part in rounds without secure aggregation, where the coordinator
+        sees this hospital's update itself. Off by default: such a federation is refused at
+        join, and such a round (a coordinator that says one thing at join and does another)
+        is refused and skipped; with ``secure`` settings a plain round is always refused."""
         if tls is None and not name:
             raise ConfigurationError("without TLS the agent must say its --name")
         self.target = target
@@ -141,6 +147,7 @@ class Agent:
         # refuses a round of this federation it already took part in, whatever the session
         self.guard = RoundGuard(guard_file)
         self.federation = ""
+        self.allow_plain = allow_plain
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -221,6 +228,12 @@ class Agent:
         torch.set_num_threads(1)
         while True:
             joined = self.join()
+            if not joined.secure and (not self.allow_plain or self.secure is not None):
+                raise ConfigurationError(
+                    f"federation {joined.federation!r} runs without secure aggregation: the "
+                    "coordinator would see this hospital's model update itself. Join only if "
+                    "the consortium agreed to that, with --allow-plain-updates"
+                )
             spec = ModelSpec.from_json(joined.model_json)
             if spec.features != self.x.shape[1]:
                 raise DataError(
@@ -366,6 +379,11 @@ class Agent:
             number, self.client_id, model, codec.config_from_pb(header.config), spec
         )
         budget = 3 * float(header.stage_seconds) + 10.0
+        if spec is None and (not self.allow_plain or self.secure is not None):
+            raise RemoteProtocolError(
+                f"round {number} has no secure aggregation (the coordinator would see this "
+                "hospital's update), which this agent did not agree to: refused"
+            )
         if spec is None:
             clock = time.perf_counter()
             result = self._train(instruction)
