@@ -160,3 +160,33 @@ def test_a_ciphertext_not_in_ntt_form_is_named_as_such(
     session = Scorer(model).open_session(logit_client.public_bundle(), Mode.LOGIT, Packing.SINGLE)
     with pytest.raises(DataError, match="NTT"):
         Scorer(model).score(session, [bytes(data)])
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+def test_bytes_pass_through_scratch_space_that_keeps_nothing(
+    logit_client: ScoringClient, x_test: np.ndarray, monkeypatch: pytest.MonkeyPatch, memfd: bool
+) -> None:
+    """SEAL's bindings read and write paths only: an in-memory file per thread where Linux has
+    memfd_create, a private directory elsewhere. Either way the bytes round-trip and nothing
+    (a secret key least of all) stays behind."""
+    import os
+
+    from veil.he.backend import _Scratch
+
+    if not memfd:
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    elif not hasattr(os, "memfd_create"):
+        pytest.skip("no memfd_create on this system")
+    scratch = _Scratch()
+    keys: Any = logit_client.keys
+    secret = scratch.save(keys._secret)
+    ciphertext = logit_client.keys.encrypt(x_test[0])
+    ct = scratch.load(keys._ctx.s.Ciphertext(), keys._ctx.context, ciphertext)
+    # (saved again it is no longer seeded: compare what it decrypts to)
+    again = logit_client.keys.decrypt(scratch.save(ct))
+    assert np.allclose(again[: x_test.shape[1]], x_test[0], atol=1e-6)
+    assert len(secret) > 1000
+    if memfd:
+        assert os.fstat(scratch._buffer().fd).st_size == 0
+    else:
+        assert os.listdir(scratch._dir) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -204,20 +205,40 @@ def unpack_bundle(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 class _Scratch:
-    """SEAL's Python bindings save to and load from file paths only: a private directory (in
-    memory where the system has /dev/shm) for the bytes in flight."""
+    """SEAL's Python bindings save to and load from file paths only. Where Linux offers it, each
+    thread has an anonymous in-memory file (``memfd_create``) that SEAL opens by its
+    ``/proc/self/fd`` path: no name in any directory, nothing left after a call (it is emptied
+    each time), and no file created or removed per ciphertext. Elsewhere, a private directory
+    (in memory where the system has /dev/shm) holds the bytes in flight."""
 
     def __init__(self) -> None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - private mkdtemp
-        self._dir = tempfile.mkdtemp(prefix="veil-he-", dir=base)
-        self._count = itertools.count()
         self._pid = os.getpid()
-        atexit.register(shutil.rmtree, self._dir, ignore_errors=True)
+        self._count = itertools.count()
+        self._local = threading.local()
+        self._memfd = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+        self._dir = ""
+        if not self._memfd:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - mkdtemp
+            self._dir = tempfile.mkdtemp(prefix="veil-he-", dir=base)
+            atexit.register(shutil.rmtree, self._dir, ignore_errors=True)
 
     def path(self) -> str:
         return os.path.join(self._dir, f"{os.getpid()}-{threading.get_ident()}-{next(self._count)}")
 
+    def _buffer(self) -> _MemoryFile:
+        buffer: _MemoryFile | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = _MemoryFile()
+        return buffer
+
     def save(self, obj: Any) -> bytes:
+        if self._memfd:
+            buffer = self._buffer()
+            try:
+                obj.save(buffer.path)
+                return buffer.read()
+            finally:
+                buffer.clear()
         path = self.path()
         try:
             obj.save(path)
@@ -228,6 +249,17 @@ class _Scratch:
                 os.unlink(path)
 
     def load(self, obj: Any, context: Any, data: bytes) -> Any:
+        if self._memfd:
+            buffer = self._buffer()
+            try:
+                buffer.write(data)
+                if context is None:
+                    obj.load(buffer.path)
+                else:
+                    obj.load(context, buffer.path)
+                return obj
+            finally:
+                buffer.clear()
         path = self.path()
         try:
             with open(path, "wb") as fh:
@@ -239,6 +271,38 @@ class _Scratch:
             return obj
         finally:
             os.unlink(path)
+
+
+class _MemoryFile:
+    """One thread's anonymous in-memory file, closed when the thread's storage goes."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("veil-he", os.MFD_CLOEXEC)
+        self.path = f"/proc/self/fd/{self.fd}"
+
+    def write(self, data: bytes) -> None:
+        os.ftruncate(self.fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(self.fd, view, len(data) - len(view)) :]
+
+    def read(self) -> bytes:
+        size = os.fstat(self.fd).st_size
+        chunks, offset = [], 0
+        while offset < size:
+            chunk = os.pread(self.fd, size - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)  # (a secret key passes through here too)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):  # already closed at interpreter exit
+            os.close(self.fd)
 
 
 _scratch: _Scratch | None = None
