@@ -1,5 +1,6 @@
-"""Dinur-Nissim reconstruction of 100 secret bits: exact answers give them back; veil's release
-engine, which composes every answer into one budget of epsilon 4, does not."""
+"""Dinur-Nissim reconstruction of 100 secret bits: exact answers give them back; through veil's
+release engine, which composes every answer into one budget of epsilon 4, at most 60% come
+back on average."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from veil.audit.reconstruction import (
     averaging_attack,
     differencing_attack,
+    epsilon_per_question,
     lp_decode,
     random_subsets,
     reconstruction_attack,
@@ -57,32 +59,53 @@ def test_laplace_noise_without_composition_is_no_defence(secret: np.ndarray) -> 
     assert reconstruction_attack(ask, people=PEOPLE, queries=QUERIES).accuracy(secret) > 0.6
 
 
-@pytest.mark.slow
-def test_the_release_engine_within_epsilon_four_resists(secret: np.ndarray, tmp_path: Path) -> None:
+def attack_through_the_engine(seed: int, tmp_path: Path) -> tuple[float, float]:
+    """Dinur-Nissim on ``seed``'s secret bits through veil's release engine (its own Laplace
+    noise, the ledger composing every answer within a budget of epsilon 4 at delta 1e-5), each
+    question asked at the epsilon that spends the whole budget on 400: the fraction of bits
+    recovered and the epsilon the ledger recorded."""
     pd = pytest.importorskip("pandas")
     from veil.analytics import Dataset, Releaser, TableSpec
     from veil.ledger import Ledger
 
-    table = pd.DataFrame({"id": np.arange(PEOPLE), "secret": secret})
+    bits = np.random.default_rng(seed).integers(0, 2, PEOPLE)
+    table = pd.DataFrame({"id": np.arange(PEOPLE), "secret": bits})
     people = Dataset(table, TableSpec("people", bounds={"secret": (0, 1)}))
-    with Ledger(str(tmp_path / "ledger.sqlite")) as ledger:
+    with Ledger(str(tmp_path / f"ledger-{seed}.sqlite")) as ledger:
         ledger.set_budget("people/row", epsilon=4.0, delta=1e-5)
-        releaser = Releaser(ledger, rng=InsecureSeededRandom(0))  # reproducible noise
-        per_query = 4.0 / QUERIES
+        releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))  # reproducible noise
+        any_sum = subset_sum_sql("people", "secret", "id", [0])
+        per_question = epsilon_per_question(
+            lambda e: releaser.explain(people, any_sum, epsilon=e).event,
+            questions=QUERIES,
+            epsilon=4.0,
+            delta=1e-5,
+        )
+        assert 0.04 < per_question < 0.05  # not 4 / 400: the ledger composes tighter
 
         def ask(ids: Sequence[int]) -> float:
             sql = subset_sum_sql("people", "secret", "id", ids)
-            result = releaser.release(people, sql, epsilon=per_query)
+            result = releaser.release(people, sql, epsilon=per_question)
             return float(result.records[0]["value"])
 
-        result = reconstruction_attack(ask, people=PEOPLE, queries=QUERIES)
-        assert result.accuracy(secret) <= 0.6
-        # the ledger composed all 400 answers (tighter than 400 x 0.01 at delta 1e-5)
+        result = reconstruction_attack(ask, people=PEOPLE, queries=QUERIES, seed=seed)
         spent = ledger.status("people/row").spent_epsilon
-        assert 0.1 < spent <= 4.0
         # and refuses, before anything is drawn, a question that would overspend
         with pytest.raises(BudgetExceededError):
-            releaser.release(people, subset_sum_sql("people", "secret", "id", [0, 1]), epsilon=4.0)
+            releaser.release(people, subset_sum_sql("people", "secret", "id", [0, 1]), epsilon=0.1)
+    return result.accuracy(bits), spent
+
+
+@pytest.mark.slow
+def test_the_release_engine_within_epsilon_four_resists(tmp_path: Path) -> None:
+    # Four runs (secret bits, questions and noise from seeds 0-3): the whole budget of 4 is
+    # spent each time, and on average at most 60% of the bits come back (chance is 50%).
+    # A single run is not held to 60%: 100 bits give a standard error of 5 points, and over
+    # 20 seeds single runs ranged from 52% to 70% (docs/audit.md).
+    runs = [attack_through_the_engine(seed, tmp_path) for seed in range(4)]
+    for _, spent in runs:
+        assert 3.9 <= spent <= 4.0
+    assert np.mean([accuracy for accuracy, _ in runs]) <= 0.6, runs
 
 
 def test_differencing_and_averaging_against_exact_answers_and_the_engine(

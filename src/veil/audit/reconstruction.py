@@ -10,9 +10,11 @@ every bit: the attacker solves the linear program
 (LP decoding, which also tolerates a fraction of arbitrarily wrong answers; Dwork, McSherry and
 Talwar 2007) and rounds ``x`` to bits. This is the attack behind the US Census Bureau's 2010
 reconstruction experiment, and the reason a statistics engine must compose every answer into one
-budget: with noise of scale ``1/ε`` per answer and ``4n`` answers, a total budget of a few
-epsilons leaves each answer far too noisy to decode, whereas the same noise per answer with no
-composition (``ε = 1`` each, a total of ``4n``) gives the bits back.
+budget: with ``4n`` answers composed into a total of epsilon 4 (each at about ``0.047`` for
+``n = 100``, Laplace noise of scale 21 on a sum of at most 100) the attacker recovers about 58%
+of the bits on average (chance is 50%), whereas noise of ``ε = 1`` per answer with no
+composition (a total of ``4n``) gives the bits back. :func:`epsilon_per_question` finds the
+epsilon per question that spends a whole budget, as a careful attacker would.
 
 :func:`reconstruction_attack` asks its questions through any callable, so the same attack runs
 against exact answers, against a mechanism, and against veil's release engine through its public
@@ -29,9 +31,12 @@ import numpy.typing as npt
 from scipy import optimize, sparse
 
 from veil.errors import ConfigurationError, DataError
+from veil.privacy.accountants import TightestAccountant
+from veil.privacy.events import Event
 
 __all__ = [
     "Reconstruction",
+    "epsilon_per_question",
     "lp_decode",
     "random_subsets",
     "reconstruction_attack",
@@ -98,6 +103,34 @@ def reconstruction_attack(
     answers = np.array([float(ask(np.flatnonzero(row).tolist())) for row in subsets])
     x = lp_decode(subsets, answers)
     return Reconstruction(subsets, answers, (x > 0.5).astype(np.int64))
+
+
+def epsilon_per_question(
+    event_at: Callable[[float], Event],
+    *,
+    questions: int,
+    epsilon: float,
+    delta: float,
+    tolerance: float = 1e-3,
+) -> float:
+    """The largest epsilon ``e`` per question (to ``tolerance``, relative) such that
+    ``questions`` releases of ``event_at(e)`` compose to at most ``epsilon`` at ``delta`` in
+    veil's tightest accountant (the one a ledger reports): how an analyst spends a whole budget on
+    many questions. ``event_at`` is typically ``lambda e: releaser.explain(data, sql,
+    epsilon=e).event``."""
+    if not isinstance(questions, int) or questions < 1 or not epsilon > 0 or not 0 < delta < 1:
+        raise ConfigurationError("need questions >= 1, epsilon > 0 and delta in (0, 1)")
+
+    def total(e: float) -> float:
+        return TightestAccountant().compose(event_at(e), questions).epsilon(delta)
+
+    lo, hi = 0.0, epsilon  # one question at the whole budget costs at least the budget
+    while hi - lo > tolerance * hi:
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if total(mid) <= epsilon else (lo, mid)
+    if lo == 0.0:
+        raise ConfigurationError(f"no epsilon per question fits {questions} into {epsilon}")
+    return lo
 
 
 def subset_sum_sql(table: str, column: str, id_column: str, ids: Sequence[int]) -> str:

@@ -539,7 +539,10 @@ def reconstruction(
         "engine", "--answers", help="engine (veil's release engine and ledger) or exact."
     ),
     epsilon: float = typer.Option(
-        4.0, "--epsilon", help="The ledger's budget for all questions (engine); each asks 1/Q."
+        4.0,
+        "--epsilon",
+        help="The ledger's budget for all questions (engine), spent whole: each asks the epsilon "
+        "that composes to it over the questions.",
     ),
     seed: int = typer.Option(
         0, "--seed", help="Seed of the secret bits, the subsets and the engine's (insecure) noise."
@@ -550,7 +553,11 @@ def reconstruction(
     linear program, against exact answers or through veil's release engine with a budget."""
     import tempfile
 
-    from veil.audit.reconstruction import reconstruction_attack, subset_sum_sql
+    from veil.audit.reconstruction import (
+        epsilon_per_question,
+        reconstruction_attack,
+        subset_sum_sql,
+    )
 
     mode: Answers = parse_enum(Answers, answers, "--answers")
     if people < 2 or queries < 1:
@@ -576,12 +583,17 @@ def reconstruction(
         with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/ledger.sqlite") as ledger:
             ledger.set_budget("people/row", epsilon=epsilon, delta=1e-5)
             releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
+            any_sum = subset_sum_sql("people", "secret", "id", [0])
+            per_question = epsilon_per_question(
+                lambda e: releaser.explain(data, any_sum, epsilon=e).event,
+                questions=queries,
+                epsilon=epsilon,
+                delta=1e-5,
+            )
 
             def ask(ids: Any) -> float:
                 sql = subset_sum_sql("people", "secret", "id", ids)
-                return float(
-                    releaser.release(data, sql, epsilon=epsilon / queries).records[0]["value"]
-                )
+                return float(releaser.release(data, sql, epsilon=per_question).records[0]["value"])
 
             result = reconstruction_attack(ask, people=people, queries=queries, seed=seed)
             spent = ledger.status("people/row").spent_epsilon
