@@ -3,10 +3,13 @@ and membership inference (LiRA against the loss attack) with and without DP-SGD.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/audit.py [--seeds 5] [--models 16] [--out reports/benchmarks/audit]
+    .venv/bin/python benchmarks/audit.py [--seeds 5] [--models 16] [--images 8] [--engine-seeds 8]
+        [--out reports/benchmarks/audit]
 
 What it measures (every figure is a 95% lower bound on epsilon or a rate with its 95%
-Clopper-Pearson interval; fixed seeds, insecure seeded noise so that a run is reproducible):
+interval, Clopper-Pearson for independent trials and a bootstrap over the independent training
+runs for membership inference; fixed seeds, insecure seeded noise so that a run is
+reproducible):
 
 * **distinguishing audit** (Jagielski et al. 2020) of veil's integer Laplace mechanism at claimed
   epsilon 0.5, 1 and 2, 100,000 runs per neighbour: the bound as a fraction of the claim over the
@@ -17,9 +20,9 @@ Clopper-Pearson interval; fixed seeds, insecure seeded noise so that a run is re
   and with noise 4x too small at 1,000 canaries. A one-run bound is capped by its number of
   guesses (about 4.5 when 500 guesses are all right), so a bug under a large claim needs more
   canaries than 1,000 to show.
-* **DP-SGD with white-box gradient canaries**: the one-run audit of DP-SGD's release path
-  (q = 0.2, 100 steps, 1,000 canaries) at claimed epsilon 1 and 8, and with noise scaled for the
-  averaged gradient.
+* **DP-SGD with white-box gradient canaries**: the one-run audit of ``train_dpsgd`` through its
+  audit hook (q = 0.2, 100 steps, 1,000 canaries) at claimed epsilon 1 and 8, and of the same
+  trainer with its noise scaled for the averaged gradient.
 * **membership inference** on digits: ``--models`` MLPs 64-128-10, each the target in turn;
   non-private (fitting 200 of 400 digits, 500 epochs of full-batch gradient descent) and DP-SGD
   at epsilon 1 and 8 (halves of 1,347 digits, 20 epochs, q = 0.2, C = 1). The floor is chance
@@ -30,10 +33,13 @@ Clopper-Pearson interval; fixed seeds, insecure seeded noise so that a run is re
 * **gradient inversion** of one client's update on digits (MLP 64-32-10 with sigmoid, random
   weights): label recovery, the analytic first-layer attack, DLG and Inverting Gradients, PSNR
   against the true image (best match for a sum), raw, clipped, clipped and noised, and summed
-  over 16 clients; the floor is the PSNR of the mean image.
+  over 16 clients, on ``--images`` images (or batches of 16), with the median and the worst
+  over them of the best attack; the floor is the PSNR of the mean image.
 * **Dinur-Nissim reconstruction** of 100 secret bits from 400 random subset sums: exact, with
   bounded noise, with Laplace noise per answer and no composition, and through veil's release
-  engine under a ledger budget; the floor is chance.
+  engine under a ledger budget spent whole (each question at the epsilon that composes to the
+  budget over 400), over ``--engine-seeds`` seeds of bits, questions and noise; the floor is
+  chance.
 
 Times are wall-clock with this process's CPU time in brackets (the machine may be shared).
 Figures (ROC curves, the bounds against the claims) go to ``--out``.
@@ -90,7 +96,9 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], *, percent: bool = False) -> str:
+    if percent:
+        return f"{statistics.mean(values):.1%} ({min(values):.0%}-{max(values):.0%})"
     return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
@@ -393,9 +401,9 @@ def inversion(images: int) -> None:
     ]
     print(
         "| update the server sees | labels recovered | analytic dB | DLG dB | Inverting Gradients "
-        "dB | IG time per image, wall [CPU] s |"
+        "dB | best attack, median (worst) dB | IG time per image, wall [CPU] s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, kwargs, clients in settings:
         got: dict[str, list[float]] = {"analytic": [], "dlg": [], "ig": []}
         labels = 0
@@ -417,20 +425,26 @@ def inversion(images: int) -> None:
             f"{min(v):.1f}-{max(v):.1f}" if max(v) < 1e3 else f"{min(v):.0f}-{max(v):.0f}"
             for v in got.values()
         ]
+        best = [max(per) for per in zip(*got.values(), strict=True)]
         print(
             f"| {name} | {labels}/{images} | {' | '.join(cells)} | "
+            f"{statistics.median(best):.1f} ({max(best):.1f}) | "
             f"{wall / images:.2f} [{cpu / images:.2f}] |"
         )
     print(f"\nFloor: the mean image scores {min(floor):.1f}-{max(floor):.1f} dB on these images.")
 
 
-def reconstruction() -> None:
+def reconstruction(engine_seeds: int) -> None:
     import tempfile
 
     import duckdb
 
     from veil.analytics import Dataset, Releaser, TableSpec
-    from veil.audit.reconstruction import reconstruction_attack, subset_sum_sql
+    from veil.audit.reconstruction import (
+        epsilon_per_question,
+        reconstruction_attack,
+        subset_sum_sql,
+    )
     from veil.ledger import Ledger
 
     print("\n## Dinur-Nissim reconstruction: 100 secret bits, 400 random subset sums\n")
@@ -457,27 +471,44 @@ def reconstruction() -> None:
         acc = reconstruction_attack(ask, people=people, queries=queries).accuracy(secret)
         wall, cpu = clock.read()
         print(f"| {name} | {acc:.1%} | {wall:.1f} [{cpu:.1f}] |")
-    con = duckdb.connect()
-    con.execute("CREATE TABLE people (id INTEGER, secret INTEGER)")
-    con.executemany("INSERT INTO people VALUES (?, ?)", [(i, int(b)) for i, b in enumerate(secret)])
-    data = Dataset((con, "people"), TableSpec("people", bounds={"secret": (0, 1)}))
     for budget in (4.0, 40.0):
-        with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/l.sqlite") as ledger:
-            ledger.set_budget("people/row", epsilon=budget, delta=1e-5)
-            releaser = Releaser(ledger, rng=InsecureSeededRandom(0))
+        accuracies: list[float] = []
+        clock = Clock()
+        for seed in range(engine_seeds):
+            bits = np.random.default_rng(seed).integers(0, 2, people)
+            con = duckdb.connect()
+            con.execute("CREATE TABLE people (id INTEGER, secret INTEGER)")
+            con.executemany(
+                "INSERT INTO people VALUES (?, ?)", [(i, int(b)) for i, b in enumerate(bits)]
+            )
+            data = Dataset((con, "people"), TableSpec("people", bounds={"secret": (0, 1)}))
+            with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/l.sqlite") as ledger:
+                ledger.set_budget("people/row", epsilon=budget, delta=1e-5)
+                releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
+                any_sum = subset_sum_sql("people", "secret", "id", [0])
+                each = epsilon_per_question(
+                    lambda e, r=releaser, d=data, q=any_sum: r.explain(d, q, epsilon=e).event,
+                    questions=queries,
+                    epsilon=budget,
+                    delta=1e-5,
+                )
 
-            def ask(ids: Any, releaser: Releaser = releaser, eps: float = budget) -> float:
-                sql = subset_sum_sql("people", "secret", "id", ids)
-                return float(releaser.release(data, sql, epsilon=eps / queries).records[0]["value"])
+                def ask(
+                    ids: Any, releaser: Releaser = releaser, data: Dataset = data, e: float = each
+                ) -> float:
+                    sql = subset_sum_sql("people", "secret", "id", ids)
+                    return float(releaser.release(data, sql, epsilon=e).records[0]["value"])
 
-            clock = Clock()
-            acc = reconstruction_attack(ask, people=people, queries=queries).accuracy(secret)
-            wall, cpu = clock.read()
-            spent = ledger.status("people/row").spent_epsilon
+                found = reconstruction_attack(ask, people=people, queries=queries, seed=seed)
+                accuracies.append(found.accuracy(bits))
+                spent = ledger.status("people/row").spent_epsilon
+            con.close()
+        wall, cpu = clock.read()
         print(
-            f"| veil's release engine, budget ε = {budget:g} (ε = {budget / queries:g} each; "
-            f"the ledger's accountant: {spent:.3g} at δ = 1e-5) | {acc:.1%} | "
-            f"{wall:.1f} [{cpu:.1f}] |"
+            f"| veil's release engine, budget ε = {budget:g} spent whole (ε = {each:.4g} each; "
+            f"the ledger's accountant: {spent:.3g} at δ = 1e-5), {engine_seeds} seeds of bits, "
+            f"questions and noise | {spread(accuracies, percent=True)} | "
+            f"{wall / engine_seeds:.1f} [{cpu / engine_seeds:.1f}] per seed |"
         )
     print("\nFloor: chance, 50%.")
 
@@ -487,7 +518,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--models", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/audit"))
-    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--engine-seeds", type=int, default=8)
     args = parser.parse_args()
     logging.getLogger("absl").setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -499,7 +531,7 @@ def main() -> None:
     dpsgd_canaries(args.seeds, rows)
     mia(args.models, args.out)
     inversion(args.images)
-    reconstruction()
+    reconstruction(args.engine_seeds)
     if have_matplotlib():
         epsilon_plot(
             args.out / "epsilon.png", rows, title="empirical epsilon (mean bound) vs claim"
