@@ -3,16 +3,21 @@
 * :mod:`veil.audit.dp`: empirical lower bounds on epsilon (Jagielski et al.'s distinguishing
   audit for any mechanism given as a callable; Steinke et al.'s one-run audit from canary
   scores, and its f-DP refinement), set next to the claimed epsilon.
-* :mod:`veil.audit.stats`: Clopper-Pearson bounds and ROC curves (AUC, TPR at a low FPR).
+* :mod:`veil.audit.stats`: Clopper-Pearson bounds and ROC curves (AUC, TPR at a low FPR) of
+  independent scores.
 * :mod:`veil.audit.tradeoff`: the most any attack can achieve against a DP claim or an
   accountant's composed events, and the check that an attack's ROC stays under it.
-* :mod:`veil.audit.canaries`: white-box gradient canaries for a one-run audit of DP-SGD.
+* :mod:`veil.audit.canaries`: one-run audits of veil's trainers: white-box gradient canaries
+  through ``train_dpsgd``'s audit hook and DP-FedAvg's aggregator, and black-box mislabelled
+  canaries.
 * :mod:`veil.audit.inversion`: gradient inversion of a federated update (label recovery,
   analytic first layer, DLG, Inverting Gradients) measured by PSNR.
 * :mod:`veil.audit.reconstruction`: Dinur-Nissim reconstruction from subset sums (LP decoding),
-  against exact answers, a mechanism, or veil's release engine.
+  against exact answers, a mechanism, or veil's release engine spending a whole budget; the
+  differencing and averaging attacks.
 * :mod:`veil.audit.mia`: membership inference against a trained model (loss threshold, LiRA
-  offline and online with shadow models trained by veil); needs the ``federated`` extra.
+  offline and online, RMIA, with shadow models trained by veil), with bootstrap intervals over
+  the independent training runs; needs the ``federated`` extra.
 """
 
 from veil.audit.dp import (

@@ -18,8 +18,10 @@ one, that gradient can give the example back:
 
 Success is the PSNR ``10 log₁₀(peak² / MSE)`` of the reconstruction against the true input
 (for an update summed over several clients, against the best-matching one), to compare with the
-PSNR of the mean image of the data (what a server knows without any update). What does protect:
-Gaussian noise on the update (DP), or secure aggregation of many clients' updates.
+PSNR of the mean image of the data (what a server knows without any update). What protects:
+Gaussian noise on the update (DP). Secure aggregation of many clients' updates blurs the
+reconstruction into a mixture (for 16 digits, about 17 dB on the median batch, but up to 21 dB
+on one of eight), and is no bound: it hides who sent what, not what the sum reveals.
 
 The updates here are simulated in float64 by :func:`client_update` (clipping, Gaussian noise of
 ``noise_multiplier · clip_norm``, a sum over clients) so that each defence can be switched on

@@ -1,4 +1,4 @@
-"""Membership inference against trained models: the loss-threshold attack and LiRA.
+"""Membership inference against trained models: the loss-threshold attack, LiRA and RMIA.
 
 Every attack scores a candidate record ``(x, y)`` against a model; a higher score means "more
 likely a member of the training set". Scores are built from the **logit-scaled confidence**

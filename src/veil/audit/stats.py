@@ -9,7 +9,9 @@
   at a false-positive rate without interpolating: the best threshold whose *empirical* FPR is at
   most the target, with Clopper-Pearson bounds on both rates. With fewer than about ``10 / fpr``
   negatives the statistic is really "TPR at zero false positives"; :attr:`RocPoint.negatives` is
-  there so that a reader can tell.
+  there so that a reader can tell. The bounds treat every score as an independent trial: right
+  for one model's scores or independent runs of a mechanism, not for scores pooled over models
+  that share records (:class:`veil.audit.mia.MembershipAudit` bootstraps those).
 """
 
 from __future__ import annotations

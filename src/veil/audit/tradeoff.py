@@ -12,7 +12,9 @@ events, up to the grid of ε (a coarser grid gives a higher, still valid, limit)
 :func:`limit_violations` compares an attack's ROC with such a limit at a few false-positive rates,
 using the lower confidence bound of the attack's TPR and the upper bound of its FPR, so that it
 fails only when the evidence is significant: a violation means the accountant, the sampler or the
-noise is wrong, or the claim does not describe what was run.
+noise is wrong, or the claim does not describe what was run. Its Clopper-Pearson bounds assume
+independent scores; :meth:`veil.audit.mia.MembershipAudit.limit_violations` does the same check
+for pooled membership scores with a bootstrap and a Bonferroni correction.
 """
 
 from __future__ import annotations
@@ -71,7 +73,12 @@ def limit_violations(
     confidence: float = 0.95,
 ) -> list[tuple[float, float, float]]:
     """``(fpr, tpr lower bound, limit at the fpr's upper bound)`` wherever the attack's TPR is
-    significantly above ``limit``; empty when the ROC lies under the curve."""
+    significantly above ``limit``; empty when the ROC lies under the curve.
+
+    The bounds are :meth:`Roc.tpr_at`'s Clopper-Pearson bounds at ``confidence`` for each point,
+    which treat the scores as independent and are not corrected for testing several ``fprs``
+    (pass a higher ``confidence`` for that). For scores pooled over shadow models use
+    :meth:`veil.audit.mia.MembershipAudit.limit_violations`, which bootstraps and corrects."""
     out = []
     for target in fprs:
         p = roc.tpr_at(target, confidence=confidence)

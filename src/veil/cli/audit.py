@@ -375,8 +375,9 @@ def _mia_report(
     rep = Report("veil audit: membership inference")
     rep.paragraph(setting)
     rep.paragraph(
-        f"Each of the {audit.targets} models is the target in turn, the others its shadow "
-        "models; scores are pooled over targets. Rates carry 95% Clopper-Pearson intervals."
+        f"Each of the {audit.targets} models is the target in turn, the others except its "
+        "complementary partner its shadow models; scores are pooled over targets. Intervals "
+        "are 95% bootstrap intervals over the independent pairs of models and their records."
     )
     rep.table(
         ["attack", "AUC", "advantage", "TPR @ 0.1% FPR", "TPR @ 1% FPR"],
