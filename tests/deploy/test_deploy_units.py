@@ -223,3 +223,30 @@ def test_status_reads_the_coordinators_database(
     shown = json.loads(capsys.readouterr().out)
     assert shown["rounds"][0]["round"] == 1
     assert shown["rounds"][0]["completed"] == 3
+
+
+def test_signing_keys_and_the_roster_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veil.deploy.roster import load_roster, load_signing_key
+
+    pki = tmp_path / "pki"
+    for name in ("hospital-a", "hospital-b"):
+        assert main(["certs", "signing-key", "--dir", str(pki), "--name", name]) == 0
+    assert main(["certs", "signing-key", "--dir", str(pki), "--name", "hospital-a"]) == 1
+    assert "exists" in capsys.readouterr().err  # a pinned key is never replaced by accident
+    args = ["certs", "roster", "--dir", str(pki), "--name", "hospital-a", "--name", "hospital-b"]
+    assert main(args) == 0
+    roster = load_roster(pki / "roster.json")
+    assert sorted(roster) == ["hospital-a", "hospital-b"]
+    assert roster["hospital-a"] == load_signing_key(pki / "hospital-a.sign.key").public
+    assert main([*args, "--name", "hospital-c"]) == 1
+    assert "hospital-c.sign.pub is missing" in capsys.readouterr().err
+    path = write_config(
+        tmp_path,
+        pki,
+        port=7443,
+        **{"secure_aggregation.active": True, "secure_aggregation.roster": "pki/roster.json"},
+    )
+    config = load_config(path)
+    assert config.secure_active and config.roster == (pki / "roster.json").resolve()

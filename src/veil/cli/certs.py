@@ -67,8 +67,7 @@ def issue(
     server certificate (for the coordinator). The certificate's common name is NAME."""
     from veil import tls
 
-    if not name or any(c in name for c in "/\\\0") or name.startswith("."):
-        raise ConfigurationError(f"--name must be a plain name like hospital-a, got {name!r}")
+    _plain_name(name)
     try:
         ca_cert = (folder / "ca.pem").read_bytes()
         ca_key = (folder / "ca.key").read_bytes()
@@ -83,6 +82,50 @@ def issue(
     _write(target / f"{name}.key", key, private=True)
     kind = f"server certificate for {', '.join(host)}" if host else "client certificate"
     console.print(f"wrote {target / (name + '.pem')} and {target / (name + '.key')} ({kind})")
+
+
+def _plain_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ConfigurationError(f"--name must be a plain name like hospital-a, got {name!r}")
+
+
+@app.command("signing-key")
+def signing_key(
+    name: str = typer.Option(..., "--name", help="The hospital's name, e.g. hospital-a."),
+    folder: Path = typer.Option(  # noqa: B008
+        Path("pki"), "--dir", help="Where to write NAME.sign.key and NAME.sign.pub."
+    ),
+) -> None:
+    """For secure aggregation's active mode, at the hospital: NAME.sign.key (private, stays
+    here) and NAME.sign.pub (its public key: give it to the consortium for the roster)."""
+    from veil.deploy.roster import make_signing_key
+
+    _plain_name(name)
+    public = make_signing_key(folder, name)
+    console.print(f"wrote {folder / (name + '.sign.key')} (private) and {public}")
+
+
+@app.command("roster")
+def roster(
+    name: list[str] = typer.Option(  # noqa: B008
+        ..., "--name", help="An enrolled hospital (repeat for each); reads NAME.sign.pub."
+    ),
+    folder: Path = typer.Option(  # noqa: B008
+        Path("pki"), "--dir", help="Folder of the NAME.sign.pub files."
+    ),
+    out: Path | None = typer.Option(  # noqa: B008
+        None, "--out", help="The roster file [default: DIR/roster.json]."
+    ),
+) -> None:
+    """The consortium's roster (every hospital's public signing key), for the coordinator's
+    [secure_aggregation] roster and every agent's --roster."""
+    from veil.deploy.roster import write_roster
+
+    for n in name:
+        _plain_name(n)
+    target = out or folder / "roster.json"
+    write_roster(folder, name, target)
+    console.print(f"wrote {target} ({len(name)} hospitals)")
 
 
 __all__ = ["app"]

@@ -167,6 +167,15 @@ def join(
         help="The agent's record of the rounds it took part in (kept across restarts) "
         "[default: next to --cert, <cert>.rounds.json; with --insecure, <name>.rounds.json].",
     ),
+    roster: Path | None = typer.Option(  # noqa: B008
+        None,
+        "--roster",
+        help="The consortium's roster of signing keys (`veil certs roster`): runs secure "
+        "aggregation's active mode, refusing clients the roster does not name.",
+    ),
+    signing_key: Path | None = typer.Option(  # noqa: B008
+        None, "--signing-key", help="This hospital's NAME.sign.key (with --roster)."
+    ),
     allow_plain: bool = typer.Option(
         False,
         "--allow-plain-updates",
@@ -201,9 +210,18 @@ def join(
             graph=secure_aggregation,  # type: ignore[arg-type]
             dropout=dropout,
             distributed_dp=distributed_dp is not None,
+            active=roster is not None,
         )
     elif distributed_dp is not None:
         raise ConfigurationError("--distributed-dp needs --secure-aggregation")
+    if (roster is None) != (signing_key is None) or (roster and secure_aggregation is None):
+        raise ConfigurationError(
+            "the active mode needs --roster, --signing-key and --secure-aggregation together"
+        )
+    from veil.deploy.roster import load_roster, load_signing_key
+
+    pinned = None if roster is None else load_roster(roster)
+    sign_with = None if signing_key is None else load_signing_key(signing_key)
     if state is None:
         state = Path(f"{name}.rounds.json") if cert is None else cert.with_suffix(".rounds.json")
     x, y = deploy.load_data(data, target=target)
@@ -220,6 +238,8 @@ def join(
         noise_multiplier=distributed_dp,
         guard_file=state,
         allow_plain=allow_plain,
+        roster=pinned,
+        signing_key=sign_with,
     )
     report = agent.run()
     console.print(

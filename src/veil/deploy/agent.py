@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from veil.errors import (
 from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.secure import RoundGuard, SecureAggregation, SecureClient
 from veil.privacy.random import SecureRandom
+from veil.secagg.crypto import SigningKey
 from veil.tls import TlsFiles
 
 try:
@@ -116,6 +117,8 @@ class Agent:
         noise_multiplier: float | None = None,
         guard_file: Path | None = None,
         allow_plain: bool = False,
+        roster: Mapping[str, bytes] | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         """``secure`` (and, for distributed DP, ``noise_multiplier``) are the federation's
         secure-aggregation settings as this hospital knows them: each round's graph,
@@ -129,7 +132,13 @@ class Agent:
         ``allow_plain``: take part in rounds without secure aggregation, where the coordinator
         sees this hospital's update itself. Off by default: such a federation is refused at
         join, and such a round (a coordinator that says one thing at join and does another)
-        is refused and skipped; with ``secure`` settings a plain round is always refused."""
+        is refused and skipped; with ``secure`` settings a plain round is always refused.
+
+        ``roster`` (every hospital's public Ed25519 key, from the consortium) and this
+        hospital's ``signing_key`` run secure aggregation's active mode: the agent signs its
+        keys and the survivor lists, checks the others' signatures against the roster, and
+        refuses a round that lists a client the roster does not name. ``secure`` must then
+        say ``active=True``."""
         if tls is None and not name:
             raise ConfigurationError("without TLS the agent must say its --name")
         self.target = target
@@ -148,6 +157,14 @@ class Agent:
         self.guard = RoundGuard(guard_file)
         self.federation = ""
         self.allow_plain = allow_plain
+        pinned = roster is not None
+        if pinned != (signing_key is not None) or pinned != (secure is not None and secure.active):
+            raise ConfigurationError(
+                "the active mode takes all three: secure aggregation settings with active, "
+                "the consortium's roster and this hospital's signing key"
+            )
+        self.roster = None if roster is None else dict(roster)
+        self.signing_key = signing_key
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -218,6 +235,13 @@ class Agent:
                 raise ProtocolError(f"the coordinator refused to join: {exc.details()}") from None
             self.client_id = reply.client_id
             self.federation = str(reply.federation)
+            if self.roster is not None and self.signing_key is not None:
+                pinned = self.roster.get(self.client_id)
+                if pinned != self.signing_key.public:
+                    raise ConfigurationError(
+                        f"the roster's signing key for {self.client_id!r} is not this "
+                        "hospital's (--signing-key): check both files"
+                    )
             log.info("joined %s as %s at round %d", reply.federation, reply.client_id, reply.round)
             return reply
 
@@ -408,6 +432,8 @@ class Agent:
             noise_multiplier=self.noise_multiplier,
             guard=self.guard,
             guard_scope=("veil-federation|" + self.federation).encode(),
+            signing_key=self.signing_key,
+            enrolled=self.roster,
         )
         directory = self._unary(
             "Advertise", codec.advertise_to_pb(number, client.advertise()), pb.KeyDirectory, budget
@@ -433,7 +459,17 @@ class Agent:
             "SubmitMasked", codec.chunks(head, masked.vector), pb.UnmaskRequest, budget
         )
         try:
-            shares_out = client.unmask(codec.request_from_pb(request))
+            unmask_request: Any = codec.request_from_pb(request)
+            if spec.active:
+                check = client.consistency(unmask_request)
+                proof = self._unary(
+                    "Consistency",
+                    codec.consistency_to_pb(number, check),
+                    pb.ConsistencyProof,
+                    budget,
+                )
+                unmask_request = codec.proof_from_pb(proof)
+            shares_out = client.unmask(unmask_request)
         except VeilError as exc:
             raise ProtocolError(f"round {number}: refused to unmask: {exc}") from None
         self._unary("Unmask", codec.unmask_to_pb(number, shares_out), pb.RoundDone, budget)

@@ -34,6 +34,8 @@ A coordinator reads one TOML file; every relative path in it is relative to the 
     graph = "secagg+"                # secagg, secagg+ or none
     dropout = 0.34                   # the dropout rate each round must survive
     clip = 10.0                      # L2 bound of an update without DP
+    active = false                   # against a deviating coordinator: signed keys and lists
+    roster = "pki/roster.json"       # with active: every hospital's signing key
 
     [dp]
     mode = "client"                  # none, client (central noise) or distributed
@@ -131,6 +133,8 @@ class FederationConfig:
     secure: str = "none"
     secure_dropout: float = 0.1
     secure_clip: float = 10.0
+    secure_active: bool = False
+    roster: Path | None = None
     dp: str = "none"
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
@@ -153,6 +157,11 @@ class FederationConfig:
         if self.dp not in ("none", "client", "distributed"):
             raise ConfigurationError(
                 f"dp.mode must be none, client or distributed, got {self.dp!r}"
+            )
+        if self.secure_active and (self.secure == "none" or self.roster is None):
+            raise ConfigurationError(
+                "secure_aggregation.active needs a graph (secagg or secagg+) and the roster "
+                "of the hospitals' signing keys (secure_aggregation.roster)"
             )
         if self.dp == "distributed" and self.secure == "none":
             raise ConfigurationError("dp.mode = distributed needs secure aggregation")
@@ -201,6 +210,8 @@ _TABLES: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
         "graph": ("secure", (str,)),
         "dropout": ("secure_dropout", (int, float)),
         "clip": ("secure_clip", (int, float)),
+        "active": ("secure_active", (bool,)),
+        "roster": ("roster", (str,)),
     },
     "dp": {
         "mode": ("dp", (str,)),
@@ -214,7 +225,7 @@ _TABLES: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
     "tls": {"dir": ("tls_dir", (str,)), "name": ("tls_name", (str,))},
 }
 _MODEL_KEYS = {"kind", "features", "classes", "hidden", "init_seed"}
-_PATHS = {"state", "ledger", "tls_dir"}
+_PATHS = {"state", "ledger", "tls_dir", "roster"}
 
 
 def load_config(path: str | Path) -> FederationConfig:
@@ -240,7 +251,7 @@ def load_config(path: str | Path) -> FederationConfig:
             )
         for key, value in section.items():
             name, types = keys[key]
-            if isinstance(value, bool) or not isinstance(value, types):
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
                 raise ConfigurationError(
                     f"{path}: [{table}] {key} has the wrong type ({type(value).__name__})"
                 )

@@ -39,6 +39,7 @@ import numpy as np
 
 from veil.deploy import codec
 from veil.deploy.config import FederationConfig
+from veil.deploy.roster import load_roster
 from veil.deploy.store import StateStore
 from veil.errors import (
     BudgetExceededError,
@@ -186,7 +187,17 @@ class Coordinator:
                 dropout=config.secure_dropout,
                 clip=config.secure_clip,
                 distributed_dp=config.dp == "distributed",
+                active=config.secure_active,
             )
+        enrolled = None
+        if config.secure_active:
+            assert config.roster is not None
+            enrolled = load_roster(config.roster)
+            missing = sorted(set(config.clients) - enrolled.keys())
+            if missing:
+                raise ConfigurationError(
+                    f"the roster {config.roster} has no signing key for {', '.join(missing)}"
+                )
         self.server = FederatedServer(
             parameters=initial,
             clients=config.clients,
@@ -198,6 +209,7 @@ class Coordinator:
             ),
             rounds=config.rounds,
             secure_aggregation=secure,
+            enrolled=enrolled,
         )
         self.store = StateStore(config.state)
         self.ledger: Ledger | None = None
