@@ -49,8 +49,8 @@ import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError
-from veil.federated.messages import TrainConfig, TrainResult
-from veil.federated.strategies import Aggregator, RoundContext, SummedUpdates
+from veil.federated.messages import CohortResult, TrainConfig, TrainResult
+from veil.federated.strategies import Aggregator, RoundContext, SummedUpdates, stack_updates
 from veil.privacy.events import Event, GaussianEvent, PoissonSampledEvent, SelfComposedEvent
 from veil.privacy.random import RandomSource
 from veil.privacy.samplers import discrete_gaussian
@@ -223,7 +223,7 @@ class DpAggregator(Aggregator):
             raise ConfigurationError("client-level DP needs a sampling probability > 0")
         total = np.zeros(context.dimension)
         if results:
-            stacked = np.stack([np.asarray(r.update, dtype=np.float64) for r in results])
+            stacked = stack_updates(results)
             # Clients clip; clipping again here makes the bound hold whatever a client sent.
             clipped, _ = clip_rows(stacked, self.clip_norm)
             total = clipped.sum(axis=0)
@@ -256,7 +256,12 @@ class DpAggregator(Aggregator):
         if self.adaptive is None:
             return
         # centred bits 2b - 1 in {-1, +1}: an integer sum of sensitivity 1, noise 2σ_b
-        centred = sum(2 * int(r.metrics.get("within_clip", 0.0) >= 0.5) - 1 for r in results)
+        if isinstance(results, CohortResult):
+            bits = results.metrics.get("within_clip", np.zeros(len(results)))
+            within = int(np.count_nonzero(bits >= 0.5))
+            centred = 2 * within - len(results)
+        else:
+            centred = sum(2 * int(r.metrics.get("within_clip", 0.0) >= 0.5) - 1 for r in results)
         self._move_clip(centred, context)
 
     def after_round_sum(self, summed: SummedUpdates, context: RoundContext) -> None:

@@ -5,7 +5,14 @@ A round is four kinds of message. The server sends each sampled client a
 answers with a :class:`TrainResult` (its update, the number of examples it trained on, and a few
 metrics) or a :class:`TrainFailure`; a client that does not answer before the deadline is
 recorded as dropped. The simulator passes these objects by reference; the gRPC transport
-(a later part) serialises exactly these fields.
+serialises exactly these fields.
+
+:class:`CohortResult` is the answers of several clients of one round at once, their updates the
+rows of one matrix: the simulator trains a cohort together and hands the server its answers in
+one message instead of one :class:`TrainResult` each. It is a sequence of exactly those
+:class:`TrainResult` messages (built when one is asked for), so anything that reads results one
+by one sees the same thing; what it saves is the per-client objects, checks and copies where
+nobody needs them (the server's validation and FedAvg work on the whole matrix).
 
 Vectors are numpy arrays made read-only on construction, so a message cannot be changed after
 it is sent.
@@ -16,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +35,7 @@ from veil.secagg.planning import RoundPlan
 from veil.secagg.quantize import Quantizer
 
 __all__ = [
+    "CohortResult",
     "Encoding",
     "SecureRoundSpec",
     "TrainConfig",
@@ -224,3 +232,121 @@ class TrainFailure:
     round: int
     client_id: str
     reason: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CohortResult(Sequence[TrainResult]):
+    """Clients to server: the answers of the clients ``client_ids`` of one round, trained
+    together. Row ``i`` of ``updates``, ``num_examples[i]`` and ``metrics[name][i]`` are client
+    ``client_ids[i]``'s; item ``i`` of the sequence is that client's :class:`TrainResult`.
+
+    Every client reports the same metric names. The arrays are made read-only on
+    construction; ``num_examples`` becomes an int64 vector and each metric a float64 one.
+    """
+
+    round: int
+    client_ids: tuple[str, ...]
+    updates: npt.NDArray[np.floating[Any]]
+    num_examples: npt.NDArray[np.int64]
+    metrics: Mapping[str, npt.NDArray[np.float64]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = tuple(self.client_ids)
+        if not all(isinstance(c, str) for c in ids):
+            raise RemoteProtocolError("client ids must be strings")
+        if len(set(ids)) != len(ids):
+            raise RemoteProtocolError("a cohort's answers name a client more than once")
+        k = len(ids)
+        updates = np.asarray(self.updates)
+        if updates.ndim != 2 or updates.dtype.kind != "f" or updates.shape[0] != k:
+            raise RemoteProtocolError(
+                f"a cohort of {k} clients must send a ({k}, d) matrix of floats, got "
+                f"{updates.dtype} of shape {updates.shape}"
+            )
+        examples = np.asarray(self.num_examples)
+        if (
+            examples.shape != (k,)
+            or examples.dtype.kind not in "iu"
+            or (k and int(examples.min()) < 0)
+        ):
+            raise RemoteProtocolError(
+                f"a cohort of {k} clients must report {k} example counts, integers >= 0"
+            )
+        metrics: dict[str, npt.NDArray[np.float64]] = {}
+        for key, values in dict(self.metrics).items():
+            column = np.asarray(values)
+            if not isinstance(key, str) or column.shape != (k,) or column.dtype.kind not in "fiu":
+                raise RemoteProtocolError(
+                    f"a cohort's metric {key!r} must be {k} numbers, one per client"
+                )
+            metrics[key] = _read_only(column.astype(np.float64))
+        object.__setattr__(self, "client_ids", ids)
+        object.__setattr__(self, "updates", _read_only(updates))
+        object.__setattr__(self, "num_examples", _read_only(examples.astype(np.int64)))
+        object.__setattr__(self, "metrics", MappingProxyType(metrics))
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> TrainResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TrainResult]: ...
+
+    def __getitem__(self, index: int | slice) -> TrainResult | Sequence[TrainResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        i = range(len(self))[index]
+        return TrainResult(
+            self.round,
+            self.client_ids[i],
+            self.updates[i],
+            int(self.num_examples[i]),
+            {key: float(column[i]) for key, column in self.metrics.items()},
+        )
+
+    def __iter__(self) -> Iterator[TrainResult]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def payload_bytes(self) -> int:
+        """The sum of the clients' :attr:`TrainResult.payload_bytes`."""
+        row = int(self.updates.shape[1]) * int(self.updates.itemsize)
+        return len(self) * (row + 8 * (1 + len(self.metrics)))
+
+    def select(self, rows: npt.ArrayLike) -> CohortResult:
+        """The answers of the clients at ``rows``, in that order."""
+        index = np.asarray(rows, dtype=np.intp)
+        return CohortResult(
+            self.round,
+            tuple(self.client_ids[i] for i in index.tolist()),
+            self.updates[index],
+            self.num_examples[index],
+            {key: column[index] for key, column in self.metrics.items()},
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[CohortResult]) -> CohortResult:
+        """One message holding the answers of ``parts`` (one round, the same metric names)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        if len(parts) == 1:
+            return parts[0]
+        names = set(parts[0].metrics)
+        if any(p.round != parts[0].round or set(p.metrics) != names for p in parts):
+            raise RemoteProtocolError("cohorts of different rounds or metrics cannot be joined")
+        return cls(
+            parts[0].round,
+            tuple(c for p in parts for c in p.client_ids),
+            np.concatenate([p.updates for p in parts]),
+            np.concatenate([p.num_examples for p in parts]),
+            {key: np.concatenate([p.metrics[key] for p in parts]) for key in parts[0].metrics},
+        )
+
+
+def _read_only(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array

@@ -9,9 +9,16 @@ stage       call                                 next stage  what happens
 IDLE        ``round_event()``                    IDLE        the privacy cost of the next round
 IDLE        ``start_round(rng, reservation=)``   TRAINING    sample clients; one instruction each
 TRAINING    ``receive(TrainResult|Failure)``     TRAINING    record the answer of a sampled client
+TRAINING    ``receive_cohort(CohortResult)``     TRAINING    record the answers of several at once
 TRAINING    ``close_round(rng)``                 IDLE        whoever has not answered is dropped;
                                                  or FINISHED aggregate; move the model
 ==========  ===================================  ==========  ====================================
+
+``receive_cohort`` is ``receive`` for each of a cohort's answers, checked on the whole matrix
+(all of them are refused if one is); FedAvg and the other aggregators then read the stacked
+updates without a per-client copy. Nothing else differs: who completed, who dropped, the
+example-weighted metrics (summed in the same order) and the bytes counted are the same as for
+the same answers sent one by one.
 
 A driver calls ``close_round`` when every sampled client has answered or when its deadline
 passes; stragglers that answer later are refused (:class:`~veil.errors.RemoteProtocolError`).
@@ -38,7 +45,13 @@ import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
-from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
+from veil.federated.messages import (
+    CohortResult,
+    TrainConfig,
+    TrainFailure,
+    TrainInstruction,
+    TrainResult,
+)
 from veil.federated.secure import Encoding, SecureAggregation, make_spec
 from veil.federated.strategies import RoundContext, Strategy, SummedUpdates
 from veil.ledger import Reservation
@@ -185,6 +198,8 @@ class FederatedServer:
         self._sampled_set: frozenset[str] = frozenset()
         self._results: dict[str, TrainResult] = {}
         self._failed: dict[str, str] = {}
+        self._cohorts: list[CohortResult] = []
+        self._in_cohort: dict[str, tuple[int, int]] = {}  # client -> (cohort, row)
         self._sent_bytes = 0
 
     @property
@@ -195,7 +210,14 @@ class FederatedServer:
     @property
     def waiting_for(self) -> frozenset[str]:
         """Sampled clients that have not answered this round."""
-        return self._sampled_set - self._results.keys() - self._failed.keys()
+        return (
+            self._sampled_set - self._results.keys() - self._failed.keys() - self._in_cohort.keys()
+        )
+
+    def _answered(self, client_id: str) -> bool:
+        return (
+            client_id in self._results or client_id in self._failed or client_id in self._in_cohort
+        )
 
     def _expect(self, stage: Stage, action: str) -> None:
         if self.stage is not stage:
@@ -239,6 +261,8 @@ class FederatedServer:
         self._sampled_set = frozenset(self._sampled)
         self._results = {}
         self._failed = {}
+        self._cohorts = []
+        self._in_cohort = {}
         config = self.strategy.configure(self.base_config)
         model = self._parameters.astype(self.wire_dtype)
         model.flags.writeable = False
@@ -262,7 +286,8 @@ class FederatedServer:
         instructions = tuple(
             TrainInstruction(self.round, cid, model, config, spec) for cid in self._sampled
         )
-        self._sent_bytes = sum(i.payload_bytes for i in instructions)
+        # every instruction carries the same model and spec
+        self._sent_bytes = len(instructions) * instructions[0].payload_bytes if instructions else 0
         self.stage = Stage.TRAINING
         return instructions
 
@@ -276,7 +301,7 @@ class FederatedServer:
             )
         if message.client_id not in self._sampled_set:
             raise RemoteProtocolError(f"client {message.client_id!r} was not sampled this round")
-        if message.client_id in self._results or message.client_id in self._failed:
+        if self._answered(message.client_id):
             raise RemoteProtocolError(f"client {message.client_id!r} already answered this round")
         if isinstance(message, TrainFailure):
             self._failed[message.client_id] = message.reason
@@ -295,6 +320,57 @@ class FederatedServer:
             raise RemoteProtocolError(f"client {message.client_id!r} sent a non-finite update")
         self._results[message.client_id] = message
 
+    def receive_cohort(self, message: CohortResult) -> None:
+        """Record the answers of several sampled clients at once (see the module docstring):
+        the same checks as :meth:`receive` for each, and none is recorded if one fails."""
+        self._expect(Stage.TRAINING, "receive a cohort's answers")
+        if message.round != self.round:
+            raise RemoteProtocolError(
+                f"a cohort answered round {message.round} during round {self.round}"
+            )
+        for cid in message.client_ids:
+            if cid not in self._sampled_set:
+                raise RemoteProtocolError(f"client {cid!r} was not sampled this round")
+            if self._answered(cid):
+                raise RemoteProtocolError(f"client {cid!r} already answered this round")
+        if self.secure is not None:
+            raise LocalProtocolError(
+                "under secure aggregation an update reaches the server only inside the masked "
+                "sum: pass the SecureServerRound's sums to close_round"
+            )
+        if message.updates.shape[1] != self._parameters.size:
+            raise RemoteProtocolError(
+                f"a cohort sent {message.updates.shape[1]} values per client; "
+                f"the model has {self._parameters.size}"
+            )
+        finite = np.isfinite(message.updates).all(axis=1)
+        if not finite.all():
+            bad = message.client_ids[int(np.flatnonzero(~finite)[0])]
+            raise RemoteProtocolError(f"client {bad!r} sent a non-finite update")
+        index = len(self._cohorts)
+        self._cohorts.append(message)
+        for row, cid in enumerate(message.client_ids):
+            self._in_cohort[cid] = (index, row)
+
+    def _round_results(self) -> Sequence[TrainResult]:
+        """The answers of the clients that completed the round, in the order sampled."""
+        if not self._in_cohort:
+            return [self._results[c] for c in self._sampled if c in self._results]
+        if self._results:  # some answers came one by one: a list of messages
+            return [
+                self._results[c]
+                if c in self._results
+                else self._cohorts[self._in_cohort[c][0]][self._in_cohort[c][1]]
+                for c in self._sampled
+                if c in self._results or c in self._in_cohort
+            ]
+        joined = CohortResult.concatenate(self._cohorts)
+        position = {cid: i for i, cid in enumerate(joined.client_ids)}
+        order = [position[c] for c in self._sampled if c in position]
+        if order == list(range(len(order))):
+            return joined
+        return joined.select(order)
+
     def close_round(
         self, rng: RandomSource, *, summed: SummedUpdates | None = None
     ) -> RoundOutcome:
@@ -308,8 +384,14 @@ class FederatedServer:
             return self._close_secure(rng, summed)
         if summed is not None:
             raise LocalProtocolError("sums are for secure aggregation, which is not configured")
-        results = [self._results[c] for c in self._sampled if c in self._results]
-        dropped = tuple(c for c in self._sampled if c not in self._results)
+        results = self._round_results()
+        completed = (
+            tuple(r.client_id for r in results)
+            if not isinstance(results, CohortResult)
+            else results.client_ids
+        )
+        done = set(completed)
+        dropped = tuple(c for c in self._sampled if c not in done)
         context = self._context(rng)
         aggregator = self.strategy.aggregator
         private = self.private
@@ -325,11 +407,11 @@ class FederatedServer:
         return RoundOutcome(
             round=self.round,
             sampled=self._sampled,
-            completed=tuple(r.client_id for r in results),
+            completed=completed,
             dropped=dropped,
             metrics=_weighted_metrics(results),
             bytes_sent=self._sent_bytes,
-            bytes_received=sum(r.payload_bytes for r in results),
+            bytes_received=_payload_bytes(results),
             aggregated=aggregated,
         )
 
@@ -409,7 +491,23 @@ class FederatedServer:
         self.stage = Stage.FINISHED if round_ >= self.rounds else Stage.IDLE
 
 
+def _payload_bytes(results: Sequence[TrainResult]) -> int:
+    if isinstance(results, CohortResult):
+        return results.payload_bytes
+    return sum(r.payload_bytes for r in results)
+
+
 def _weighted_metrics(results: Sequence[TrainResult]) -> dict[str, float]:
+    if isinstance(results, CohortResult):
+        if not len(results):
+            return {}
+        # the running sums of the loop below, in the same order (cumsum adds one at a time)
+        per_client = np.maximum(results.num_examples, 1).astype(np.float64)
+        weight = float(np.cumsum(per_client)[-1])
+        return {
+            key: float(np.cumsum(per_client * results.metrics[key])[-1]) / weight
+            for key in sorted(results.metrics)
+        }
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
     for r in results:

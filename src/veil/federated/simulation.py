@@ -44,7 +44,13 @@ from veil.errors import (
 )
 from veil.federated.data import FederatedData
 from veil.federated.dp import DpSgd
-from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
+from veil.federated.messages import (
+    CohortResult,
+    TrainConfig,
+    TrainFailure,
+    TrainInstruction,
+    TrainResult,
+)
 from veil.federated.protocol import ClientSampling, FederatedServer, uniform
 from veil.federated.secure import RoundGuard, SecureAggregation, SecureClient, SecureServerRound
 from veil.federated.strategies import Strategy, SummedUpdates, fedavg
@@ -195,41 +201,55 @@ class Simulation:
 
     # -- one round ------------------------------------------------------------------------------
 
-    def _answers(
-        self, instructions: tuple[TrainInstruction, ...]
-    ) -> list[TrainResult | TrainFailure]:
-        answers: list[TrainResult | TrainFailure] = []
+    def _survivors(self, instructions: tuple[TrainInstruction, ...]) -> list[TrainInstruction]:
+        """The sampled clients that do not drop out of the round."""
         alive = list(instructions)
         if self.dropout and alive:
             stays = uniform(self.rng, len(alive)) >= self.dropout
             alive = [i for i, keep in zip(alive, stays, strict=True) if keep]
+        return alive
+
+    def _answers(
+        self, instructions: tuple[TrainInstruction, ...]
+    ) -> list[TrainResult | TrainFailure]:
+        """One message per client that answers (secure aggregation and DP-SGD need them)."""
+        alive = self._survivors(instructions)
         if self.record_dp is not None:
-            for ins in alive:
-                answers.append(self._train_private(ins))
-            return answers
+            return [self._train_private(ins) for ins in alive]
+        return [result for cohort in self._train_cohorts(alive) for result in cohort]
+
+    def _cohort_answers(self, instructions: tuple[TrainInstruction, ...]) -> list[CohortResult]:
+        """The answers of the clients that do not drop out, one message per cohort trained
+        together (the batched path of the protocol: see ``FederatedServer.receive_cohort``)."""
+        return self._train_cohorts(self._survivors(instructions))
+
+    def _train_cohorts(self, alive: list[TrainInstruction]) -> list[CohortResult]:
+        answers: list[CohortResult] = []
         for lo in range(0, len(alive), self.max_parallel):
             cohort = alive[lo : lo + self.max_parallel]
             if not cohort:
                 continue
-            config = cohort[0].config
             outcomes = train_clients(
                 self.layout,
                 cohort[0].parameters,
                 self.data.cohort([self._index[i.client_id] for i in cohort]),
-                config,
+                cohort[0].config,
                 generator=self.generator,
             )
             wire = cohort[0].parameters.dtype
-            for ins, out in zip(cohort, outcomes, strict=True):
-                answers.append(
-                    TrainResult(
-                        ins.round,
-                        ins.client_id,
-                        out.update.astype(wire, copy=False),
-                        out.num_examples,
-                        out.metrics,
-                    )
+            names = list(outcomes[0].metrics)
+            answers.append(
+                CohortResult(
+                    cohort[0].round,
+                    tuple(ins.client_id for ins in cohort),
+                    np.stack([out.update for out in outcomes]).astype(wire, copy=False),
+                    np.array([out.num_examples for out in outcomes], dtype=np.int64),
+                    {
+                        name: np.array([out.metrics[name] for out in outcomes], dtype=np.float64)
+                        for name in names
+                    },
                 )
+            )
         return answers
 
     def _secure_round(
@@ -356,13 +376,17 @@ class Simulation:
             traffic = (0, 0)
             try:
                 instructions = server.start_round(self.rng, reservation=reservation)
-                if server.secure is None:
+                if server.secure is not None:
+                    summed, traffic = self._secure_round(instructions)
+                    outcome = server.close_round(self.rng, summed=summed)
+                elif self.record_dp is not None:
                     for answer in self._answers(instructions):
                         server.receive(answer)
                     outcome = server.close_round(self.rng)
                 else:
-                    summed, traffic = self._secure_round(instructions)
-                    outcome = server.close_round(self.rng, summed=summed)
+                    for cohort in self._cohort_answers(instructions):
+                        server.receive_cohort(cohort)
+                    outcome = server.close_round(self.rng)
             except BaseException as exc:
                 if reservation is not None:
                     reservation.fail(f"round failed: {type(exc).__name__}")

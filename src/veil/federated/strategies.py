@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError, ProtocolError
-from veil.federated.messages import TrainConfig, TrainResult
+from veil.federated.messages import CohortResult, TrainConfig, TrainResult
 from veil.privacy.events import Event
 from veil.privacy.random import RandomSource
 
@@ -89,8 +89,18 @@ class SummedUpdates:
     """The clients already added distributed DP noise to ``update``."""
 
 
-def _stack(results: Sequence[TrainResult]) -> Vector:
+def stack_updates(results: Sequence[TrainResult]) -> Vector:
+    """The updates as the rows of one float64 matrix (a cohort's matrix as it is)."""
+    if isinstance(results, CohortResult):
+        return np.asarray(results.updates, dtype=np.float64)
     return np.stack([np.asarray(r.update, dtype=np.float64) for r in results])
+
+
+def _examples(results: Sequence[TrainResult]) -> Vector:
+    """Each client's example count, as float64."""
+    if isinstance(results, CohortResult):
+        return results.num_examples.astype(np.float64)
+    return np.array([r.num_examples for r in results], dtype=np.float64)
 
 
 class Aggregator(abc.ABC):
@@ -163,19 +173,19 @@ class WeightedMean(Aggregator):
         return np.asarray(summed.update / summed.weight)
 
     def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> Vector:
-        weights = np.array([r.num_examples for r in results], dtype=np.float64)
+        weights = _examples(results)
         total = weights.sum()
         if total <= 0:
             weights = np.ones_like(weights)
             total = weights.sum()
-        return np.asarray((weights / total) @ _stack(results))
+        return np.asarray((weights / total) @ stack_updates(results))
 
 
 class CoordinateMedian(Aggregator):
     """The coordinate-wise median of the updates."""
 
     def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> Vector:
-        return np.asarray(np.median(_stack(results), axis=0))
+        return np.asarray(np.median(stack_updates(results), axis=0))
 
 
 class TrimmedMean(Aggregator):
@@ -187,7 +197,7 @@ class TrimmedMean(Aggregator):
         self.trim_fraction = float(trim_fraction)
 
     def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> Vector:
-        stacked = np.sort(_stack(results), axis=0)
+        stacked = np.sort(stack_updates(results), axis=0)
         k = math.floor(self.trim_fraction * stacked.shape[0])
         kept = stacked[k : stacked.shape[0] - k]
         return np.asarray(kept.mean(axis=0))
@@ -213,7 +223,7 @@ class Krum(Aggregator):
         return self.byzantine + 3
 
     def aggregate(self, results: Sequence[TrainResult], context: RoundContext) -> Vector:
-        stacked = _stack(results)
+        stacked = stack_updates(results)
         n = stacked.shape[0]
         neighbours = n - self.byzantine - 2
         if neighbours < 1:
