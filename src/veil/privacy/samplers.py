@@ -924,20 +924,20 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
     settled exactly with Python integers (probability about 2**-31 per decision).
     """
     table = _exp_thresholds()
+    table32 = table.astype(np.uint32)  # the draws are compared as uint32
     j_max = table.shape[0] - 1
-    v_thresholds = table[::4]  # P(V >= v) = exp(-v/16): threshold T[4v]
+    v_thresholds = table32[::4]  # P(V >= v) = exp(-v/16): threshold T[4v]
     v_cap = v_thresholds.shape[0] - 2
     draws = rng.words(2 * m).view(np.uint32)
-    v_draw = draws[:m]
-    v_bits = v_draw.astype(np.int64)
+    v_bits = draws[:m]
     r_bits = draws[m : 2 * m].astype(np.int64)
-    first_bits = draws[2 * m : 3 * m].astype(np.int64)
+    first_bits = draws[2 * m : 3 * m]
     residual_draw = draws[3 * m :].astype(np.float64)
 
     # V: the number of v >= 1 with U < exp(-v/16), U's first 32 bits v_bits. A float32
     # logarithm proposes V; integer comparisons with the thresholds confirm it; the entries they
     # do not confirm (a tie, or a guess off by one next to a threshold) are settled exactly.
-    guess = v_draw.astype(np.float32)
+    guess = v_bits.astype(np.float32)
     guess += np.float32(0.5)
     guess *= np.float32(2.0**-_DRAW_BITS)
     np.log(guess, out=guess)
@@ -1000,7 +1000,7 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
         return residual.numerator, residual.denominator
 
     # First factor: U' < exp(-j/64), U' from 32 bits against T[j]; ties settled exactly.
-    threshold = table[j]
+    threshold = table32[j]
     keep = first_bits < threshold
     for i in np.flatnonzero(first_bits == threshold).tolist():
         x = exact_gamma(i) if j[i] == j_max else Fraction(int(j[i]), 64)
@@ -1030,13 +1030,10 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
         delta_later *= 1.0 / _TWO_32_FLOAT
         keep[later] &= _residual_exp(rng, delta_later, exact_later, start=2)
 
-    chosen = np.flatnonzero(keep)
-    out = magnitude[chosen]
-    sign = negative[chosen]
-    sign *= -2
-    sign += 1
-    out *= sign
-    return out
+    negative *= -2
+    negative += 1
+    magnitude *= negative
+    return magnitude[keep]
 
 
 # --------------------------------------------------------------------------------------------
