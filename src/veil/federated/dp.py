@@ -122,10 +122,16 @@ class NoisySum:
         flat = np.asarray(total, dtype=np.float64).reshape(-1)
         if flat.size != self.dimension:
             raise ConfigurationError(f"expected {self.dimension} coordinates, got {flat.size}")
-        index = np.rint(flat / self.granularity).astype(np.int64)
+        # g is a power of two: multiplying by 1/g is exactly dividing by g. In place where
+        # possible: each fresh array of a large model costs page faults as well as a pass.
+        scaled = flat * (1.0 / self.granularity)
+        np.rint(scaled, out=scaled)
+        index = scaled.astype(np.int64)
         if self.grid_sigma > 0:
-            index = index + discrete_gaussian(rng, flat.size, sigma=self.grid_sigma)
-        return index.astype(np.float64) * self.granularity
+            index += discrete_gaussian(rng, flat.size, sigma=self.grid_sigma)
+        out = index.astype(np.float64)
+        out *= self.granularity
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
