@@ -146,3 +146,15 @@ def test_distributed_dp_an_aborted_round_that_released_nothing_is_not_charged(
     assert store.reservation(2) == entry.entry_id
     store.close()
     assert entries(tmp_path)[entry.entry_id].status == "pending"
+
+
+def test_a_reservation_of_another_cost_is_not_kept_for_the_rerun(tmp_path: Path) -> None:
+    """Killed in round 1; restarted with another noise multiplier: the old reservation cannot
+    pay for the new round 1, so it is closed (counted) rather than left pending forever."""
+    co = fresh(tmp_path)
+    old = reserve(tmp_path, co, 1)
+    store = StateStore(tmp_path / "coordinator.sqlite")
+    store.reserved(1, old)
+    store.close()
+    fresh(tmp_path, noise_multiplier=2.0)
+    assert entries(tmp_path)[old].status == "failed"

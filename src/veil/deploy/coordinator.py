@@ -332,6 +332,9 @@ class Coordinator:
             self.server.restore(state)
         if self.ledger is not None:
             kept = None
+            # what the next round costs (a reservation of another cost, made before the
+            # settings changed, cannot pay for it)
+            next_event = self.server.round_event() if self.server.stage is Stage.IDLE else None
             for entry in self.ledger.history(self.config.scope):
                 if entry.kind != "reserve" or entry.status != "pending":
                     continue
@@ -350,6 +353,7 @@ class Coordinator:
                     and kept is None
                     and recorded in (None, entry.entry_id)
                     and self.store.meta(f"exposed:{entry.entry_id}") is None
+                    and entry.event == next_event
                 ):
                     if recorded is None:  # killed between the ledger's reserve and our note
                         self.store.reserved(number, entry.entry_id)
