@@ -30,7 +30,7 @@ the coefficients of uniform slot values have a standard deviation of about ``B *
 so ``q_0 / 2`` is over 200 of them away). A residue ``r`` is then hidden up to a statistical
 distance of about ``r / B`` per slot and query, and averaging the noise away over the 8,190
 real values of a result takes about ``(B / r)^2 / 8190`` queries. The residue grows like
-``5e-11 |x|`` (measured: ``7e-7`` at ``|x| = 2e4``, ``5e-3`` at ``1e8``) until the result wraps
+``5e-11 |x|`` (measured: ``6e-7`` at ``|x| = 2e4``, ``3e-3`` at ``1e8``) until the result wraps
 around ``q_0`` (``|x|`` near ``1e10``, where slot 0 is garbage too), so it stays of order 1 at
 most: millions of queries at the very least, against the ``F + 1`` exact scores that extract a
 linear model through any scoring API. The server cannot see the inputs, so this rests on the

@@ -203,8 +203,9 @@ class ScoringClient:
 
     @property
     def decimals(self) -> int:
-        """The decimals :meth:`read` keeps: 6 in logit mode (CKKS noise about 1e-8 at a 2^40
-        scale), 4 in probability mode (about 3e-5 at 2^30)."""
+        """The decimals :meth:`read` keeps: 6 in logit mode (at a 2^40 scale the noise varies by
+        about 6e-8 between queries, around a key-dependent offset of up to 5e-6: see
+        docs/he.md), 4 in probability mode (about 3e-5 at 2^30)."""
         return 6 if self.plan.mode is Mode.LOGIT else 4
 
     def read(self, results: Sequence[bytes], count: int) -> npt.NDArray[np.float64]:
