@@ -267,13 +267,13 @@ def dpsgd_canaries(seeds: int, rows: list[tuple[str, float, float]]) -> None:
 
 def mia_row(name: str, audit: MembershipAudit, train: tuple[float, float]) -> list[str]:
     out = []
-    for attack in Attack:
-        roc = audit.rocs[attack]
-        p1, p01 = roc.tpr_at(0.01), roc.tpr_at(0.001)
+    for row in audit.summary():
+        tpr1 = float(row["tpr@1%"])
         out.append(
-            f"| {name} | {attack.value} | {roc.auc:.3f} | {p01.tpr:.2%} "
-            f"[{p01.tpr_lower:.2%}, {p01.tpr_upper:.2%}] | {p1.tpr:.2%} "
-            f"[{p1.tpr_lower:.2%}, {p1.tpr_upper:.2%}] | {ratio_text(p1.tpr, 0.01)} |"
+            f"| {name} | {row['attack']} | {row['auc']:.3f} [{row['auc low']:.3f}, "
+            f"{row['auc high']:.3f}] | {row['tpr@0.1%']:.2%} "
+            f"[{row['tpr@0.1% low']:.2%}, {row['tpr@0.1% high']:.2%}] | {tpr1:.2%} "
+            f"[{row['tpr@1% low']:.2%}, {row['tpr@1% high']:.2%}] | {ratio_text(tpr1, 0.01)} |"
         )
     out.append(
         f"| {name} | (test accuracy {audit.mean_accuracy:.3f}; {audit.targets} targets, "
