@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from deploy_support import Events, make_config, poll, submit_update
+from deploy_support import HOSPITALS, Events, make_config, poll, submit_update
 
 from veil.deploy import Coordinator
 from veil.deploy.coordinator import SERVICE
@@ -333,3 +334,32 @@ def test_under_dp_the_clients_metrics_are_not_released(tmp_path: Path) -> None:
     (closed,) = co.status()["history"]
     assert closed["completed"] == 1
     assert closed["metrics"] == {}
+
+
+def test_a_client_that_answers_at_once_is_never_early(
+    tmp_path: Path, data_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stage opens in the same step that answers the previous one: even when the driver
+    is slow to get to the next stage (here held up a second before each), the agents' replies
+    to the directory, the shares and the unmask request are taken, not refused as early."""
+    slow = Coordinator._collect
+
+    def late(self: Coordinator, current: Any, stage: str, expected: set[str]) -> Any:
+        if stage not in ("advertise", "update"):
+            time.sleep(1.0)
+        return slow(self, current, stage, expected)
+
+    monkeypatch.setattr(Coordinator, "_collect", late)
+    config = make_config(
+        tmp_path, rounds=1, min_clients=3, dp="none", secure="secagg", secure_dropout=0.34
+    )
+    co = Coordinator(config, insecure=True, port=0)
+    co.start()
+    try:
+        outcomes = run_agents(co, data_files, HOSPITALS)
+        assert co.wait(60)
+    finally:
+        co.stop(grace=0.1)
+    assert [o.report.rounds for o in outcomes] == [[1]] * 3
+    (closed,) = co.status()["history"]
+    assert closed["completed"] == 3

@@ -143,6 +143,8 @@ class _Round:
     """Clients that were asking for a task when the round started."""
     fetched: set[str] = dataclasses.field(default_factory=set)
     """Clients that received the round's task."""
+    opened: float = 0.0
+    """When the current stage opened (monotonic clock)."""
     disconnected: dict[str, str] = dataclasses.field(default_factory=dict)
     """Clients whose call ended (connection lost) while they waited for a stage to close."""
 
@@ -544,18 +546,23 @@ class Coordinator:
 
     def _open(self, current: _Round, stage: str, expected: set[str]) -> None:
         with self._cv:
-            current.stage = stage
-            current.expected = frozenset(expected)
-            current.inbox = {}
-            if self._round is not current:
-                self._round = current
-            self._cv.notify_all()
+            self._open_locked(current, stage, expected)
+
+    def _open_locked(self, current: _Round, stage: str, expected: set[str]) -> None:
+        current.stage = stage
+        current.expected = frozenset(expected)
+        current.inbox = {}
+        current.opened = time.monotonic()
+        if self._round is not current:
+            self._round = current
+        self._cv.notify_all()
 
     def _collect(self, current: _Round, stage: str, expected: set[str]) -> dict[str, Any]:
-        """Open ``stage`` for ``expected`` clients; their messages once all are in or the
-        deadline passed."""
-        self._open(current, stage, expected)
-        opened = time.monotonic()
+        """Open ``stage`` for ``expected`` clients (unless :meth:`_publish` opened it with the
+        previous stage's answers); their messages once all are in or the deadline passed."""
+        if current.stage != stage:
+            self._open(current, stage, expected)
+        opened = current.opened
         deadline = opened + self.config.stage_seconds
         first = stage in ("advertise", "update")
         grace = opened + min(self.config.stage_seconds, _GRACE_SECONDS)
@@ -586,8 +593,19 @@ class Coordinator:
             _drop(current.number, stage, name, reason)
         return got
 
-    def _publish(self, current: _Round, stage: str, replies: dict[str, Any]) -> None:
+    def _publish(
+        self,
+        current: _Round,
+        stage: str,
+        replies: dict[str, Any],
+        *,
+        then: tuple[str, set[str]] | None = None,
+    ) -> None:
+        """Answer ``stage``'s messages; with ``then`` (the next stage and who it expects),
+        open that stage in the same step, so a client that answers at once is never early."""
         with self._cv:
+            if then is not None:
+                self._open_locked(current, *then)
             current.published[stage] = replies
             self._cv.notify_all()
 
@@ -615,36 +633,44 @@ class Coordinator:
             adverts = _valid_keys(current.number, adverts, active=spec.active)
             directory = sround.collect_keys([adverts[c] for c in spec.clients if c in adverts])
             reply = codec.directory_to_pb(directory)
-            self._publish(current, "advertise", dict.fromkeys(adverts, reply))
+            self._publish(
+                current, "advertise", dict.fromkeys(adverts, reply), then=("share", set(adverts))
+            )
             shares = self._collect(current, "share", set(adverts))
             shares = _valid_shares(current.number, shares, directory)
             routed = sround.collect_shares([shares[c] for c in spec.clients if c in shares])
+            sharing = {c for c in shares if number[c] in routed}
             self._publish(
                 current,
                 "share",
-                {
-                    c: codec.shares_for_you_to_pb(routed[number[c]])
-                    for c in shares
-                    if number[c] in routed
-                },
+                {c: codec.shares_for_you_to_pb(routed[number[c]]) for c in sharing},
+                then=("masked", sharing),
             )
-            masked = self._collect(current, "masked", {c for c in shares if number[c] in routed})
+            masked = self._collect(current, "masked", sharing)
             request: Any = sround.collect_masked([masked[c] for c in spec.clients if c in masked])
             if self.config.dp == "distributed" and self._paid_by is not None:
                 # durably before any client is asked for its unmasking shares: from here the
                 # coordinator could see the noisy sum, so a crash must not make it free
                 self.store.set_meta(f"exposed:{self._paid_by}", "1")
-            self._publish(current, "masked", dict.fromkeys(masked, codec.request_to_pb(request)))
             survivors = set(masked)
+            self._publish(
+                current,
+                "masked",
+                dict.fromkeys(masked, codec.request_to_pb(request)),
+                then=("consistency" if spec.active else "unmask", survivors),
+            )
             if spec.active:
                 checks = self._collect(current, "consistency", survivors)
                 request = sround.collect_consistency(
                     [checks[c] for c in spec.clients if c in checks]
                 )
-                self._publish(
-                    current, "consistency", dict.fromkeys(checks, codec.proof_to_pb(request))
-                )
                 survivors = set(checks)
+                self._publish(
+                    current,
+                    "consistency",
+                    dict.fromkeys(checks, codec.proof_to_pb(request)),
+                    then=("unmask", survivors),
+                )
             answers = self._collect(current, "unmask", survivors)
             summed = _finish(
                 current.number, sround, [answers[c] for c in spec.clients if c in answers]
