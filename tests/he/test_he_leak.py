@@ -12,10 +12,19 @@ import pytest
 from veil.he import LinearModel, Mode, Packing, Scorer, ScoringClient, circuits
 
 
+def _relative(slots: np.ndarray) -> np.ndarray:
+    """Every slot, counted down from the result slot: entry j is slot result_slot - j (pair j
+    of the single-applicant layout), so entry 0 is the result and entries 1.. the rest."""
+    r = circuits.result_slot(slots.size)
+    return slots[(r - np.arange(slots.size)) % slots.size]
+
+
 def _all_slots(model: LinearModel, client: ScoringClient, ciphertexts: list[bytes]) -> np.ndarray:
+    """Every slot of the result, as the client decrypts it (single: counted from the result)."""
     scorer = Scorer(model)
     session = scorer.open_session(client.public_bundle(), client.plan.mode, client.plan.packing)
-    return client.keys.decrypt(scorer.score(session, ciphertexts))
+    slots = client.keys.decrypt(scorer.score(session, ciphertexts))
+    return _relative(slots) if client.plan.packing is Packing.SINGLE else slots
 
 
 def _recover_weights(slots: np.ndarray, x: np.ndarray, features: int) -> np.ndarray:
@@ -75,14 +84,14 @@ def test_veil_returns_the_score_and_noise(
 def test_a_client_that_packs_its_own_way_still_learns_only_one_number(
     model: LinearModel, logit_client: ScoringClient
 ) -> None:
-    """Values in every slot, not the ceil(F/2) the protocol asks for: only slot 0 comes back,
-    and it is the logit of the first P = 32 slots read as pairs of features (no other
-    combination of the weights)."""
+    """Values in every slot, not the ceil(F/2) the protocol asks for: only the result slot comes
+    back, and it is the logit of the P = 32 slots at and below it read as pairs of features
+    (no other combination of the weights)."""
     slots_n = logit_client.plan.params.slots
     x = np.random.default_rng(2).normal(size=slots_n)
     slots = _all_slots(model, logit_client, [logit_client.keys.encrypt(x)])
     pairs = np.zeros(2 * slots_n)
-    pairs[0::2] = x  # real values: the odd features are zero
+    pairs[0::2] = _relative(x)  # real values: the odd features are zero
     assert slots[0] == pytest.approx(
         float(np.asarray(model.weights) @ pairs[: model.features] + model.bias), abs=1e-4
     )
@@ -108,7 +117,7 @@ def _complex_slots(client: ScoringClient, result: bytes) -> np.ndarray:
     ct = _files().load(ctx.s.Ciphertext(), ctx.context, result)
     pt = ctx.s.Plaintext()
     keys._decryptor.decrypt(ct, pt)
-    return np.asarray(ctx.encoder.decode_complex(pt))
+    return _relative(np.asarray(ctx.encoder.decode_complex(pt)))
 
 
 def test_large_inputs_do_not_reveal_the_weights_through_the_mask_residue(
@@ -160,10 +169,11 @@ def test_large_inputs_do_not_reveal_the_weights_through_the_mask_residue(
 def test_the_imaginary_part_carries_no_second_score(
     model: LinearModel, logit_client: ScoringClient
 ) -> None:
-    """Slot k holds features 2k and 2k+1 as v_k = x_2k + i x_2k+1, and the circuit sums
-    v_k (w_2k - i w_2k+1). The real part of the sum is the score; the imaginary part would be a
-    second one, sum_k (w_2k x_2k+1 - w_2k+1 x_2k): slot 0 must hold the first and nothing of
-    the second, whatever complex values the client sends (here in every slot)."""
+    """Pair k of features sits k slots below the result slot as v_k = x_2k + i x_2k+1, and the
+    circuit sums v_k (w_2k - i w_2k+1). The real part of the sum is the score; the imaginary
+    part would be a second one, sum_k (w_2k x_2k+1 - w_2k+1 x_2k): the result slot must hold
+    the first and nothing of the second, whatever complex values the client sends (here in
+    every slot)."""
     scorer = Scorer(model)
     session = scorer.open_session(logit_client.public_bundle(), Mode.LOGIT, Packing.SINGLE)
     rng = np.random.default_rng(3)
@@ -173,7 +183,7 @@ def test_the_imaginary_part_carries_no_second_score(
         logit_client, scorer.score(session, [_complex_query(logit_client, values)])
     )[0]
     weights = circuits.pack_single(model.weights)
-    total = np.sum(values[: weights.size] * weights.conj())
+    total = np.sum(_relative(values)[: weights.size] * weights.conj())
     assert slot0.real == pytest.approx(total.real + model.bias, abs=1e-4)
     assert abs(slot0.imag - total.imag) > 1.0  # not the second score: noise
 

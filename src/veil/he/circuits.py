@@ -1,11 +1,14 @@
 """The scoring circuits, written against :class:`veil.he.backend.Evaluator`.
 
 Single applicant (one ciphertext, two features per slot: ``x_2k + i x_2k+1`` in slot ``k``, for
-``k < S = ceil(F / 2)``, :func:`pack_single`; ``P`` the power of two at or above ``S``):
+``k < S = ceil(F / 2)``, :func:`pack_single`; ``P`` the power of two at or above ``S``). Slots
+are counted here from the result slot ``r = N/4`` downwards (:func:`single_layout`): slot ``k``
+below is the encoder's slot ``r - k``, and slot 0 is the result.
 
 1. ``t = x * v / 2`` slot by slot with ``v_k = w_2k - i w_2k+1``, zero from slot ``S`` on (one
    rescale): ``Re(t_k) = (w_2k x_2k + w_2k+1 x_2k+1) / 2``;
-2. rotate and add with steps ``P/2, ..., 2, 1``: ``Re`` of slot 0 now holds ``w . x / 2``;
+2. rotate and add with steps ``P/2, ..., 2, 1`` (to the right in the encoder's order, steps
+   ``-P/2 .. -1``): ``Re`` of slot 0 now holds ``w . x / 2``;
 3. multiply by the one-hot vector of slot 0 (one rescale);
 4. add the complex conjugate (one key switch): every slot now holds ``Re(...)``, twice, and no
    imaginary part; add ``b`` in slot 0;
@@ -16,6 +19,13 @@ Two features per slot halve the slots to sum (one rotation fewer: 5 for 61 featu
 feature per slot needs 6 and the conjugation on top), and the conjugation comes after the mask's
 rescale, where the ciphertext has one prime left and a key switch costs half as much. These are
 the circuit's only key switches, and most of its time.
+
+Why ``r = N/4`` and not the encoder's slot 0: each key switch leaves in every slot, besides its
+zero-mean noise, an offset that depends only on the keys, and it is largest in the slot whose
+root of unity is nearest 1, which is slot 0 (measured there: 1e-7 to 5e-6 on the logit, a
+constant per key set that the client's rounding to 1e-6 would not remove; see docs/he.md on
+decrypted values). Slot ``N/4`` has the root ``-exp(i pi / N)``, the farthest from 1; there the
+offset measured below 4e-8, under the per-query noise (about 6e-8).
 
 Step 2 alone would leave *partial* sums of ``w_j x_j`` in slots ``1 .. P-1`` (TenSEAL's
 ``CKKSVector.dot`` returns exactly that), from which a client holding the secret key reads every
@@ -96,6 +106,8 @@ __all__ = [
     "flood",
     "flood_bound",
     "pack_single",
+    "result_slot",
+    "single_layout",
     "single_linear",
     "single_probability",
     "single_rotations",
@@ -108,10 +120,17 @@ def single_slots(features: int) -> int:
     return max(1, (features + 1) // 2)
 
 
+def result_slot(slots: int) -> int:
+    """The slot that holds a single applicant's result: ``N / 4``, whose root of unity is
+    ``-exp(i pi / N)``, the farthest from 1 (see the module text)."""
+    return slots // 2
+
+
 def single_rotations(features: int) -> tuple[int, ...]:
-    """The rotation steps the single-applicant circuit uses: ``1, 2, 4, ..., P/2``."""
+    """The rotation steps the single-applicant circuit uses: ``-P/2, ..., -2, -1`` (to the
+    right: pair ``j`` sits ``j`` slots below the result slot)."""
     p = next_power_of_two(single_slots(features))
-    return tuple(1 << i for i in range(int(math.log2(p))))
+    return tuple(sorted(-(1 << i) for i in range(int(math.log2(p)))))
 
 
 def pack_single(x: npt.ArrayLike) -> npt.NDArray[np.complex128]:
@@ -123,13 +142,24 @@ def pack_single(x: npt.ArrayLike) -> npt.NDArray[np.complex128]:
     return out
 
 
-def _paired_weights(weights: Sequence[float], factor: float, slots: int) -> npt.NDArray[Any]:
-    """``v_k = factor (w_2k - i w_2k+1)``: ``Re(pack_single(x)_k v_k)`` is
-    ``factor (w_2k x_2k + w_2k+1 x_2k+1)``."""
-    out = np.zeros(slots, dtype=np.complex128)
-    w = pack_single(weights)
-    out[: w.size] = factor * w.conj()
+def _placed(values: npt.ArrayLike, slots: int) -> npt.NDArray[Any]:
+    """A vector of ``slots`` with ``values[j]`` in slot ``result_slot - j`` (cyclically)."""
+    arr = np.asarray(values)
+    out = np.zeros(slots, dtype=arr.dtype)
+    out[(result_slot(slots) - np.arange(arr.size)) % slots] = arr
     return out
+
+
+def single_layout(x: npt.ArrayLike, slots: int) -> npt.NDArray[np.complex128]:
+    """The slots a client encrypts for one applicant: :func:`pack_single`, pair ``j`` in slot
+    ``result_slot - j``."""
+    return _placed(pack_single(x), slots)
+
+
+def _paired_weights(weights: Sequence[float], factor: float, slots: int) -> npt.NDArray[Any]:
+    """``v_j = factor (w_2j - i w_2j+1)``, placed as :func:`single_layout` places pair ``j``:
+    the real part of the product with pair ``j`` is ``factor (w_2j x_2j + w_2j+1 x_2j+1)``."""
+    return _placed(factor * pack_single(weights).conj(), slots)
 
 
 def circuit_depth(*, probability: bool, batch: bool, degree: int = 0) -> int:
@@ -138,14 +168,8 @@ def circuit_depth(*, probability: bool, batch: bool, degree: int = 0) -> int:
     return 1 if batch else 2
 
 
-def _padded(values: Sequence[float], slots: int) -> npt.NDArray[np.float64]:
-    out = np.zeros(slots)
-    out[: len(values)] = values
-    return out
-
-
 def _rotate_sum(ev: Evaluator, t: Ciphertext, features: int) -> Ciphertext:
-    for step in reversed(single_rotations(features)):
+    for step in single_rotations(features):  # -P/2 first
         t = ev.add_into(ev.rotate(t, step), t)  # into the fresh rotation: no new ciphertext
     return t
 
@@ -167,13 +191,15 @@ def flood(
     random_bytes: Callable[[int], bytes] = secrets.token_bytes,
 ) -> Ciphertext:
     """``ct`` plus fresh uniform noise in ``[-B, B]`` in both parts of every slot except the
-    real part of slot 0, the result. ``random_bytes`` must be a CSPRNG outside tests."""
+    real part of :func:`result_slot`, the result. ``random_bytes`` must be a CSPRNG outside
+    tests."""
     slots = ev.params.slots
     bound = flood_bound(ev, ct)
     raw = np.frombuffer(random_bytes(16 * slots), dtype=np.uint64).astype(np.float64)
     uniform = (raw / 2.0**64 * 2.0 - 1.0) * bound
     noise = uniform[:slots] + 1j * uniform[slots:]
-    noise[0] = 1j * noise[0].imag
+    r = result_slot(slots)
+    noise[r] = 1j * noise[r].imag
     return ev.add_plain(ct, noise, fresh=True)
 
 
@@ -185,14 +211,14 @@ def single_linear(
     *,
     flood: bool = True,
 ) -> Ciphertext:
-    """Slot 0: ``w . x + b`` for ``ct`` an encryption of :func:`pack_single` ``(x)``; every other
-    slot (and slot 0's imaginary part): fresh noise. ``flood=False`` is for tests (the
-    attacker's own copy of the circuit)."""
+    """:func:`result_slot`: ``w . x + b`` for ``ct`` an encryption of :func:`single_layout`
+    ``(x)``; every other slot (and the result's imaginary part): fresh noise. ``flood=False``
+    is for tests (the attacker's own copy of the circuit)."""
     slots = ev.params.slots
     scale = ev.scale(ct)
     t = ev.multiply_plain(ct, _paired_weights(weights, 0.5, slots), target_scale=scale)
     t = _rotate_sum(ev, t, len(weights))
-    one_hot = _padded([1.0], slots)
+    one_hot = _placed([1.0], slots)
     # masked (and rescaled to the last prime) before the conjugation's key switch, which then
     # works on one residue instead of two
     t = _real_part_twice(ev, ev.multiply_plain(t, one_hot, target_scale=scale))
@@ -250,7 +276,7 @@ def single_probability(
     t = ev.multiply_plain_no_rescale(ct, _paired_weights(weights, 1 / (2 * radius), slots))
     t = ev.rescale(_real_part_twice(ev, _rotate_sum(ev, t, len(weights))))
     u = ev.add_plain(t, bias / radius)
-    p = _polynomial(ev, u, coefficients, _padded([1.0], slots))
+    p = _polynomial(ev, u, coefficients, _placed([1.0], slots))
     return _flood(ev, p) if flood else p
 
 

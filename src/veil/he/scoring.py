@@ -84,7 +84,8 @@ class ScoringPlan:
             degree=0 if poly is None else poly.degree,
         )
         single = packing is Packing.SINGLE
-        min_slots = next_power_of_two(circuits.single_slots(features)) if single else 1
+        # the summed window (P slots) below the result slot, which is N/4
+        min_slots = 2 * next_power_of_two(circuits.single_slots(features)) if single else 1
         bound = spec.get("score_bound")
         if poly is None and not single and isinstance(bound, int | float):
             # no rescale at all: one 60-bit residue per ciphertext (parameters_for_sums); a slot
@@ -186,10 +187,10 @@ class ScoringClient:
             raise DataError(
                 f"expected encoded rows of {self.plan.features} features; got shape {x.shape}"
             )
-        if self.plan.packing is Packing.SINGLE:
-            return [[self.keys.encrypt(circuits.pack_single(row))] for row in x]
-        per = self.plan.applicants_per_query
         slots = self.plan.params.slots
+        if self.plan.packing is Packing.SINGLE:
+            return [[self.keys.encrypt(circuits.single_layout(row, slots))] for row in x]
+        per = self.plan.applicants_per_query
         queries = []
         for i in range(0, len(x), per):
             chunk: npt.NDArray[Any] = x[i : i + per]
@@ -218,6 +219,8 @@ class ScoringClient:
         decrypted results (or anything computed from them) back to the server."""
         values: list[float] = []
         per = self.plan.applicants_per_query
+        single = self.plan.packing is Packing.SINGLE
+        first = circuits.result_slot(self.plan.params.slots) if single else 0
         for i, result in enumerate(results):
             if self.plan.applicants_per_slot == 2:
                 both = self.keys.decrypt_complex(result)
@@ -225,7 +228,7 @@ class ScoringClient:
             else:
                 slots = self.keys.decrypt(result)
             take = min(per, count - i * per)
-            values.extend(slots[:take].tolist())
+            values.extend(slots[first : first + take].tolist())
         if len(values) != count:
             raise DataError(f"{len(results)} results hold {len(values)} scores, not {count}")
         return np.round(np.asarray(values), self.decimals)
