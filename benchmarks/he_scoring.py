@@ -132,11 +132,12 @@ def server_parts(
         "dump_s": dump_s,
         "dump_cpu_s": cpu_of(data),
     }
-    if poly is None:
+    if poly is None and plan.rotations:
         scale = ev.scale(ct)
         second = ev.multiply_plain(ct, 1.0, target_scale=scale)  # the rotations' level
         last = ev.multiply_plain(second, 1.0, target_scale=scale)  # the conjugation's
-        _, rotated = median_time(lambda: ev.rotate(second, 1), max(reps, 51))
+        step = plan.rotations[-1]
+        _, rotated = median_time(lambda: ev.rotate(second, step), max(reps, 51))
         _, conjugated = median_time(lambda: ev.conjugate(last), max(reps, 51))
         parts["rotation_cpu_s"] = cpu_of(rotated)
         parts["conjugation_cpu_s"] = cpu_of(conjugated)
