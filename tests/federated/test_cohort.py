@@ -256,3 +256,21 @@ def test_the_simulator_sends_cohorts_and_matches_the_one_by_one_protocol(monkeyp
     np.testing.assert_array_equal(batched_params, single_params)
     assert batched_rounds == single_rounds
     assert sum(r.dropped for r in batched_rounds) > 0
+
+
+def test_broadcast_instructions_equal_the_ones_built_one_by_one() -> None:
+    from veil.federated import TrainInstruction
+
+    model = np.arange(3.0)
+    model.flags.writeable = False
+    config = TrainConfig(learning_rate=0.3)
+    ids = ["a", "b", "c"]
+    sent = TrainInstruction.broadcast(7, ids, model, config)
+    assert sent == tuple(TrainInstruction(7, cid, model, config) for cid in ids)
+    assert [i.client_id for i in sent] == ids
+    assert all(i.parameters is sent[0].parameters for i in sent)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sent[1].client_id = "z"  # type: ignore[misc]
+    assert TrainInstruction.broadcast(7, [], model, config) == ()
+    with pytest.raises(Exception, match="flat vector"):
+        TrainInstruction.broadcast(7, ids, np.zeros((2, 2)), config)

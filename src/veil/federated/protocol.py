@@ -283,9 +283,7 @@ class FederatedServer:
                     enrolled=self.enrolled,
                 )
         self.spec = spec
-        instructions = tuple(
-            TrainInstruction(self.round, cid, model, config, spec) for cid in self._sampled
-        )
+        instructions = TrainInstruction.broadcast(self.round, self._sampled, model, config, spec)
         # every instruction carries the same model and spec
         self._sent_bytes = len(instructions) * instructions[0].payload_bytes if instructions else 0
         self.stage = Stage.TRAINING
