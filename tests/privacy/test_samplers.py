@@ -707,3 +707,26 @@ def test_word_pool_hands_out_each_word_once_in_order() -> None:
     assert big.tolist() == reference[samplers._POOL_WORDS : 2 * samplers._POOL_WORDS - 4].tolist()
     assert pool.is_secure is False
     assert samplers._WordPool(SecureRandom()).is_secure is True
+
+
+@pytest.mark.parametrize(
+    ("residual_offset", "extra", "expected"),
+    [
+        (0, [], [41]),  # w = δ 2**32 exactly: not below it, Bernoulli(δ) fails, K = 1 keeps
+        (-1, [2**64 - 1], []),  # Bernoulli(δ) succeeds, Bernoulli(δ/2) fails: K = 2 drops
+        (-1, [0, 2**64 - 1], [41]),  # succeeds twice, then fails: K = 3 keeps
+    ],
+)
+def test_staircase_residual_inside_the_float_margin_is_settled_exactly(
+    residual_offset: int, extra: list[int], expected: list[int]
+) -> None:
+    """σ = 16, |Y| = 41: γ = 625/512, j = 78, δ = 1/512, so δ 2**32 = 2**23 exactly; draws
+    next to it fall inside the float margin and take the exact path (and later rounds)."""
+    n, d = rational_upper_bound(Fraction(16) ** 2)
+    plan = samplers._StaircasePlan(n, d)
+    assert plan.gamma(41, 0) == Fraction(625, 512)
+    v_draw = int(samplers._exp_thresholds()[4 * 41]) - 5
+    script = staircase_script(v_draw, 0, 0, 2**23 + residual_offset)
+    rng = ScriptedRandom([*script, *extra])
+    assert samplers._staircase_candidates(rng, 1, plan).tolist() == expected
+    assert rng.remaining == 0
