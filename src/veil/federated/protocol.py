@@ -326,11 +326,13 @@ class FederatedServer:
             raise RemoteProtocolError(
                 f"a cohort answered round {message.round} during round {self.round}"
             )
-        for cid in message.client_ids:
-            if cid not in self._sampled_set:
-                raise RemoteProtocolError(f"client {cid!r} was not sampled this round")
-            if self._answered(cid):
-                raise RemoteProtocolError(f"client {cid!r} already answered this round")
+        ids = message.client_ids
+        if not self._sampled_set.issuperset(ids) or not self.waiting_for.issuperset(ids):
+            for cid in ids:  # the first offender, with the message receive would give
+                if cid not in self._sampled_set:
+                    raise RemoteProtocolError(f"client {cid!r} was not sampled this round")
+                if self._answered(cid):
+                    raise RemoteProtocolError(f"client {cid!r} already answered this round")
         if self.secure is not None:
             raise LocalProtocolError(
                 "under secure aggregation an update reaches the server only inside the masked "
@@ -347,8 +349,7 @@ class FederatedServer:
             raise RemoteProtocolError(f"client {bad!r} sent a non-finite update")
         index = len(self._cohorts)
         self._cohorts.append(message)
-        for row, cid in enumerate(message.client_ids):
-            self._in_cohort[cid] = (index, row)
+        self._in_cohort.update({cid: (index, row) for row, cid in enumerate(ids)})
 
     def _round_results(self) -> Sequence[TrainResult]:
         """The answers of the clients that completed the round, in the order sampled."""
@@ -363,6 +364,8 @@ class FederatedServer:
                 if c in self._results or c in self._in_cohort
             ]
         joined = CohortResult.concatenate(self._cohorts)
+        if joined.client_ids == self._sampled:
+            return joined
         position = {cid: i for i, cid in enumerate(joined.client_ids)}
         order = [position[c] for c in self._sampled if c in position]
         if order == list(range(len(order))):
