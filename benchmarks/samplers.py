@@ -4,7 +4,8 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/samplers.py [--n 1000000] [--repeats 5] [--opendp-repeats 1]
 
-For a typical and a large scale it times, in the same process:
+For a typical and a large scale (and, for the Gaussian, the grid noise of one DP-SGD step of
+benchmarks/dpsgd.py's MLP, 524,739) it times, in the same process:
 
 * veil's ``discrete_laplace`` / ``discrete_gaussian`` driven by ``SecureRandom`` (exact
   integer samplers, AES-CTR keystream under a fresh key per request);
@@ -15,9 +16,9 @@ For a typical and a large scale it times, in the same process:
   the list of ``n`` ints to Rust and back, which is measured separately with
   ``make_identity`` and printed, so it can be subtracted.
 
-It prints samples per second (``n`` / median time) and the ratios veil/numpy and veil/OpenDP
-(ratios of throughputs: above 1 means veil is faster). OpenDP is optional
-(``pip install 'veil[bench]'``); without it those rows are skipped.
+It prints samples per second (``n`` / median time), nanoseconds per sample, and the ratios
+veil/numpy and veil/OpenDP (ratios of throughputs: above 1 means veil is faster). OpenDP is
+optional (``pip install 'veil[bench]'``); without it those rows are skipped.
 """
 
 from __future__ import annotations
@@ -37,8 +38,15 @@ from _harness import machine
 from veil.privacy.random import SecureRandom
 from veil.privacy.samplers import discrete_gaussian, discrete_laplace
 
-# (distribution, scale): the scale is the Laplace scale b or the Gaussian sigma.
-CASES = [("laplace", 10.0), ("laplace", 1e4), ("gaussian", 10.0), ("gaussian", 1e4)]
+# (distribution, scale): the scale is the Laplace scale b or the Gaussian sigma. 524,739 grid
+# steps is the noise of one DP-SGD step of the MLP in benchmarks/dpsgd.py (NoisySum's grid).
+CASES = [
+    ("laplace", 10.0),
+    ("laplace", 1e4),
+    ("gaussian", 10.0),
+    ("gaussian", 1e4),
+    ("gaussian", 524_739.0),
+]
 
 
 @dataclass(frozen=True)
@@ -177,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm-up for veil and numpy, {args.opendp_repeats} call(s) for OpenDP.")
     print(f"Machine: {machine_summary(dp)}.")
     print()
-    print("| distribution | scale | sampler | exact (float-safe) | CSPRNG | median s | samples/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| distribution | scale | sampler | exact (float-safe) | CSPRNG | median s | samples/s "
+        "| ns/sample |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row.distribution} | {row.scale:g} | {row.sampler} | {row.exact} | {row.csprng} "
-            f"| {row.seconds:.3f} | {format_rate(row.rate(n))} |"
+            f"| {row.seconds:.3f} | {format_rate(row.rate(n))} | {1e9 / row.rate(n):.1f} |"
         )
     print()
     print("Throughput ratios (above 1: veil is faster):")
