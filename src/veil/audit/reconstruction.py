@@ -11,8 +11,8 @@ every bit: the attacker solves the linear program
 Talwar 2007) and rounds ``x`` to bits. This is the attack behind the US Census Bureau's 2010
 reconstruction experiment, and the reason a statistics engine must compose every answer into one
 budget: with ``4n`` answers composed into a total of epsilon 4 (each at about ``0.047`` for
-``n = 100``, Laplace noise of scale 21 on a sum of at most 100) the attacker recovers 59% of
-the bits on average over eight seeds, 52-64% in single runs (chance is 50%), whereas noise of
+``n = 100``, Laplace noise of scale 21 on a sum of at most 100) the attacker recovers 55-59% of
+the bits on average over eight seeds, 47-64% in single runs (chance is 50%), whereas noise of
 ``ε = 1`` per answer with no composition (a total of ``4n``) gives the bits back.
 :func:`epsilon_per_question` finds the epsilon per question that spends a whole budget, as a
 careful attacker would.
