@@ -18,7 +18,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 from veil.federated import data, models
 from veil.federated.data import FederatedData
 from veil.federated.dp import AdaptiveClipping, DpAggregator, DpSgd, NoisySum
-from veil.federated.messages import TrainConfig, TrainFailure, TrainInstruction, TrainResult
+from veil.federated.messages import (
+    CohortResult,
+    TrainConfig,
+    TrainFailure,
+    TrainInstruction,
+    TrainResult,
+)
 from veil.federated.protocol import ClientSampling, FederatedServer, RoundOutcome, Stage
 from veil.federated.secure import (
     Encoding,
@@ -71,6 +77,7 @@ __all__ = [
     "ClientData",
     "ClientSampling",
     "Cohort",
+    "CohortResult",
     "CoordinateMedian",
     "DpAggregator",
     "DpSgd",

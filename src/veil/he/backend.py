@@ -462,8 +462,8 @@ class _TenSealKeys(ClientKeys):
             "relinearization": self.relinearization,
             "conjugation": self.conjugation,
         }
-        # (the key passes through the process's private scratch directory, mode 0700, for
-        # the moment SEAL takes to write it)
+        # (the key passes through the thread's anonymous in-memory file, or the process's
+        # private scratch directory where there is none, for the moment SEAL takes to write it)
         return pack_bundle(header, {"secret_key": _files().save(self._secret)})
 
 
