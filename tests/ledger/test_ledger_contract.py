@@ -17,7 +17,7 @@ from veil.errors import (
     ReservationError,
     ScopeNotFoundError,
 )
-from veil.ledger import Alert, Ledger, Scope
+from veil.ledger import Alert, Ledger, Reservation, Scope
 from veil.privacy import events as ev
 from veil.privacy.accountants import AccountingMethod, NeighboringRelation
 from veil.privacy.mechanisms import Domain, LaplaceMechanism
@@ -355,3 +355,126 @@ def test_an_unkeyed_ledger_cannot_be_keyed_later(ledger_url: str) -> None:
         plain.set_budget(SCOPE, epsilon=1.0)
     with Ledger(ledger_url, key="late") as late, pytest.raises(LedgerError, match="no key"):
         late.set_budget(SCOPE, epsilon=2.0)
+
+
+# -- abandoned reservations -------------------------------------------------------------------
+
+
+def test_an_abandoned_reservation_stops_counting_and_stays_so_after_restart(
+    ledger_url: str,
+) -> None:
+    with Ledger(ledger_url, actor="tester") as ledger:
+        ledger.set_budget(SCOPE, epsilon=1.0, method=AccountingMethod.PURE)
+        aborted = ledger.reserve(SCOPE, ev.PureDpEvent(0.9), purpose="round 1")
+        with pytest.raises(BudgetExceededError):  # pending, it counts
+            ledger.reserve(SCOPE, ev.PureDpEvent(0.2))
+        aborted.abandon("aborted before anything was released")
+        assert aborted.status == "abandoned"
+        # had the abandoned spend still counted, 0.9 + 0.9 would not fit in 1.0
+        ledger.reserve(SCOPE, ev.PureDpEvent(0.9), purpose="round 1 again").commit()
+        status = ledger.status(SCOPE)
+        assert (status.events, status.pending, status.abandoned) == (1, 0, 1)
+        assert status.spent_epsilon == pytest.approx(0.9)
+    with Ledger(ledger_url) as reopened:  # a new process composes without it too
+        status = reopened.status(SCOPE)
+        assert (status.events, status.abandoned) == (1, 1)
+        assert status.spent_epsilon == pytest.approx(0.9)
+        with pytest.raises(BudgetExceededError):
+            reopened.reserve(SCOPE, ev.PureDpEvent(0.2))
+        reopened.reserve(SCOPE, ev.PureDpEvent(0.1)).commit()
+        history = reopened.history(SCOPE)
+        assert [(e.kind, e.status) for e in history] == [
+            ("budget", None),
+            ("reserve", "abandoned"),
+            ("abandon", None),
+            ("reserve", "committed"),
+            ("commit", None),
+            ("reserve", "committed"),
+            ("commit", None),
+        ]
+        assert history[2].ref_id == history[1].entry_id
+        assert history[2].to_dict()["details"] == {"reason": "aborted before anything was released"}
+        report = reopened.verify()
+        assert report.ok, report.problems
+        assert report.abandoned == 1
+
+
+def test_abandoning_brings_back_an_accountant_the_event_had_ruled_out(ledger: Ledger) -> None:
+    ledger.set_budget(SCOPE, epsilon=5.0, delta=1e-6)
+    ledger.reserve(SCOPE, ev.LaplaceEvent(2.0)).commit()
+    gaussian = ledger.reserve(SCOPE, ev.GaussianEvent(3.0))
+    assert "pure-DP" not in ledger.status(SCOPE).by_accountant  # pure DP cannot compose it
+    gaussian.abandon("never drawn")
+    status = ledger.status(SCOPE)
+    assert status.by_accountant["pure-DP"] == pytest.approx(0.5)
+    assert status.spent_epsilon == pytest.approx(0.5, abs=1e-3)
+    assert ledger.verify().ok  # the cached totals match the history rebuilt without it
+
+
+def test_only_an_open_reservation_can_be_abandoned(ledger: Ledger) -> None:
+    ledger.set_budget(SCOPE, epsilon=5.0, method=AccountingMethod.PURE)
+    committed = ledger.reserve(SCOPE, ev.PureDpEvent(1.0))
+    committed.commit()
+    failed = ledger.reserve(SCOPE, ev.PureDpEvent(1.0))
+    failed.fail("release broke")
+    abandoned = ledger.reserve(SCOPE, ev.PureDpEvent(1.0))
+    abandoned.abandon("nothing drawn")
+    for closed in (committed, failed):
+        with pytest.raises(ReservationError, match="already"):
+            closed.abandon("too late")
+    for close in (abandoned.commit, lambda: abandoned.fail("x"), lambda: abandoned.abandon("x")):
+        with pytest.raises(ReservationError, match="already abandoned"):
+            close()
+    status = ledger.status(SCOPE)
+    assert (status.events, status.abandoned) == (2, 1)  # committed and failed still count
+    assert status.spent_epsilon == pytest.approx(2.0)
+    assert ledger.verify().ok
+
+
+def _same_reservation(other: Ledger, reservation: Reservation) -> Reservation:
+    """``reservation`` as another process holds it (its own handle, nothing in memory)."""
+    return Reservation(
+        other,
+        entry_id=reservation.id,
+        scope=reservation.scope,
+        event=reservation.event,
+        purpose=reservation.purpose,
+        seq=reservation.seq,
+        spent_epsilon=reservation.spent_epsilon,
+        budget_epsilon=reservation.budget_epsilon,
+        alerts=(),
+    )
+
+
+def test_abandoning_is_atomic_between_processes(ledger_url: str) -> None:
+    """What another connection sees: a pending reservation counts until the abandonment, not
+    after it; and the database, not the caller's memory, decides whether it is still open."""
+    with Ledger(ledger_url, actor="a") as a, Ledger(ledger_url, actor="b") as b:
+        a.set_budget(SCOPE, epsilon=1.0, method=AccountingMethod.PURE)
+        held = a.reserve(SCOPE, ev.PureDpEvent(0.9))
+        with pytest.raises(BudgetExceededError):
+            b.reserve(SCOPE, ev.PureDpEvent(0.2))
+        held.abandon("aborted")
+        b.reserve(SCOPE, ev.PureDpEvent(0.2)).commit()
+        raced = a.reserve(SCOPE, ev.PureDpEvent(0.5))
+        raced.commit()
+        with pytest.raises(ReservationError, match="already closed \\(committed\\)"):
+            _same_reservation(b, raced).abandon("a second process, too late")
+        assert b.status(SCOPE).spent_epsilon == pytest.approx(0.7)
+        stranger = _same_reservation(b, raced)
+        stranger.id = "0" * 32
+        with pytest.raises(ReservationError, match="no reservation"):
+            stranger.abandon("not a reservation of this ledger")
+        assert a.verify().ok
+
+
+def test_verify_detects_a_spend_turned_into_an_abandonment(ledger: Ledger) -> None:
+    ledger.set_budget(SCOPE, epsilon=3.0)
+    with ledger.reserve(SCOPE, ev.LaplaceEvent(5.0)):
+        pass
+    with ledger._engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE veil_ledger_entries SET kind = 'abandon' WHERE seq = 3")
+    report = ledger.verify()
+    assert not report.ok
+    assert any("was altered" in p for p in report.problems), report.problems
+    assert any("cached spend differs" in p for p in report.problems), report.problems

@@ -1,4 +1,5 @@
-"""Property tests: random sequences of budgets, reservations, commits and failures."""
+"""Property tests: random sequences of budgets, reservations, commits, failures and
+abandonments."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ operations = st.lists(
             st.just("spend"),
             st.sampled_from(SCOPES),
             st.sampled_from(range(len(EVENTS))),
-            st.sampled_from(["commit", "fail", "pending"]),
+            st.sampled_from(["commit", "fail", "abandon", "pending"]),
         ),
     ),
     min_size=1,
@@ -82,6 +83,10 @@ def test_random_histories_keep_every_promise(ops: list[tuple[object, ...]]) -> N
             elif outcome == "fail":
                 reservation.fail("test")
                 expected_status.append("failed")
+            elif outcome == "abandon":
+                reservation.abandon("test")
+                accepted[scope].pop()  # it no longer counts: later spends may use its room
+                expected_status.append("abandoned")
             else:
                 expected_status.append("pending")
         history = ledger.history()

@@ -82,6 +82,7 @@ def show(
         "used",
         "events",
         "pending",
+        "abandoned",
         "method",
     ):
         table.add_column(col, justify="left" if col in ("scope", "method") else "right")
@@ -97,6 +98,7 @@ def show(
             f"{used:.0%}",
             str(s.events),
             str(s.pending),
+            str(s.abandoned),
             s.budget.method.value,
             style=style,
         )
@@ -197,3 +199,8 @@ def verify(
         f"[green]✓[/green] {report.entries} entries verify; head {report.head_hash} "
         "(keep this hash elsewhere to detect truncation later)"
     )
+    if report.abandoned:
+        console.print(
+            f"{report.abandoned} reservation(s) abandoned: declared to have released nothing, "
+            "so not counted (`veil ledger history` shows them as abandoned, with who and why)"
+        )

@@ -96,6 +96,23 @@ class ScopeState:
             rdp=None if self.rdp is None or rdp is None else self.rdp + rdp,
         )
 
+    @classmethod
+    def of_events(cls, event_jsons: Iterable[str], relation: NeighboringRelation) -> ScopeState:
+        """The state of exactly these events (each given as its canonical JSON), rebuilt from
+        nothing: what the running totals are once a reservation stops counting. A sum cannot
+        forget an event an accountant refused, so the state is composed again rather than
+        reduced."""
+        state = cls()
+        for text, count in sorted(Counter(event_jsons).items()):
+            pure, zcdp, rdp = _cheap_costs(text, relation)
+            state = ScopeState(
+                events=state.events + count,
+                pure=None if state.pure is None or pure is None else state.pure + count * pure,
+                zcdp=None if state.zcdp is None or zcdp is None else state.zcdp + count * zcdp,
+                rdp=None if state.rdp is None or rdp is None else state.rdp + count * rdp,
+            )
+        return state
+
     def iter_epsilons(
         self, delta: float, method: AccountingMethod, relation: NeighboringRelation
     ) -> Iterator[tuple[str, float]]:

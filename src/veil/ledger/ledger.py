@@ -13,6 +13,10 @@ Spending is *reserve, release, commit*::
   counted exactly like a committed one. Nothing is ever under-counted.
 * Leaving the ``with`` block appends a ``commit`` entry (or ``fail`` if the block raised; the
   spend still counts, since noise may have been drawn).
+* :meth:`Reservation.abandon` is the one way a spend stops counting: the caller declares that
+  nothing derived from the data left the process (no noise drawn and published, no result).
+  It is for code that can prove this, such as a federated round that aborted before anything
+  could be unmasked; a caller that abandons after any release under-reports privacy loss.
 
 Events are stored, not epsilons: the spend of a scope is recomputed from its events with the
 tightest accountant whenever it is shown.
@@ -58,6 +62,9 @@ from veil.privacy.random import RandomSource
 __all__ = ["Alert", "Budget", "BudgetStatus", "Entry", "Ledger", "Reservation", "VerifyReport"]
 
 logger = logging.getLogger("veil.ledger")
+
+# What each kind of closing entry makes of the reservation it refers to.
+_CLOSED_STATUS = {"commit": "committed", "fail": "failed", "abandon": "abandoned"}
 
 # Budgets are compared with this relative slack so that, e.g., ten releases at epsilon 0.1 fit a
 # budget of 1 whatever the rounding of the floating-point sum.
@@ -186,7 +193,9 @@ class BudgetStatus:
     """Each applicable accountant's epsilon at the budget's delta."""
     events: int
     pending: int
-    """Reservations neither committed nor failed (a crash, or a release in progress); counted."""
+    """Reservations not closed yet (a crash, or a release in progress); counted."""
+    abandoned: int = 0
+    """Reservations abandoned: declared to have released nothing, and not counted."""
 
     @property
     def remaining_epsilon(self) -> float:
@@ -211,6 +220,7 @@ class BudgetStatus:
             "by_accountant": self.by_accountant,
             "events": self.events,
             "pending": self.pending,
+            "abandoned": self.abandoned,
         }
 
 
@@ -230,7 +240,8 @@ class Entry:
     prev_hash: str
     hash: str
     status: str | None = None
-    """For reservations: ``committed``, ``failed`` or ``pending``."""
+    """For reservations: ``committed``, ``failed``, ``abandoned`` (not counted) or
+    ``pending``."""
 
     @property
     def event(self) -> Event | None:
@@ -265,6 +276,8 @@ class VerifyReport:
     entries: int
     head_hash: str
     problems: tuple[str, ...]
+    abandoned: int = 0
+    """Reservations whose spend was abandoned (declared to have released nothing)."""
 
 
 class Reservation:
@@ -307,11 +320,26 @@ class Reservation:
         """Record that the release failed. The spend still counts (noise may have been drawn)."""
         self._close("fail", json.dumps({"reason": reason}, separators=(",", ":")))
 
+    def abandon(self, reason: str) -> None:
+        """Record that nothing was released under this reservation: its spend stops counting.
+
+        Call it only when no output derived from the data has left the process: no noise was
+        drawn and published, no result, not even partially, was shown, sent or stored. The
+        ledger cannot check this claim; a caller that abandons after any release under-reports
+        privacy loss. When in doubt, :meth:`fail` (which still counts). ``reason`` is kept in
+        the history; it must not contain data.
+
+        Atomic with respect to every other process: from the moment it returns, reservations
+        are decided without this one, and a reservation can be closed once only (committing,
+        failing or abandoning it again raises :class:`~veil.errors.ReservationError`).
+        """
+        self._close("abandon", json.dumps({"reason": reason}, separators=(",", ":")))
+
     def _close(self, kind: str, payload: str) -> None:
         if self._closed is not None:
             raise ReservationError(f"reservation {self.id} is already {self._closed}")
         self._ledger._close_reservation(self, kind, payload)
-        self._closed = "committed" if kind == "commit" else "failed"
+        self._closed = _CLOSED_STATUS[kind]
 
     def __enter__(self) -> Self:
         return self
@@ -718,8 +746,17 @@ class Ledger:
                 self._sql.closing_of, {"reservation_id": reservation.id}
             ).first()
             if closed is not None:
-                raise ReservationError(f"reservation {reservation.id} was already closed")
-            self._append(
+                raise ReservationError(
+                    f"reservation {reservation.id} was already closed "
+                    f"({_CLOSED_STATUS.get(closed.kind, closed.kind)}); it cannot also be "
+                    f"{_CLOSED_STATUS[kind]}"
+                )
+            made = conn.exec_driver_sql(self._sql.entry_kind, {"entry_id": reservation.id}).first()
+            if made is None or made.kind != "reserve" or made.scope != str(reservation.scope):
+                raise ReservationError(
+                    f"there is no reservation {reservation.id} in scope {reservation.scope}"
+                )
+            seq, _ = self._append(
                 conn,
                 current,
                 kind=kind,
@@ -728,6 +765,30 @@ class Ledger:
                 purpose=reservation.purpose,
                 ref_id=reservation.id,
             )
+            if kind == "abandon":
+                self._recount(conn, reservation.scope, seq)
+
+    def _recount(self, conn: sa.Connection, scope: Scope, seq: int) -> None:
+        """Rebuild the running totals of ``scope`` from the events that still count (in the
+        transaction that abandoned one of them, so no reservation is decided in between)."""
+        row = self._scope_row(conn, scope)
+        budget = self._budget_of(scope, row)
+        relation = budget.neighboring_relation
+        payloads = self._event_payloads(conn, scope)
+        state = ScopeState.of_events(payloads, relation)
+        spent = min(state.epsilons(budget.delta, budget.method, relation).values(), default=0.0)
+        if payloads and not state.epsilons(budget.delta, budget.method, relation):
+            tight = pld_epsilon(payloads, budget.delta, relation)
+            spent = math.inf if tight is None else tight
+        conn.exec_driver_sql(
+            self._sql.update_spent,
+            {
+                "scope_name": str(scope),
+                "spent_epsilon": spent,
+                "last_seq": seq,
+                **state.to_columns(),
+            },
+        )
 
     def release(
         self,
@@ -783,10 +844,20 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
 
     @staticmethod
-    def _event_payloads(conn: sa.Connection, scope: Scope) -> list[str]:
+    def _abandoned(scope: Scope) -> sa.Select[tuple[str | None]]:
+        """The ids of the reservations of ``scope`` that were abandoned."""
+        return sa.select(store.entries.c.ref_id).where(
+            store.entries.c.scope == str(scope), store.entries.c.kind == "abandon"
+        )
+
+    @classmethod
+    def _event_payloads(cls, conn: sa.Connection, scope: Scope) -> list[str]:
+        """The events that count in ``scope``: every reservation's but the abandoned ones."""
         rows = conn.execute(
             sa.select(store.entries.c.payload).where(
-                store.entries.c.scope == str(scope), store.entries.c.kind == "reserve"
+                store.entries.c.scope == str(scope),
+                store.entries.c.kind == "reserve",
+                store.entries.c.entry_id.not_in(cls._abandoned(scope)),
             )
         )
         return [r.payload for r in rows]
@@ -799,6 +870,9 @@ class Ledger:
             row = self._scope_row(conn, sc)
             payloads = self._event_payloads(conn, sc)
             pending = self._pending_count(conn, sc)
+            abandoned = conn.execute(
+                sa.select(sa.func.count()).select_from(self._abandoned(sc).subquery())
+            ).scalar_one()
         budget = self._budget_of(sc, row)
         relation = budget.neighboring_relation
         state = ScopeState.from_columns(row)
@@ -808,7 +882,7 @@ class Ledger:
             if tight is not None:
                 by["PLD"] = tight
         spent = 0.0 if not payloads else min(by.values(), default=math.inf)
-        return BudgetStatus(budget, spent, by, len(payloads), pending)
+        return BudgetStatus(budget, spent, by, len(payloads), pending, int(abandoned))
 
     @staticmethod
     def _pending_count(conn: sa.Connection, scope: Scope) -> int:
@@ -836,9 +910,7 @@ class Ledger:
         for r in rows:
             status = None
             if r.kind == "reserve":
-                status = {"commit": "committed", "fail": "failed"}.get(
-                    outcome.get(r.entry_id, ""), "pending"
-                )
+                status = _CLOSED_STATUS.get(outcome.get(r.entry_id, ""), "pending")
             fields = dict(r._mapping)
             fields["seq"] = int(fields["seq"])
             out.append(Entry(**fields, status=status))
@@ -872,14 +944,36 @@ class Ledger:
             problems.append("the head does not match the last entry (entries were removed)")
         if not rows and head_row.seq != 0:
             problems.append("the head records entries but the history is empty")
+        problems.extend(self._check_closings(rows))
         problems.extend(self._check_scopes(rows, scope_rows))
         head_hash = rows[-1].hash if rows else store.GENESIS_HASH
-        return VerifyReport(not problems, len(rows), head_hash, tuple(problems))
+        abandoned = sum(1 for r in rows if r.kind == "abandon")
+        return VerifyReport(not problems, len(rows), head_hash, tuple(problems), abandoned)
+
+    @staticmethod
+    def _check_closings(rows: list[Any]) -> list[str]:
+        """Each commit, failure or abandonment closes one earlier reservation of its scope,
+        which nothing closed before (an abandonment added by hand would un-count a spend)."""
+        problems = []
+        reserved: dict[str, str] = {}
+        closed: set[str] = set()
+        for r in rows:
+            if r.kind == "reserve":
+                reserved[r.entry_id] = r.scope
+            elif r.kind in _CLOSED_STATUS:
+                if reserved.get(r.ref_id) != r.scope:
+                    problems.append(f"entry {r.seq} closes no earlier reservation of its scope")
+                elif r.ref_id in closed:
+                    problems.append(f"entry {r.seq} closes a reservation that was already closed")
+                closed.add(r.ref_id)
+        return problems
 
     @staticmethod
     def _check_scopes(rows: list[Any], scope_rows: dict[str, Any]) -> list[str]:
         problems = []
         rebuilt: dict[str, tuple[Budget, ScopeState]] = {}
+        # an abandoned reservation's event does not count, wherever its abandonment is
+        abandoned = {r.ref_id for r in rows if r.kind == "abandon"}
         for r in rows:
             if r.kind == "budget":
                 sc = Scope.parse(r.scope)
@@ -888,7 +982,7 @@ class Ledger:
                     rebuilt[r.scope] = (Budget.from_payload(sc, r.payload), state)
                 except (ValueError, KeyError):
                     problems.append(f"entry {r.seq} holds an unreadable budget")
-            elif r.kind == "reserve":
+            elif r.kind == "reserve" and r.entry_id not in abandoned:
                 if r.scope not in rebuilt:
                     problems.append(f"entry {r.seq} spends from scope {r.scope} before its budget")
                     continue

@@ -2,9 +2,9 @@
 
 Three tables:
 
-* ``veil_ledger_entries`` is the append-only history. Every budget change, reservation, commit
-  and failure is a row; each row carries the SHA-256 hash of its content and of the previous
-  row's hash, so altering, removing or inserting a past row breaks the chain.
+* ``veil_ledger_entries`` is the append-only history. Every budget change, reservation, commit,
+  failure and abandonment is a row; each row carries the SHA-256 hash of its content and of the
+  previous row's hash, so altering, removing or inserting a past row breaks the chain.
 * ``veil_ledger_head`` is one row holding the last sequence number and hash. Every write
   transaction locks it first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write lock is
   taken by ``BEGIN IMMEDIATE``), which serialises appends across processes and makes the
@@ -122,6 +122,7 @@ class HotStatements:
             "last_seq = :last_seq WHERE scope = :scope_name"
         ),
         "closing_of": "SELECT kind FROM veil_ledger_entries WHERE ref_id = :reservation_id",
+        "entry_kind": "SELECT kind, scope FROM veil_ledger_entries WHERE entry_id = :entry_id",
     }
 
     def __init__(self, dialect: str) -> None:
@@ -138,6 +139,7 @@ class HotStatements:
     select_scope: str
     update_spent: str
     closing_of: str
+    entry_kind: str
 
 
 def default_url() -> str:
