@@ -297,6 +297,45 @@ def test_a_corrupted_share_aborts_instead_of_corrupting_the_sum() -> None:
         server.finish(answers)
 
 
+def test_a_failed_finish_is_retried_without_the_client_that_sent_bad_shares() -> None:
+    from veil.errors import LocalProtocolError
+
+    clients, server, _, shares = _to_masking(n=5, threshold=3)
+    routed = server.collect_shares(shares)
+    with pytest.raises(LocalProtocolError, match="has not run"):
+        server.finish_without(1)
+    request = server.collect_masked([clients[u].masked_input(routed[u]) for u in (1, 2, 3, 4)])
+    answers = [clients[u].unmask(request) for u in (1, 2, 3, 4)]
+    bad = dict(answers[0].key_shares)
+    bad[5] = (bad[5] + 1) % 2**256  # client 1 lies about dropped client 5's key
+    answers[0] = dataclasses.replace(answers[0], key_shares=bad)
+    with pytest.raises(RemoteProtocolError, match="inconsistent"):
+        server.finish(answers)
+    with pytest.raises(RemoteProtocolError, match="inconsistent"):
+        server.finish_without(2)  # an honest client left out: client 1's lie is still there
+    with pytest.raises(LocalProtocolError, match="no unmasking answer"):
+        server.finish_without(5)  # dropped: it sent nothing
+    # each retry starts from all the failed call's answers, so 2's is back in this one
+    total = server.finish_without(1)
+    np.testing.assert_array_equal(total, 4 * np.arange(4, dtype=np.uint32))  # 1..4's inputs
+    with pytest.raises(LocalProtocolError, match="succeeded"):
+        server.finish_without(2)
+    with pytest.raises(LocalProtocolError):
+        server.finish(answers)
+
+
+def test_a_finish_that_succeeded_is_not_retried() -> None:
+    from veil.errors import LocalProtocolError
+
+    clients, server, _, shares = _to_masking()
+    routed = server.collect_shares(shares)
+    request = server.collect_masked([c.masked_input(routed[u]) for u, c in clients.items()])
+    total = server.finish([c.unmask(request) for c in clients.values()])
+    np.testing.assert_array_equal(total, 4 * np.arange(4, dtype=np.uint32))
+    with pytest.raises(LocalProtocolError, match="succeeded"):
+        server.finish_without(1)
+
+
 def test_the_server_view_keeps_pairwise_masks_after_removing_the_self_mask() -> None:
     """Even with every b_u rebuilt, y_u - PRG(b_u) is x_u plus pairwise masks: not x_u, and
     uniform (chi-square over bytes, false alarm 1e-4)."""

@@ -657,6 +657,9 @@ class SecAggServer:
         self.dimension = dimension
         self.neighbours = {u: frozenset(vs) for u, vs in neighbours.items()}
         self._done: list[str] = []
+        self._answers: list[UnmaskShares] | None = None
+        """The unmasking answers of a :meth:`finish` that failed (None: none failed, or one
+        succeeded since), which :meth:`finish_without` retries without one client's."""
 
     def _stage(self, name: str, previous: str | None) -> None:
         """Each stage runs once, in order: a second unmask request would let the server ask
@@ -756,10 +759,43 @@ class SecAggServer:
         return ConsistencyProof(self.request, MappingProxyType(signatures))
 
     def finish(self, messages: list[UnmaskShares]) -> Vector:
+        """The survivors' sum, unmasked with the survivors' answers to the one unmask request.
+
+        Raises :class:`~veil.errors.RemoteProtocolError` if too few answered or if the shares
+        of a secret do not rebuild it (a client sent bad shares); then :meth:`finish_without`
+        may retry without one client's answer."""
         self._stage(
             "finish", "collect consistency checks" if self.active else "collect masked inputs"
         )
         answers = [m for m in messages if m.client in self.request.survivors]
+        self._answers = answers
+        total = self._unmask(answers)
+        self._answers = None
+        return total
+
+    def finish_without(self, client: int) -> Vector:
+        """Retry a :meth:`finish` that failed, with the same answers but ``client``'s.
+
+        A survivor's answer only helps rebuild the others' secrets (its own masked input stays
+        in the sum), so the sum without it is the same sum whenever the other answers still
+        reach the threshold. Each retry starts again from the answers the failed
+        :meth:`finish` was given: nothing new is asked of any client and no answer can be
+        added, so the server learns nothing the failed call's answers did not already hold.
+        Allowed until a retry succeeds; raises
+        :class:`~veil.errors.RemoteProtocolError` as :meth:`finish` does."""
+        if self._done[-1:] != ["finish"] or self._answers is None:
+            raise LocalProtocolError(
+                "finish_without retries a finish that failed; the server's finish "
+                + ("succeeded" if self._done[-1:] == ["finish"] else "has not run")
+            )
+        answers = [m for m in self._answers if m.client != client]
+        if len(answers) == len(self._answers):
+            raise LocalProtocolError(f"client {client} sent no unmasking answer to leave out")
+        total = self._unmask(answers)
+        self._answers = None
+        return total
+
+    def _unmask(self, answers: list[UnmaskShares]) -> Vector:
         self._enough({m.client for m in answers}, "unmasking")
         total = np.zeros(self.dimension, dtype=np.uint32)
         for y in self.inputs.values():
