@@ -24,7 +24,6 @@ Checkpoints and budget: see :mod:`veil.deploy.store`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -44,7 +43,6 @@ from veil.deploy.store import StateStore
 from veil.errors import (
     BudgetExceededError,
     ConfigurationError,
-    ProtocolError,
     RemoteProtocolError,
     ScopeNotFoundError,
     VeilError,
@@ -52,7 +50,7 @@ from veil.errors import (
 from veil.federated.dp import DpAggregator
 from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.protocol import FederatedServer, RoundOutcome, Stage
-from veil.federated.secure import SecureAggregation, SecureServerRound
+from veil.federated.secure import SecureAggregation, SecureServerRound, decode
 from veil.federated.strategies import (
     Strategy,
     SummedUpdates,
@@ -319,53 +317,46 @@ class Coordinator:
     def _resume(self) -> int:
         """Restore the last checkpoint; settle every reservation a crash left pending.
 
-        Each pending reservation of this federation is settled the same way whatever the
-        crash interrupted: a checkpointed round's is committed (its result may have left);
-        one for the round after the checkpoint is kept for the rerun of that round, unless
-        under distributed DP the coordinator had already asked for the unmasking shares
-        (it could have seen the noisy sum: then it is closed as failed, which still counts,
-        and the rerun pays again); any other is closed as failed. So at most one stays
-        pending, and it is used by the very next round: no round is charged twice for one
-        release, none is left uncounted."""
+        Each pending reservation of this federation is settled by what of its round could have
+        left the coordinator: a checkpointed round's is committed (its result may have left);
+        one for the round after the checkpoint is abandoned, since nothing of that round left
+        (its model was neither stored nor sent, and it is run again under a new reservation),
+        unless under distributed DP the coordinator had already asked for the unmasking shares
+        (it could have seen the noisy sum: then it is closed as failed, which counts); any
+        other is closed as failed. None stays pending: no release is charged twice, none is
+        left uncounted."""
         latest = self.store.latest()
         done = 0
         if latest is not None:
             done, state = latest
             self.server.restore(state)
         if self.ledger is not None:
-            kept = None
-            # what the next round costs (a reservation of another cost, made before the
-            # settings changed, cannot pay for it)
-            next_event = self.server.round_event() if self.server.stage is Stage.IDLE else None
             for entry in self.ledger.history(self.config.scope):
                 if entry.kind != "reserve" or entry.status != "pending":
                     continue
-                # the round it pays for: the latest the store notes it for (a reservation an
-                # aborted round carried over pays for the next), else the one it was made for
+                # the round it paid for (a coordinator of an older version noted a reservation
+                # it carried over from an aborted round under the next round too)
                 number = self.store.round_of(entry.entry_id) or self._round_of(entry)
                 if number is None:
                     continue
                 reservation = self._reservation_of(entry)
-                recorded = self.store.reservation(number)
                 if number <= done:
                     reservation.commit()
                     emit("reservation_committed_on_resume", round=number)
                 elif (
                     number == done + 1
-                    and kept is None
-                    and recorded in (None, entry.entry_id)
+                    # ours: noted for that round, or a crash came before the note
+                    and self.store.reservation(number) in (None, entry.entry_id)
                     and self.store.meta(f"exposed:{entry.entry_id}") is None
-                    and entry.event == next_event
                 ):
-                    if recorded is None:  # killed between the ledger's reserve and our note
-                        self.store.reserved(number, entry.entry_id)
-                    kept = entry.entry_id
-                    emit("reservation_kept_for_rerun", round=number)
+                    reservation.abandon(
+                        f"round {number} was cut short by a coordinator restart before anything "
+                        "of it was released; it runs again under a new reservation"
+                    )
+                    emit("reservation_abandoned_on_resume", round=number)
                 else:
                     reservation.fail("cut short by a coordinator restart (counted)")
                     emit("reservation_failed_on_resume", round=number)
-            if kept is None and self.store.reservation(done + 1) is not None:
-                self.store.forget_reservation(done + 1)
         if latest is not None:
             emit("resumed", round=done)
         return done
@@ -386,27 +377,23 @@ class Coordinator:
         )
 
     def _pay(self, number: int) -> Reservation | None:
-        """The reservation for round ``number``: the one :meth:`_resume` kept for the rerun
-        of a round a crash cut short, or a new one. The ledger reserves first and the store
-        notes it second: a crash between them leaves a pending entry that ``_resume`` finds
-        by its purpose."""
+        """A new reservation for round ``number`` (None if the round spends nothing). The
+        ledger reserves first and the store notes it second: a crash between them leaves a
+        pending entry that :meth:`_resume` finds by its purpose."""
         event = self.server.round_event()
         if event is None:
             return None
         assert self.ledger is not None
-        entry_id = self.store.reservation(number)
-        if entry_id is not None:
-            for entry in self.ledger.history(self.config.scope):
-                if (
-                    entry.entry_id == entry_id
-                    and entry.status == "pending"
-                    and entry.event == event
-                ):
-                    emit("reservation_reused", round=number)
-                    return self._reservation_of(entry)
         reservation = self.ledger.reserve(self.config.scope, event, purpose=self._purpose(number))
         self.store.reserved(number, reservation.id)
         return reservation
+
+    def _released(self, reservation: Reservation, *, aggregated: bool) -> bool:
+        """Whether round output may have left: the round aggregated (under central DP it
+        always does, noise even over an empty sum, and the moved model is checkpointed and
+        sent with the next round), or, under distributed DP, the unmasking shares were asked
+        for (the coordinator could see the noisy sum). Otherwise its reservation is abandoned."""
+        return aggregated or self.store.meta(f"exposed:{reservation.id}") is not None
 
     def round_rng(self, number: int) -> RandomSource:
         """The randomness of round ``number`` (sampling, and the noise of central DP): the
@@ -472,6 +459,7 @@ class Coordinator:
                 return  # one left between the wait and now: wait again, nothing was paid
         reservation = self._pay(number)
         self._paid_by = None if reservation is None else reservation.id
+        aggregating = False  # from close_round on, central DP's noise may have been drawn
         try:
             rng = self.round_rng(number)
             instructions = self.server.start_round(rng, reservation=reservation)
@@ -485,14 +473,24 @@ class Coordinator:
                 present=present,
             )
             emit("round_started", round=number, sampled=len(instructions))
+            summed = None
             if self.server.secure is None:
-                outcome = self._plain_round(current, rng)
+                self._plain_round(current)
             else:
                 summed = self._secure_round(current, rng)
-                outcome = self.server.close_round(rng, summed=summed)
+            aggregating = True
+            outcome = self.server.close_round(rng, summed=summed)
+            if self.server.secure is None:
+                done = pb.RoundDone(round=current.number, aggregated=outcome.aggregated)
+                self._publish(current, "update", dict.fromkeys(outcome.completed, done))
         except BaseException as exc:
-            if reservation is not None and not isinstance(exc, ProtocolError):
-                reservation.fail(f"round failed: {type(exc).__name__}")
+            if reservation is not None:
+                if self._released(reservation, aggregated=aggregating):
+                    reservation.fail(f"round failed: {type(exc).__name__}")
+                else:
+                    reservation.abandon(
+                        f"round failed before anything of it was released: {type(exc).__name__}"
+                    )
             raise
         finally:
             with self._cv:
@@ -500,25 +498,19 @@ class Coordinator:
                     self._round.closed = True
                 self._cv.notify_all()
         record = self._record(outcome, started, in0, out0, reservation)
-        carry = (
-            reservation is not None
-            and not outcome.aggregated
-            and self.config.dp == "distributed"
-            and self.store.meta(f"exposed:{reservation.id}") is None
-            and number < self.config.rounds
-        )
-        if carry:
-            # nothing was released (no unmasking share was asked for, the model did not
-            # move): the reservation pays for the next round instead of being charged twice
+        released = reservation is None or self._released(reservation, aggregated=outcome.aggregated)
+        if not released:
+            # distributed DP, aborted before any unmasking share was asked for: the model did
+            # not move and the coordinator holds only masked vectors. Abandoned before the
+            # checkpoint: a crash in between reruns the round under a new reservation.
             assert reservation is not None
             record["epsilon_spent"] = None
-            record["reservation"] = "carried to the next round"
-            self.store.reserved(number + 1, reservation.id)
+            record["reservation"] = "abandoned: the round released nothing"
+            reservation.abandon("the round aborted before anything of it was released")
+            emit("reservation_abandoned", round=number)
         self.store.checkpoint(number, self.server.state(), record)
-        if reservation is not None and not carry:
+        if reservation is not None and released:
             reservation.commit()
-        elif carry:
-            emit("reservation_carried_over", round=number, to=number + 1)
         self._history.append(record)
         emit("round_closed", **record)
 
@@ -609,17 +601,14 @@ class Coordinator:
             current.published[stage] = replies
             self._cv.notify_all()
 
-    def _plain_round(self, current: _Round, rng: RandomSource) -> RoundOutcome:
+    def _plain_round(self, current: _Round) -> None:
+        """Collect the plain updates (the caller closes the round and answers them)."""
         got = self._collect(current, "update", set(current.instructions))
         for cid, result in got.items():
             try:
                 self.server.receive(result)
             except RemoteProtocolError as exc:
                 emit("update_refused", round=current.number, client=cid, reason=str(exc))
-        outcome = self.server.close_round(rng)
-        done = pb.RoundDone(round=current.number, aggregated=outcome.aggregated)
-        self._publish(current, "update", dict.fromkeys(outcome.completed, done))
-        return outcome
 
     def _secure_round(self, current: _Round, rng: RandomSource) -> SummedUpdates | None:
         spec = getattr(self.server, "spec", None)  # set by start_round
@@ -1018,6 +1007,7 @@ class Coordinator:
                 "epsilon_spent": spent.spent_epsilon,
                 "epsilon_budget": spent.budget.epsilon,
                 "pending": spent.pending,
+                "abandoned": spent.abandoned,
             }
         return out
 
@@ -1140,21 +1130,21 @@ def _valid_shares(
 
 def _finish(round: int, sround: SecureServerRound, answers: list[UnmaskShares]) -> SummedUpdates:
     """Unmask the sum. If the shares are inconsistent (one client sent bad ones), try again
-    without each answer in turn: a survivor's shares only help rebuild the others' secrets
-    (its own masked input stays in the sum), so leaving out one answer is correct whenever
-    the rest still reach the threshold. The first answer whose removal works is dropped."""
+    without each answer in turn (:meth:`~veil.secagg.protocol.SecAggServer.finish_without`):
+    a survivor's shares only help rebuild the others' secrets (its own masked input stays in
+    the sum), so leaving out one answer is correct whenever the rest still reach the
+    threshold. The first answer whose removal works is dropped."""
     threshold = sround.spec.plan.threshold
-    first = _unmask_attempt(sround)
     try:
-        return first.finish(answers)
+        return sround.finish(answers)
     except RemoteProtocolError as exc:
         if len(answers) <= threshold:
             raise
         failure = exc
     names = dict(enumerate(sround.spec.clients, start=1))
-    for i, culprit in enumerate(answers):
+    for culprit in answers:
         try:
-            summed = _unmask_attempt(sround).finish(answers[:i] + answers[i + 1 :])
+            total = sround.server.finish_without(culprit.client)
         except RemoteProtocolError:
             continue
         _drop(
@@ -1163,15 +1153,6 @@ def _finish(round: int, sround: SecureServerRound, answers: list[UnmaskShares]) 
             names.get(culprit.client, str(culprit.client)),
             f"inconsistent unmasking shares ({failure}); the sum was rebuilt without them",
         )
-        return summed
+        contributors = tuple(names[u] for u in sorted(sround.server.request.survivors))
+        return decode(sround.spec, total, contributors)
     raise failure
-
-
-def _unmask_attempt(sround: SecureServerRound) -> SecureServerRound:
-    """A copy of ``sround`` that can run ``finish`` once more. ``finish`` only marks its stage
-    done and reads the collected inputs (it sums into a new array), so a shallow copy with its
-    own list of done stages is enough; the masked vectors are shared, not copied."""
-    clone = copy.copy(sround)
-    clone.server = copy.copy(sround.server)
-    clone.server._done = list(sround.server._done)
-    return clone

@@ -7,13 +7,15 @@ Order of writes in a private round, and what a restart finds:
 2. the round runs; under distributed DP, ``set_meta("exposed:<entry_id>")`` is written before
    any client is asked for its unmasking shares;
 3. ``checkpoint(r, state, metrics)`` once it is closed;
-4. the reservation is committed in the ledger (or, if the round released nothing, noted as
-   paying for round ``r + 1``).
+4. the reservation is committed in the ledger. (A round that released nothing, distributed
+   DP's round aborted before any unmasking share was asked for, has its reservation abandoned
+   before 3 instead.)
 
 The coordinator's ``_resume`` settles every pending reservation from these notes (see
 docs/deploy.md, *Restarts and the privacy budget*): killed before 1's note, the entry is found
-by its purpose; killed before 3, it is kept for the rerun unless it was exposed; killed between
-3 and 4, it is committed. Either way no release is charged twice and none is left uncounted.
+by its purpose; killed before 3, it is abandoned (the round runs again under a new one) unless
+it was exposed, then failed (counted); killed between 3 and 4, it is committed. Either way no
+release is charged twice and none is left uncounted.
 """
 
 from __future__ import annotations
@@ -121,14 +123,12 @@ class StateStore:
         self._db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?)", (round, entry_id))
 
     def round_of(self, entry_id: str) -> int | None:
-        """The latest round noted as paid by ledger entry ``entry_id``."""
+        """The latest round noted as paid by ledger entry ``entry_id`` (one round, except in a
+        store written by a version that carried a reservation over to the next round)."""
         row = self._db.execute(
             "SELECT MAX(round) FROM reservations WHERE entry_id = ?", (entry_id,)
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
-
-    def forget_reservation(self, round: int) -> None:
-        self._db.execute("DELETE FROM reservations WHERE round = ?", (round,))
 
     def reservation(self, round: int) -> str | None:
         row = self._db.execute(
