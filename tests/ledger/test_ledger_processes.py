@@ -146,3 +146,59 @@ def test_processes_killed_at_random_moments_never_corrupt_the_ledger(ledger_url:
         assert status.events >= killed
         assert status.pending <= killed  # at most one open reservation per killed process
         assert status.spent_epsilon == pytest.approx(status.events * 1e-6)
+
+
+def _spend_and_abandon(url: str, barrier: Any, results: Any) -> None:
+    committed = abandoned = 0
+    with Ledger(url, actor=f"worker-{os.getpid()}") as ledger:
+        barrier.wait()
+        while True:
+            try:
+                reservation = ledger.reserve(SCOPE, ev.PureDpEvent(0.01), purpose="concurrent")
+            except BudgetExceededError:
+                break
+            if (committed + abandoned) % 2:
+                reservation.abandon("released nothing")
+                abandoned += 1
+            else:
+                reservation.commit()
+                committed += 1
+    results.put((committed, abandoned))
+
+
+def test_processes_abandoning_concurrently_free_exactly_their_room(ledger_url: str) -> None:
+    """Four processes reserve at once and abandon every other reservation. The ledger counts
+    exactly the committed ones, and the room the abandoned ones held is all there is left:
+    afterwards the budget takes exactly the spends that fill it, not one more or less."""
+    with Ledger(ledger_url) as ledger:
+        ledger.set_budget(SCOPE, epsilon=1.0, method=AccountingMethod.PURE)
+    barrier = CTX.Barrier(4)
+    results = CTX.Queue()
+    workers = [
+        CTX.Process(target=_spend_and_abandon, args=(ledger_url, barrier, results))
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    committed = sum(c for c, _ in outcomes)
+    abandoned = sum(a for _, a in outcomes)
+    assert abandoned > 0
+    with Ledger(ledger_url) as ledger:
+        status = ledger.status(SCOPE)
+        assert (status.events, status.pending, status.abandoned) == (committed, 0, abandoned)
+        assert status.spent_epsilon == pytest.approx(committed * 0.01)
+        more = 0
+        while True:
+            try:
+                ledger.reserve(SCOPE, ev.PureDpEvent(0.01)).commit()
+            except BudgetExceededError:
+                break
+            more += 1
+        assert committed + more == 100
+        report = ledger.verify()
+        assert report.ok, report.problems
+        assert report.abandoned == abandoned
