@@ -730,3 +730,184 @@ def test_staircase_residual_inside_the_float_margin_is_settled_exactly(
     rng = ScriptedRandom([*script, *extra])
     assert samplers._staircase_candidates(rng, 1, plan).tolist() == expected
     assert rng.remaining == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The staircase against an exact reference, candidate by candidate (second review)
+#
+# A candidate's fate is fixed by its four 32-bit draws (and, rarely, more words). The tests
+# below put each draw on the far sides of the exact boundary that decides it (a value of V, a
+# value of R, the threshold T[j] of exp(-j/64), the residual threshold δ 2**32) and check the
+# sampler's verdict, with γ, j and δ computed here from Fractions alone. Together with the
+# exact table (test_exp_thresholds_are_the_exact_floors) this pins down P(candidate = y and
+# kept) for every y with γ below the last threshold, not just a histogram of it.
+# --------------------------------------------------------------------------------------------
+
+
+def staircase_plan(sigma: float | Fraction) -> samplers._StaircasePlan:
+    n, d = rational_upper_bound(Fraction(sigma) ** 2)
+    return samplers._StaircasePlan(n, d)
+
+
+def lemire_draw(r: int, k: int) -> int:
+    """31 bits ``x`` with ``(x k) >> 31 == r`` that Lemire's rejection keeps."""
+    x = ((r << 31) + (1 << 30)) // k
+    assert (x * k) >> 31 == r and (x * k) % (1 << 31) >= (1 << 31) % k
+    return x
+
+
+def exact_gamma(sigma: float | Fraction, magnitude: int, r: int) -> tuple[Fraction, int]:
+    """γ = (|y| - τ)²/(2σ²) + R/t from σ² = n/d alone, and K."""
+    n, d = rational_upper_bound(Fraction(sigma) ** 2)
+    variance = Fraction(n, d)
+    k = max(1, round(math.sqrt(n / d) / 16))
+    t = 16 * k
+    tau = variance / t
+    return (magnitude - tau) ** 2 / (2 * variance) + Fraction(r, t), k
+
+
+STAIRCASE_REFERENCE_SIGMAS: list[float | Fraction] = [
+    16.0,
+    23.9,
+    100.5,
+    Fraction(100_001, 3),
+    524_739.142,
+    float(2**26 - 1),
+]
+
+
+@pytest.mark.parametrize("sigma", STAIRCASE_REFERENCE_SIGMAS, ids=str)
+def test_staircase_verdicts_match_the_exact_acceptance(sigma: float | Fraction) -> None:
+    """For candidates across the whole range with γ < 1420/64: V and R come out as scripted,
+    a first draw just below T[j] with a failing Bernoulli(δ) keeps, one just above T[j] drops,
+    and a Bernoulli(δ) that succeeds followed by a failing Bernoulli(δ/2) drops, with
+    ``j = ceil(64 γ) - 1`` and ``δ = γ - j/64`` exact."""
+    plan = staircase_plan(sigma)
+    table = [int(x) for x in samplers._exp_thresholds()]
+    j_max = len(table) - 1
+    rng = np.random.default_rng(seed_for("staircase-reference", sigma))
+    checked = 0
+    for v in range(354):
+        rs = {0, plan.k - 1, int(rng.integers(plan.k))}
+        for r in sorted(rs):
+            gamma, k = exact_gamma(sigma, v * plan.k + r, r)
+            assert k == plan.k
+            assert gamma == plan.gamma(v * plan.k + r, r)
+            if 64 * gamma >= j_max:
+                continue  # beyond the table: exp(-γ) < 2**-32, settled by the tie path
+            j = max(0, math.ceil(64 * gamma) - 1)
+            frac = 64 * gamma - math.floor(64 * gamma)
+            if 0 < frac < Fraction(1, 2**30):
+                continue  # the float γ may (legitimately) take j - 1 here
+            delta = gamma - Fraction(j, 64)
+            assert 0 <= delta <= Fraction(1, 64)
+            y = v * plan.k + r
+            v_draw = table[4 * v] - 1
+            r_sign = lemire_draw(r, plan.k)
+            residual_fail = math.floor(delta * 2**32) + 3
+            kept = staircase_script(v_draw, r_sign, table[j] - 1, residual_fail)
+            assert samplers._staircase_candidates(ScriptedRandom(kept), 1, plan).tolist() == [y]
+            negative = staircase_script(v_draw, r_sign | 1 << 31, table[j] - 1, residual_fail)
+            expected = [] if y == 0 else [-y]
+            drawn = samplers._staircase_candidates(ScriptedRandom(negative), 1, plan).tolist()
+            assert drawn == expected
+            if table[j] + 1 < 2**32:
+                dropped = staircase_script(v_draw, r_sign, table[j] + 1, residual_fail)
+                assert samplers._staircase_candidates(ScriptedRandom(dropped), 1, plan).size == 0
+            if delta * 2**32 >= 3:
+                residual_pass = math.floor(delta * 2**32) - 3
+                script = [*staircase_script(v_draw, r_sign, 0, residual_pass), 2**64 - 1]
+                words = ScriptedRandom(script)
+                assert samplers._staircase_candidates(words, 1, plan).size == 0
+                assert words.remaining == 0
+            checked += 1
+    assert checked > 100
+
+
+def test_staircase_decodes_v_exactly_at_every_threshold() -> None:
+    """σ = 16 (K = 1, R = 0): a V draw one below T[4v], one above T[4v + 4], or equal to T[4v]
+    (settled by the next word) gives exactly the V of the lazily read uniform, for every v
+    whose candidate passes the first factor at a zero draw."""
+    plan = staircase_plan(16.0)
+    table = [int(x) for x in samplers._exp_thresholds()]
+    keep = (0, 2**32 - 1)  # first factor passes (T[j] >= 1), Bernoulli(δ) fails
+    for v in range(122):
+        assert exact_gamma(16.0, v, 0)[0] < Fraction(len(table) - 1, 64)
+        for w in {table[4 * v] - 1, table[4 * v + 4] + 1}:
+            script = staircase_script(w, 0, *keep)
+            assert samplers._staircase_candidates(ScriptedRandom(script), 1, plan).tolist() == [v]
+        if v:
+            tie = staircase_script(table[4 * v], 0, *keep)
+            below = samplers._staircase_candidates(ScriptedRandom([*tie, 0]), 1, plan)
+            above = samplers._staircase_candidates(ScriptedRandom([*tie, 2**64 - 1]), 1, plan)
+            assert below.tolist() == [v]
+            assert above.tolist() == [v - 1]
+
+
+@pytest.mark.parametrize("k", [1, 3, 6, 1000, 2**21 + 1])
+def test_staircase_lemire_rejects_exactly_the_biased_low_parts(k: int) -> None:
+    """Every value r < K has the same number of kept 31-bit draws: counted exactly from the
+    multiply-and-shift rule the sampler uses (a check of reject_below, not a sample)."""
+    plan = staircase_plan(Fraction(16 * k))
+    assert plan.k == k
+    total = 1 << 31
+    # x is kept with R = r exactly when r 2**31 + reject_below <= x K < (r + 1) 2**31
+    counts = {
+        -(-((r << 31) + plan.reject_below) // k) - -(-(r << 31) // k) for r in (0, 1, k // 2, k - 1)
+    }
+    kept_per_value = {
+        -(-((r + 1) << 31) // k) - -(-((r << 31) + plan.reject_below) // k)
+        for r in (0, 1, k // 2, k - 1)
+    }
+    assert len(kept_per_value) == 1
+    assert kept_per_value.pop() * k == total - total % k
+    assert counts <= {0, 1}
+
+
+HIGH_POWER_SAMPLES = 2_000_000
+
+
+def binned_fit_pvalue(drawn: npt.NDArray[np.int64], sigma: float) -> float:
+    """Chi-square p-value in bins a quarter of sigma wide out to 5 sigma, plus the two tails,
+    with each bin's probability summed from the exact pmf."""
+    offset, probs = gaussian_pmf(sigma)
+    width = max(1, round(sigma / 4))
+    inner = np.arange(-20 * width, 20 * width + 1, width)  # bin edges, integers
+    edges = np.concatenate([[-offset], inner, [offset + 1]])
+    cumulative = np.concatenate([[0.0], np.cumsum(probs)])
+    expected = np.diff(cumulative[edges + offset]) * drawn.shape[0]
+    observed = np.histogram(np.clip(drawn, -offset, offset), bins=edges)[0]
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return float(stats.chi2.sf(statistic, df=len(expected) - 1))
+
+
+@pytest.mark.parametrize(
+    "factor",
+    [Fraction(1), Fraction(201, 200), Fraction(199, 200)],
+    ids=["exact", "0.5%-wider", "0.5%-narrower"],
+)
+@pytest.mark.parametrize("sigma", [16.0, 23.9, 100.5], ids=str)
+def test_staircase_gaussian_detects_half_a_percent(sigma: float, factor: Fraction) -> None:
+    """Two million draws (a fraction of a second) in 42 bins against the exact pmf at
+    false-alarm rate 1e-4: a sigma off by 0.5% either way is rejected (noncentrality about
+    2 N 0.005**2 = 100 on 41 degrees of freedom), ten times finer than the 5% above."""
+    rng = InsecureSeededRandom(seed_for("staircase-power", sigma, factor))
+    drawn = discrete_gaussian(rng, HIGH_POWER_SAMPLES, sigma=float(sigma * factor))
+    p_value = binned_fit_pvalue(drawn, sigma)
+    if factor == 1:
+        assert p_value > ALPHA, f"a correct sampler failed the fit (p = {p_value:.3g})"
+    else:
+        assert p_value < ALPHA, f"a sigma off by {factor} was not noticed (p = {p_value:.3g})"
+
+
+def test_staircase_outputs_are_uncorrelated() -> None:
+    """Consecutive outputs (within and across batches) are independent: lag-1 and lag-2
+    correlations of values, signs and magnitudes within 5 standard errors of 0."""
+    drawn = discrete_gaussian(InsecureSeededRandom(77), HIGH_POWER_SAMPLES, sigma=16.0)
+    x = drawn.astype(np.float64)
+    bound = MOMENT_SIGMAS / math.sqrt(x.size)
+    for series in (x, np.sign(x), np.abs(x)):
+        centred = series - series.mean()
+        for lag in (1, 2):
+            corr = float(np.dot(centred[:-lag], centred[lag:]) / np.dot(centred, centred))
+            assert abs(corr) < bound
