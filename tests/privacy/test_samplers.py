@@ -911,3 +911,34 @@ def test_staircase_outputs_are_uncorrelated() -> None:
         for lag in (1, 2):
             corr = float(np.dot(centred[:-lag], centred[lag:]) / np.dot(centred, centred))
             assert abs(corr) < bound
+
+
+def test_staircase_far_candidates_are_tested_against_their_own_gamma() -> None:
+    """σ = 16, |Y| = 130: γ = 114²/512 ≈ 25.4 is past the table (j = J), so a first draw of 0
+    is settled against exp(-γ) itself, not exp(-J/64): a next word of 2**63 puts U' at 2**-33,
+    below exp(-J/64) ≈ 2**-32.02 but above exp(-γ) ≈ 2**-36.6, and must drop."""
+    plan = staircase_plan(16.0)
+    table = [int(x) for x in samplers._exp_thresholds()]
+    gamma = plan.gamma(130, 0)
+    assert gamma > Fraction(len(table) - 1, 64)
+    script = staircase_script(table[4 * 130] - 1, 0, 0, 2**32 - 1)
+    assert samplers._staircase_candidates(ScriptedRandom([*script, 0]), 1, plan).tolist() == [130]
+    for word in (2**63, 2**64 - 1):
+        drawn = samplers._staircase_candidates(ScriptedRandom([*script, word]), 1, plan)
+        assert drawn.size == 0
+    nonzero = staircase_script(table[4 * 130] - 1, 0, 1, 2**32 - 1)
+    assert samplers._staircase_candidates(ScriptedRandom(nonzero), 1, plan).size == 0
+
+
+def test_staircase_v_beyond_the_table_is_read_from_more_bits() -> None:
+    """A V draw of 0 (U < 2**-32) is past the last threshold: V is settled from the next words,
+    here U = 0.95 2**-32, so exp(-356/16) < U < exp(-355/16) and V = 355; the candidate
+    (γ = 339²/512 ≈ 224) is then kept only if its first uniform is below exp(-224)."""
+    plan = staircase_plan(16.0)
+    v_word = int(0.95 * 2**64)
+    script = [*staircase_script(0, 0, 0, 2**32 - 1), v_word]
+    rng = ScriptedRandom([*script, 0, 0, 0, 0, 0])  # U' = 0 to 352 bits: below exp(-224)
+    assert samplers._staircase_candidates(rng, 1, plan).tolist() == [355]
+    assert rng.remaining == 0
+    dropped = ScriptedRandom([*script, 0, 1])  # U' = 2**-160: above exp(-224)
+    assert samplers._staircase_candidates(dropped, 1, plan).size == 0
