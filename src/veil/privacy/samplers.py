@@ -812,7 +812,8 @@ class _WordPool:
 _STAIRCASE_MIN_SIGMA = 16.0
 # Steps of the staircase per unit of exp: P(V >= v) = exp(-v/16), thresholds T[4v].
 _STEPS_PER_E = 16
-# Absolute error bound of the float γ, as a multiple of (1 + γ): 2**-45 (see _StaircasePlan).
+# Absolute error bound of the float γ, as a multiple of (1 + γ): below 2**-49 (see
+# _StaircasePlan); the slack of 2**-43 leaves room for the two roundings of γ_lo itself.
 _GAMMA_SLACK = 2.0**-43
 
 
@@ -921,7 +922,8 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
     the sign, one against the threshold ``T[j]`` and one for the first round of the residual
     ``exp(-δ)``. Every decision is a comparison of a draw with an exact integer threshold, or
     with a float threshold outside a proven margin; a tie, or a draw inside the margin, is
-    settled exactly with Python integers (probability about 2**-31 per decision).
+    settled exactly with Python integers (about 2**-31 per comparison; the float32 guess of
+    ``V`` goes unconfirmed about once in 2**20 candidates, and that path counts up from 0).
     """
     table = _exp_thresholds()
     table32 = table.astype(np.uint32)  # the draws are compared as uint32
@@ -969,7 +971,7 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
     zero = np.flatnonzero(magnitude == 0)
     valid[zero[negative[zero] == 1]] = False  # -0 is rejected
 
-    # γ in float64 (error below 2**-45 (1 + γ)), then exp(-γ) = exp(-j/64) exp(-δ) with
+    # γ in float64 (error below 2**-49 (1 + γ)), then exp(-γ) = exp(-j/64) exp(-δ) with
     # j = floor(64 γ_lo) for a lower bound γ_lo <= γ, so δ = γ - j/64 >= 0.
     gamma = magnitude.astype(np.float64)
     gamma -= plan.tau
@@ -1199,7 +1201,8 @@ def discrete_gaussian(rng: RandomSource, size: int, *, sigma: float | Fraction) 
       bound of γ (with room for its own two roundings), and for ``j < J`` (so γ < 23) δ's
       float is within ``2**-38`` of δ, giving thresholds ``δ 2**32 / k`` within ``2**-6``.
 
-    The Python-integer fallbacks occur with probability about 2**-31 per decision.
+    The Python-integer fallbacks occur with probability about 2**-31 per comparison, and
+    about 2**-20 per candidate for the decoding of ``V`` (its float32 guess unconfirmed).
 
     Raises:
         ConfigurationError: for a negative ``size`` or a ``sigma`` that is not finite and
