@@ -570,3 +570,39 @@ def test_a_guard_scoped_to_the_federation_refuses_a_round_rerun_under_a_new_sess
         SecureClient(rerun, rng=InsecureSeededRandom(0), guard=guard, guard_scope=b"fed")
     # scoped by session (the default), the rerun would have passed
     SecureClient(rerun, rng=InsecureSeededRandom(0), guard=RoundGuard())
+
+
+@pytest.mark.parametrize(
+    ("stage", "released"), [("collect_shares", False), ("finish", True)], ids=["shares", "unmask"]
+)
+def test_a_distributed_dp_round_that_aborts_before_unmasking_is_not_charged(
+    ledger, monkeypatch, stage, released
+) -> None:
+    """The clients' noise is inside the masked sum: a round that aborts before anyone is asked
+    for unmasking shares released nothing, and its reservation is abandoned. Once shares were
+    asked for, the round pays even if it then aborts."""
+    ledger.set_budget("synthetic/client", epsilon=50.0, delta=1e-5)
+    real = getattr(SecureServerRound, stage)
+
+    def aborts_in_round_one(self, *args, **kwargs):
+        if self.spec.round == 1:
+            raise RemoteProtocolError("too few survivors")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SecureServerRound, stage, aborts_in_round_one)
+    model, data = _model_and_data()
+    sim = Simulation(
+        model=model,
+        data=data,
+        rounds=2,
+        config=TrainConfig(learning_rate=0.5),
+        strategy=Strategy(DpAggregator(noise_multiplier=1.0, clip_norm=0.5), Sgd()),
+        ledger=ledger,
+        client_scope="synthetic/client",
+        seed=1,
+        secure_aggregation=SecureAggregation(distributed_dp=True),
+    )
+    sim.run()
+    assert len(sim.aborted) == 1
+    status = ledger.status("synthetic/client")
+    assert (status.events, status.abandoned) == ((2, 0) if released else (1, 1))

@@ -46,6 +46,7 @@ from veil.federated.data import FederatedData
 from veil.federated.dp import DpSgd
 from veil.federated.messages import (
     CohortResult,
+    Encoding,
     TrainConfig,
     TrainFailure,
     TrainInstruction,
@@ -172,6 +173,8 @@ class Simulation:
             enrolled=self._enrol(secure_aggregation, data.client_ids),
         )
         self.aborted: list[str] = []
+        # whether the current secure round asked for unmasking shares (see _run)
+        self._unmask_requested = False
         self.rng: RandomSource = SecureRandom() if seed is None else InsecureSeededRandom(seed)
         self.generator = torch.Generator()
         self.generator.manual_seed(
@@ -258,6 +261,7 @@ class Simulation:
         """One round under secure aggregation: every sampled client exchanges keys, trains
         (or drops out), and sends its masked update; the server unmasks the sum. Returns the
         sums (None if the round aborted) and the bytes the secure round sent and received."""
+        self._unmask_requested = False
         if not instructions:
             self.aborted.append(
                 f"round {self.server.round}: fewer than 3 clients sampled, too few to hide "
@@ -302,6 +306,7 @@ class Simulation:
                 sent.append(r)
             results = sent
             request: UnmaskRequest | ConsistencyProof = server.collect_masked(masked)
+            self._unmask_requested = True
             if spec.active:
                 assert isinstance(request, UnmaskRequest)
                 request = server.collect_consistency(
@@ -374,11 +379,20 @@ class Simulation:
                     stopped = f"round {server.round + 1} not run: {exc}"
                     break
             traffic = (0, 0)
+            unreleased = False
             try:
                 instructions = server.start_round(self.rng, reservation=reservation)
                 if server.secure is not None:
                     summed, traffic = self._secure_round(instructions)
                     outcome = server.close_round(self.rng, summed=summed)
+                    # Under distributed DP the noise is the clients', inside the masked sum: a
+                    # round that aborted before anyone was asked for unmasking shares released
+                    # nothing (central DP releases its noise even of nothing, so it pays).
+                    unreleased = (
+                        summed is None
+                        and server.encoding is Encoding.DISTRIBUTED_DP
+                        and not self._unmask_requested
+                    )
                 elif self.record_dp is not None:
                     for answer in self._answers(instructions):
                         server.receive(answer)
@@ -392,7 +406,10 @@ class Simulation:
                     reservation.fail(f"round failed: {type(exc).__name__}")
                 raise
             if reservation is not None:
-                reservation.commit()
+                if unreleased:
+                    reservation.abandon("secure round aborted before unmasking: nothing released")
+                else:
+                    reservation.commit()
             if self.evaluate_every and (
                 server.round % self.evaluate_every == 0 or server.round == server.rounds
             ):
