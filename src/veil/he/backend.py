@@ -89,16 +89,25 @@ class Evaluator(abc.ABC):
     def dump(self, ct: Ciphertext) -> bytes: ...
 
     @abc.abstractmethod
-    def multiply_plain(self, ct: Ciphertext, values: Values, *, target_scale: float) -> Ciphertext:
-        """``ct * values`` slot by slot, rescaled once, at ``target_scale``."""
+    def multiply_plain(
+        self, ct: Ciphertext, values: Values, *, target_scale: float, fresh: bool = False
+    ) -> Ciphertext:
+        """``ct * values`` slot by slot, rescaled once, at ``target_scale``. ``fresh``: values
+        used once (per-query randomness), not kept in the evaluator's cache of model constants."""
 
     @abc.abstractmethod
     def multiply_plain_no_rescale(
-        self, ct: Ciphertext, values: Values, *, plain_scale: float | None = None
+        self,
+        ct: Ciphertext,
+        values: Values,
+        *,
+        plain_scale: float | None = None,
+        fresh: bool = False,
     ) -> Ciphertext:
         """``ct * values`` left at the larger scale (sum or rotate, then :meth:`rescale`). The
         constants are encoded at ``plain_scale``, by default at the last prime of ``ct``'s
-        level (so that one rescale restores ``ct``'s scale)."""
+        level (so that one rescale restores ``ct``'s scale). ``fresh`` as for
+        :meth:`multiply_plain`."""
 
     @abc.abstractmethod
     def rescale(self, ct: Ciphertext) -> Ciphertext: ...
@@ -548,10 +557,14 @@ class _TenSealEvaluator(Evaluator):
                 "the circuit is deeper than the parameters allow (no level left to rescale)"
             )
 
-    def multiply_plain(self, ct: Ciphertext, values: Values, *, target_scale: float) -> Ciphertext:
+    def multiply_plain(
+        self, ct: Ciphertext, values: Values, *, target_scale: float, fresh: bool = False
+    ) -> Ciphertext:
         self._check_level(ct)
         q = self._ctx.last_prime(ct)
-        pt = self._encode(values, ct.parms_id(), target_scale * q / ct.scale)
+        scale = target_scale * q / ct.scale
+        encode = self._ctx.encode if fresh else self._encode
+        pt = encode(values, ct.parms_id(), scale)
         out = self._ctx.s.Ciphertext()
         self._ev.multiply_plain(ct, pt, out)
         self._ev.rescale_to_next_inplace(out)
@@ -559,12 +572,18 @@ class _TenSealEvaluator(Evaluator):
         return out
 
     def multiply_plain_no_rescale(
-        self, ct: Ciphertext, values: Values, *, plain_scale: float | None = None
+        self,
+        ct: Ciphertext,
+        values: Values,
+        *,
+        plain_scale: float | None = None,
+        fresh: bool = False,
     ) -> Ciphertext:
         if plain_scale is None:
             self._check_level(ct)
             plain_scale = self._ctx.last_prime(ct)
-        pt = self._encode(values, ct.parms_id(), plain_scale)
+        encode = self._ctx.encode if fresh else self._encode
+        pt = encode(values, ct.parms_id(), plain_scale)
         out = self._ctx.s.Ciphertext()
         self._ev.multiply_plain(ct, pt, out)
         return out

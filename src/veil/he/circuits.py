@@ -5,8 +5,9 @@ Single applicant (one ciphertext, two features per slot: ``x_2k + i x_2k+1`` in 
 are counted here from the result slot ``r = N/4`` downwards (:func:`single_layout`): slot ``k``
 below is the encoder's slot ``r - k``, and slot 0 is the result.
 
-1. ``t = x * v / 2`` slot by slot with ``v_k = w_2k - i w_2k+1``, zero from slot ``S`` on (one
-   rescale): ``Re(t_k) = (w_2k x_2k + w_2k+1 x_2k+1) / 2``;
+1. ``t = x * v / 2`` slot by slot with ``v_k = w_2k - i w_2k+1`` and, from slot ``S`` on, fresh
+   noise in place of zeros (one rescale; :func:`blinded_weights`):
+   ``Re(t_k) = (w_2k x_2k + w_2k+1 x_2k+1) / 2``;
 2. rotate and add with steps ``P/2, ..., 2, 1`` (to the right in the encoder's order, steps
    ``-P/2 .. -1``): ``Re`` of slot 0 now holds ``w . x / 2``;
 3. multiply by the one-hot vector of slot 0 (one rescale);
@@ -59,6 +60,22 @@ API returns for the input ``y``, and nothing more.
 It also holds against a client that packs its ciphertext in some other way: slot 0 after step 2
 is ``sum_{k<P} t_k`` whatever the other slots held.
 
+Why step 1 puts noise, not zeros, in the weights' other slots: the weight plaintext is encoded
+with a rounding error too, about ``2^-34`` per slot, and in the slots that hold no weight that
+error is all there is, a fixed function of the weights (the rounding of every coefficient of
+their encoding, from which a lattice search could in principle recover them). Inputs outside
+the ``P`` summed slots never reach slot 0, so nothing but the modulus bounds them: at ``|x|``
+near ``2^82`` there, multiplied by that error and then by the mask's, leave residues of about
+``2e4`` in the other slots (measured), a tenth of ``B``, where the bound above assumes order
+1; one query then tells the true weights from weights ``1e-9`` away (correlation 0.08, seven
+standard deviations over the 8,190 flooded values). So the server encodes the weights per
+query with fresh uniform noise in ``[-2^-16, 2^-16]`` in every slot outside the ``S`` that hold
+weights (:data:`BLIND`): at the plaintext's scale that moves every coefficient by far more than
+one, so the rounding is fresh per query too and says nothing of the weights, and those slots
+multiply the client's inputs by noise of the server's, not by anything of the model. An honest
+client has zeros there (up to its encryption noise), so the score does not change. The price
+is one encoding per query (about 0.9 ms of CPU).
+
 Probability mode runs steps 1 and 2 with ``w / R``, conjugates before its rescale (the
 polynomial needs a real ``u``) and adds ``b / R``, so slot 0 holds
 ``u = z / R`` in ``[-1, 1]``, then evaluates the sigmoid polynomial ``sum_k c_k u^k``: the powers
@@ -100,8 +117,10 @@ from veil.he.backend import Ciphertext, Evaluator
 from veil.he.params import next_power_of_two
 
 __all__ = [
+    "BLIND",
     "batch_linear",
     "batch_probability",
+    "blinded_weights",
     "circuit_depth",
     "flood",
     "flood_bound",
@@ -162,6 +181,36 @@ def _paired_weights(weights: Sequence[float], factor: float, slots: int) -> npt.
     return _placed(factor * pack_single(weights).conj(), slots)
 
 
+BLIND = 2.0**-16
+"""The half-width of the fresh noise :func:`blinded_weights` puts in the weight plaintext's
+zero slots (see the module text)."""
+
+
+def _uniform(count: int, bound: float, random_bytes: Callable[[int], bytes]) -> npt.NDArray[Any]:
+    """``count`` values uniform in ``[-bound, bound]`` from ``random_bytes``."""
+    raw = np.frombuffer(random_bytes(8 * count), dtype=np.uint64).astype(np.float64)
+    return (raw / 2.0**64 * 2.0 - 1.0) * bound
+
+
+def blinded_weights(
+    weights: Sequence[float],
+    factor: float,
+    slots: int,
+    *,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> npt.NDArray[np.complex128]:
+    """:func:`_paired_weights`, with fresh uniform noise in ``[-BLIND, BLIND]`` (both parts) in
+    every slot outside the ``ceil(F / 2)`` that hold weights. Those slots would otherwise hold
+    the plaintext's rounding error, a fixed function of the weights that a client reads from
+    the flooded slots with huge inputs there (see the module text); the noise re-randomises
+    the rounding of every coefficient. ``random_bytes`` must be a CSPRNG outside tests."""
+    out = np.asarray(_paired_weights(weights, factor, slots), dtype=np.complex128)
+    noise = _uniform(2 * slots, BLIND, random_bytes)
+    blind = noise[:slots] + 1j * noise[slots:]
+    blind[(result_slot(slots) - np.arange(single_slots(len(weights)))) % slots] = 0.0
+    return out + blind
+
+
 def circuit_depth(*, probability: bool, batch: bool, degree: int = 0) -> int:
     if probability:
         return 2 + math.ceil(math.log2(max(degree, 2)))
@@ -195,8 +244,7 @@ def flood(
     tests."""
     slots = ev.params.slots
     bound = flood_bound(ev, ct)
-    raw = np.frombuffer(random_bytes(16 * slots), dtype=np.uint64).astype(np.float64)
-    uniform = (raw / 2.0**64 * 2.0 - 1.0) * bound
+    uniform = _uniform(2 * slots, bound, random_bytes)
     noise = uniform[:slots] + 1j * uniform[slots:]
     r = result_slot(slots)
     noise[r] = 1j * noise[r].imag
@@ -213,10 +261,15 @@ def single_linear(
 ) -> Ciphertext:
     """:func:`result_slot`: ``w . x + b`` for ``ct`` an encryption of :func:`single_layout`
     ``(x)``; every other slot (and the result's imaginary part): fresh noise. ``flood=False``
-    is for tests (the attacker's own copy of the circuit)."""
+    (no flooding, and the weights encoded without :func:`blinded_weights`' noise) is for tests:
+    the attacker's own, deterministic copy of the circuit."""
     slots = ev.params.slots
     scale = ev.scale(ct)
-    t = ev.multiply_plain(ct, _paired_weights(weights, 0.5, slots), target_scale=scale)
+    if flood:
+        paired = blinded_weights(weights, 0.5, slots)
+        t = ev.multiply_plain(ct, paired, target_scale=scale, fresh=True)
+    else:
+        t = ev.multiply_plain(ct, _paired_weights(weights, 0.5, slots), target_scale=scale)
     t = _rotate_sum(ev, t, len(weights))
     one_hot = _placed([1.0], slots)
     # masked (and rescaled to the last prime) before the conjugation's key switch, which then
@@ -273,7 +326,11 @@ def single_probability(
     # is then tiny next to the scale. (Probability mode runs at a 2^30 scale, where rotating
     # after the rescale costs about 2e-3 of precision; rotating first costs one more prime in
     # each rotation.)
-    t = ev.multiply_plain_no_rescale(ct, _paired_weights(weights, 1 / (2 * radius), slots))
+    factor = 1 / (2 * radius)
+    if flood:
+        t = ev.multiply_plain_no_rescale(ct, blinded_weights(weights, factor, slots), fresh=True)
+    else:
+        t = ev.multiply_plain_no_rescale(ct, _paired_weights(weights, factor, slots))
     t = ev.rescale(_real_part_twice(ev, _rotate_sum(ev, t, len(weights))))
     u = ev.add_plain(t, bias / radius)
     p = _polynomial(ev, u, coefficients, _placed([1.0], slots))

@@ -205,8 +205,9 @@ class ScoringClient:
     @property
     def decimals(self) -> int:
         """The decimals :meth:`read` keeps: 6 in logit mode (at a 2^40 scale the noise varies by
-        about 6e-8 between queries, around a key-dependent offset of up to 5e-6: see
-        docs/he.md), 4 in probability mode (about 3e-5 at 2^30)."""
+        about 6e-8 between queries; the key-dependent offset of key switching, up to 5e-6 in
+        the encoder's slot 0, stays below 4e-8 in the result slot N/4: see docs/he.md), 4 in
+        probability mode (about 3e-5 at 2^30)."""
         return 6 if self.plan.mode is Mode.LOGIT else 4
 
     def read(self, results: Sequence[bytes], count: int) -> npt.NDArray[np.float64]:
