@@ -190,3 +190,23 @@ def test_bytes_pass_through_scratch_space_that_keeps_nothing(
         assert os.fstat(scratch._buffer().fd).st_size == 0
     else:
         assert os.listdir(scratch._dir) == []
+
+
+@pytest.mark.parametrize(
+    "rotations",
+    [(1, 2, 4, 8, 16, 32), (1, 2, 4, 8, 16)],
+    ids=["one feature per slot", "pairs from slot 0"],
+)
+def test_keys_of_an_earlier_layout_are_refused_with_what_to_do(
+    model: LinearModel, logit_client: ScoringClient, rotations: tuple[int, ...]
+) -> None:
+    """Keys made by an earlier veil (features from slot 0 up, rotations to the left) would
+    score a differently packed query wrongly: refused, and the message says to make new keys
+    (not merely that a Galois key is missing)."""
+    from veil.he.backend import default_backend
+
+    keys = default_backend().keygen(
+        logit_client.plan.params, rotations=rotations, relinearization=False, conjugation=True
+    )
+    with pytest.raises(DataError, match="run keygen again"):
+        Scorer(model).open_session(keys.public_bundle(), Mode.LOGIT, Packing.SINGLE)

@@ -738,21 +738,21 @@ class TenSealBackend(HEBackend):
             raise DataError("the evaluation keys in the bundle are malformed") from None
         if relinearization and relin is None:
             raise DataError("the key bundle has no relinearisation keys; this circuit needs them")
+        wanted = sorted({int(r) for r in rotations})
+        if header.get("rotations") != wanted or bool(header.get("conjugation")) != conjugation:
+            # A client of another veil version lays its features out differently (its keys are
+            # for other rotations): refused here, with what to do, rather than scored wrongly.
+            raise DataError(
+                f"the key bundle was made for rotations {header.get('rotations')!r} "
+                f"(conjugation {bool(header.get('conjugation'))}); this circuit uses {wanted} "
+                f"(conjugation {conjugation}): run keygen again for this server's model and mode"
+            )
         n = params.poly_modulus_degree
         for r in rotations:
             if galois is None or not galois.has_key(_galois_element(r, n)):
                 raise DataError(f"the key bundle has no Galois key for rotation {r}")
         if conjugation and (galois is None or not galois.has_key(_conjugation_element(n))):
             raise DataError("the key bundle has no conjugation key; this circuit needs it")
-        wanted = sorted({int(r) for r in rotations})
-        if header.get("rotations") != wanted or bool(header.get("conjugation")) != conjugation:
-            # A client of another veil version lays its features out differently: refused
-            # here rather than scored wrongly.
-            raise DataError(
-                f"the key bundle was made for rotations {header.get('rotations')!r} "
-                f"(conjugation {bool(header.get('conjugation'))}); this circuit uses {wanted} "
-                f"(conjugation {conjugation}): run keygen again for this server's model and mode"
-            )
         return _TenSealEvaluator(ctx, relin, galois)
 
 
