@@ -18,6 +18,7 @@ from veil.federated import (
     per_sample_gradients,
     train_clients,
 )
+from veil.federated.training import _GHOST_MARGIN
 
 
 def _central_gd(layout: ParamLayout, start: np.ndarray, x, y, lr: float, steps: int) -> np.ndarray:
@@ -173,14 +174,16 @@ def test_clipped_gradient_sum_matches_a_slow_float64_reference() -> None:
     fast = clipped_gradient_sum(layout, flat, x, y, clip)
     slow = np.zeros(layout.size)
     clipped_any = False
+    # ghost clipping clips to C(1 - 2**-10 - 2**-7): the margin that keeps every clipped norm,
+    # and the float32 rounding of the sum, within C
+    reduced = clip * _GHOST_MARGIN
     for i in range(9):
         g = per_sample_gradients(layout, flat, x[i : i + 1], y[i : i + 1])[0].double().numpy()
         norm = np.linalg.norm(g)
         clipped_any |= norm > clip
-        slow += g * min(1.0, clip / norm)
+        slow += g * min(1.0, reduced / norm)
     assert clipped_any
-    # the same up to the safety margin of 2**-10 that keeps every clipped norm below C
-    np.testing.assert_allclose(fast, slow, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
     for i in range(9):
         one = clipped_gradient_sum(layout, flat, x[i : i + 1], y[i : i + 1], clip)
         assert np.linalg.norm(one) < clip
@@ -220,5 +223,6 @@ def test_linear_models_clip_without_per_sample_gradients_and_agree(make) -> None
     y = torch.randint(0, max(classes, 2), (40,))
     fast = clipped_gradient_sum(layout, flat, x, y, 0.2)
     reference = clipped_gradient_sum_vmap(layout, flat, x, y, 0.2)
-    np.testing.assert_allclose(fast, reference, rtol=1e-3, atol=1e-6)
+    # vmap clips to C(1 - 2**-10), ghost clipping to C(1 - 2**-10 - 2**-7): within 1%
+    np.testing.assert_allclose(fast, reference, rtol=1e-2, atol=1e-6)
     assert np.linalg.norm(reference) > 0.2  # clipping happened and the sum is not trivial

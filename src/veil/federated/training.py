@@ -32,7 +32,6 @@ from veil.errors import ConfigurationError, DataError
 from veil.federated.dp import DpSgd, NoisySum, clip_rows
 from veil.federated.messages import TrainConfig
 from veil.federated.models import LogisticRegression
-from veil.federated.protocol import uniform
 from veil.privacy.random import RandomSource
 
 __all__ = [
@@ -384,9 +383,12 @@ def per_sample_gradients(
 # scaled float32 gradient is within one rounding (6e-8) of exact, so every clipped gradient has
 # an L2 norm below C however the float32 arithmetic rounds. The sums are accumulated in float64.
 _CLIP_MARGIN = 1.0 - 2.0**-10
-# The weighted backward pass of ghost clipping sums over at most this many examples at once
-# (its float32 rounding is covered by a margin that grows with the square of the batch).
-_GHOST_BATCH = 256
+# Ghost clipping sums the clipped gradients with float32 matrix products: its clipping norm
+# keeps 2**-7 of C more for their rounding, whatever the batch (see _ghost_clipped_sum).
+_GHOST_MARGIN = _CLIP_MARGIN - 2.0**-7
+# Its products sum pieces of p examples with p·b <= this (b: the examples of the call), in
+# float32; above 2,048 examples in one call the product is float64.
+_GHOST_PRODUCT = 2**16
 
 
 def clipped_gradient_sum(
@@ -427,55 +429,95 @@ def _ghost_clipped_sum(
     For a linear layer applied to one example, with input ``a`` and output gradient ``g``, the
     example's weight gradient is ``g aᵀ``, whose squared norm is ``‖g‖² ‖a‖²``, and its bias
     gradient is ``g``; summing over layers gives each example's squared gradient norm (in
-    float64, from the float32 tensors). With ``f_i = min(1, C'/‖∇ℓ_i‖)`` the gradient of
-    ``Σ f_i ℓ_i`` is the sum of the clipped per-sample gradients (Goodfellow 2015; Lee and
-    Kifer 2021). That last backward pass sums over the batch in float32; its rounding moves
-    the sum by at most ``2 γ_B Σ_i ‖f_i ∇ℓ_i‖ ≤ 2 B² u C`` (``u = 2⁻²⁴``) between neighbouring
-    batches, so ``C' = C (1 - 2⁻¹⁰ - 2 B² u)`` keeps the sensitivity below ``C``. Larger batches
-    are cut into pieces of at most 256 examples (``C' >= 0.995 C``) whose sums add in float64.
+    float64, from the float32 tensors). One backward pass to the layers' outputs gives every
+    ``g``; with ``f_i = min(1, C'/‖∇ℓ_i‖)`` the sum of the clipped per-sample gradients is then,
+    per layer, ``Σ_i f_i g_i a_iᵀ = (F G)ᵀ A`` for the weights and ``Σ_i f_i g_i`` for the
+    bias: one matrix product of the stored inputs and the scaled output gradients, not a
+    second backward pass (Goodfellow 2015; Lee and Kifer 2021).
+
+    The clipping norm is ``C' = C (1 - 2⁻¹⁰ - 2⁻⁷)`` for every batch, so adding one example
+    changes no other example's factor. The product sums pieces of ``p`` examples in float32
+    (``u = 2⁻²⁴``) and the pieces in float64: its rounding error is at most
+    ``γ_p Σ_i ‖f_i ∇ℓ_i‖ ≤ p u b C'``, and twice that (both neighbours' sums) stays within the
+    ``2⁻⁷ C`` kept for it when ``p b ≤ 2¹⁶``: one piece up to 256 examples, smaller pieces
+    above, and a float64 product above 2,048 examples. So the sum moves by less than ``C``
+    between neighbouring batches (for the per-example gradients as computed; the 2⁻¹⁰ covers
+    the norms' and the scaling's own rounding, as in :data:`_CLIP_MARGIN`).
     """
-    if x.shape[0] > _GHOST_BATCH:  # keep the float32 batch sums short (see the margin)
-        total = np.zeros(layout.size)
-        for lo in range(0, x.shape[0], _GHOST_BATCH):
-            piece = slice(lo, lo + _GHOST_BATCH)
-            total += _ghost_clipped_sum(layout, parameters, x[piece], y[piece], clip_norm)
-        return total
     module = layout.module
     params = {n: t.detach().requires_grad_(True) for n, t in layout.unflatten(parameters).items()}
+    # each layer's prefix in the parameters' names ("" for a model that is one nn.Linear)
+    linears = {
+        id(m): f"{name}." if name else ""
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    expected = [
+        prefix + part
+        for m in module.modules()
+        if isinstance(m, nn.Linear)
+        for prefix, part in [(linears[id(m)], "weight"), (linears[id(m)], "bias")]
+        if getattr(m, part) is not None
+    ]
+    if sorted(expected) != sorted(layout.names):  # a parameter shared by two layers
+        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
-    biased: list[bool] = []
+    owners: list[str] = []
 
     def keep(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         inputs.append(args[0])
         outputs.append(out)
-        biased.append(getattr(mod, "bias", None) is not None)
+        owners.append(linears[id(mod)])
 
     handles = [m.register_forward_hook(keep) for m in module.modules() if isinstance(m, nn.Linear)]
     try:
-        logits = functional_call(module, params, (x,))
+        # no parameter is shared (checked above): skip functional_call's search for ties
+        logits = functional_call(module, params, (x,), tie_weights=False)
     finally:
         for h in handles:
             h.remove()
-    layers = sum(1 for m in module.modules() if isinstance(m, nn.Linear))
-    if len(inputs) != layers or any(a.dim() != 2 for a in inputs):
-        # a layer used twice, or applied along a sequence: its per-sample gradient is a sum of
-        # outer products, whose norm has no such shortcut
+    if set(owners) != set(linears.values()) or len(owners) != len(linears):
+        # a layer used twice (its per-sample gradient is a sum of outer products, whose norm
+        # has no such shortcut) or never
+        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+    if any(a.dim() != 2 for a in inputs):  # a layer applied along a sequence: the same
         return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
     losses = _per_example_loss(logits, y)
-    grads_out = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
+    grads_out = torch.autograd.grad(losses.sum(), outputs)
     b = x.shape[0]
     squares = torch.zeros(b, dtype=torch.float64)
+    biased = [owner + "bias" in params for owner in owners]
     for a, g, has_bias in zip(inputs, grads_out, biased, strict=True):
-        g_sq = g.detach().double().square().sum(dim=1)
-        squares += a.detach().double().square().sum(dim=1) * g_sq
+        g_sq = g.square().sum(dim=1, dtype=torch.float64)
+        squares += a.detach().square().sum(dim=1, dtype=torch.float64) * g_sq
         if has_bias:
             squares += g_sq
-    margin = _CLIP_MARGIN - 2.0 * b * b * 2.0**-24  # at least 0.995 for b <= _GHOST_BATCH
-    factors = (clip_norm * margin / squares.sqrt().clamp(min=1e-300)).clamp(max=1.0)
-    weighted = (losses * factors.to(losses.dtype)).sum()
-    grads = torch.autograd.grad(weighted, [params[n] for n in layout.names])
-    return torch.cat([g.reshape(-1).double() for g in grads]).numpy()
+    # a batch-independent clipping norm: the factors of the other examples do not change when
+    # one is added, so only its own clipped gradient and the rounding move the sum
+    factors = (clip_norm * _GHOST_MARGIN / squares.sqrt().clamp(min=1e-300)).clamp(max=1.0)
+    f = factors.to(grads_out[0].dtype)[:, None]
+    longest = _GHOST_PRODUCT // max(b, 1)
+    if longest < 32 or grads_out[0].dtype != torch.float32:
+        product_dtype, pieces = torch.float64, 1  # exact enough at any batch (2⁻⁵³ ≪ 2⁻⁷/b)
+    else:
+        product_dtype, pieces = torch.float32, -(-b // longest)
+    piece = -(-b // pieces) if b else 1  # even pieces, at most ``longest`` each
+    out = torch.empty(layout.size, dtype=torch.float64)
+    sums = layout.unflatten(out)  # float64 views of ``out``, one per parameter
+    for a, g, owner, has_bias in zip(inputs, grads_out, owners, biased, strict=True):
+        scaled = (g * f).to(product_dtype)
+        a = a.detach().to(product_dtype)
+        weight = sums[owner + "weight"]
+        if pieces == 1:
+            weight.copy_(torch.mm(scaled.T, a))
+        else:
+            weight.zero_()
+            for lo in range(0, b, piece):
+                weight += torch.mm(scaled[lo : lo + piece].T, a[lo : lo + piece])
+        if has_bias:
+            torch.sum(scaled, dim=0, dtype=torch.float64, out=sums[owner + "bias"])
+    return out.numpy()
 
 
 def clipped_gradient_sum_vmap(
@@ -496,6 +538,17 @@ def clipped_gradient_sum_vmap(
     f = factors.to(flat[0].dtype)[:, None]
     parts = [(g * f).sum(dim=0, dtype=torch.float64) for g in flat]
     return torch.cat(parts).numpy()
+
+
+def _poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64]:
+    """The indices of the records among ``n`` sampled each with probability ``q``.
+
+    A record is sampled when its uniform draw ``k·2⁻⁵³`` (``k``: 53 random bits, as in
+    :func:`~veil.federated.protocol.uniform`) is below ``q``, that is when ``k < ⌈q·2⁵³⌉``
+    (``q·2⁵³`` is exact in float64): the same event, compared on the integers.
+    """
+    threshold = np.uint64(math.ceil(q * 2.0**53))
+    return np.flatnonzero((rng.words(n) >> np.uint64(11)) < threshold)
 
 
 def train_dpsgd(
@@ -535,16 +588,25 @@ def train_dpsgd(
         clip_norm=dpsgd.clip_norm, noise_multiplier=dpsgd.noise_multiplier, dimension=layout.size
     )
     mu = config.proximal_mu
+    # Ghost clipping takes the whole sample in one call (its rounding bound is per call, and
+    # its memory is that of a forward pass); per-sample gradients go in chunks.
+    span = None if _all_linear(layout.module) else chunk
     taken = 0
     for t in range(steps):
-        chosen = np.flatnonzero(uniform(rng, n) < q)
-        total = np.zeros(layout.size)
-        for lo in range(0, chosen.size, chunk):
-            sel = torch.from_numpy(chosen[lo : lo + chunk])
-            total += clipped_gradient_sum(
-                layout, flat, client.x[sel], client.y[sel], dpsgd.clip_norm
+        chosen = torch.from_numpy(_poisson_sample(rng, n, q))
+        size = int(chosen.shape[0])
+        if span is None or size <= span:
+            total = clipped_gradient_sum(
+                layout, flat, client.x[chosen], client.y[chosen], dpsgd.clip_norm
             )
-        taken += chosen.size
+        else:
+            total = np.zeros(layout.size)
+            for lo in range(0, size, span):
+                sel = chosen[lo : lo + span]
+                total += clipped_gradient_sum(
+                    layout, flat, client.x[sel], client.y[sel], dpsgd.clip_norm
+                )
+        taken += size
         if add_before_noise is not None:
             extra = np.asarray(add_before_noise(t, q), dtype=np.float64)
             if extra.shape != total.shape:
@@ -557,11 +619,12 @@ def train_dpsgd(
             seen = released.view()
             seen.flags.writeable = False
             observe_noisy_sum(t, seen)
-        noisy = released / dpsgd.batch_size
-        step = torch.as_tensor(noisy, dtype=dtype)
-        if mu:
-            step = step + mu * (flat - start)
-        flat = flat - config.learning_rate * step
+        # θ ← θ - η (s / B + μ (θ - θ₀)), in place
+        prox = flat - start if mu else None
+        noisy = torch.from_numpy(released).to(dtype)
+        flat.sub_(noisy, alpha=config.learning_rate / dpsgd.batch_size)
+        if prox is not None:
+            flat.sub_(prox, alpha=config.learning_rate * mu)
     update = (flat.double() - start.double()).numpy()
     metrics = {"dp_steps": float(steps), "mean_batch": taken / steps}
     if config.clip_norm is not None:

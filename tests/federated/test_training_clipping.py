@@ -1,0 +1,146 @@
+"""Ghost clipping (per-sample norms from the layers' inputs and output gradients, the clipped
+sum as one matrix product per layer) against a slow per-example loop in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from veil.federated import ParamLayout, clipped_gradient_sum, models
+from veil.federated.training import _CLIP_MARGIN, _GHOST_MARGIN
+
+
+def _slow(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> np.ndarray:
+    """Each example's gradient by plain autograd in float64, clipped to ``clip``, summed."""
+    ref = model.double()
+    total = None
+    for i in range(x.shape[0]):
+        ref.zero_grad(set_to_none=True)
+        logits = ref(x[i : i + 1].double())
+        if logits.shape[-1] == 1:
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                logits[:, 0], y[i : i + 1].double()
+            )
+        else:
+            loss = nn.functional.cross_entropy(logits, y[i : i + 1])
+        loss.backward()
+        g = torch.cat(
+            [
+                torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1)
+                for p in ref.parameters()
+            ]
+        ).numpy()
+        g = g * min(1.0, clip / np.linalg.norm(g))
+        total = g if total is None else total + g
+    assert total is not None
+    return total
+
+
+class _Tied(nn.Module):
+    """Two linear layers sharing one weight: the shortcut does not hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+class _Unused(nn.Module):
+    """A layer that the forward pass never calls: its gradient is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(6, 3)
+        self.spare = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+GHOST, VMAP = _GHOST_MARGIN, _CLIP_MARGIN  # the fraction of C each path clips to
+
+
+@pytest.mark.parametrize(
+    ("make", "features", "classes", "margin"),
+    [
+        (lambda: models.Mlp(12, 4, hidden=(16, 8)), 12, 4, GHOST),
+        (lambda: models.LogisticRegression(12, 1), 12, 1, GHOST),
+        (lambda: models.LogisticRegression(12, 5), 12, 5, GHOST),
+        (lambda: nn.Linear(12, 3), 12, 3, GHOST),
+        (lambda: nn.Linear(12, 3, bias=False), 12, 3, GHOST),
+        (
+            lambda: nn.Sequential(nn.Linear(12, 8, bias=False), nn.Tanh(), nn.Linear(8, 3)),
+            12,
+            3,
+            GHOST,
+        ),
+        (lambda: _Tied(), 6, 3, VMAP),  # per-sample gradients with vmap
+        (lambda: _Unused(), 6, 3, VMAP),
+    ],
+    ids=[
+        "mlp",
+        "logistic",
+        "multinomial",
+        "linear",
+        "linear-nobias",
+        "mixed-bias",
+        "tied",
+        "unused",
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 37, 256, 300, 2100])  # 300: two pieces; 2100: float64
+def test_the_clipped_sum_matches_a_slow_per_example_loop(
+    make, features, classes, margin, batch
+) -> None:
+    torch.manual_seed(batch)
+    model = make()
+    layout = ParamLayout(model)
+    flat = torch.tensor(layout.vector(), dtype=torch.float32)
+    x = torch.randn(batch, features) * 3
+    y = torch.randint(0, max(classes, 2), (batch,))
+    clip = 0.25
+    fast = clipped_gradient_sum(layout, flat, x, y, clip)
+    # the reference clips to the same fraction of C; the rest is float32 rounding
+    slow = _slow(copy.deepcopy(model), x, y, clip * margin)
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5 * clip)
+    assert np.linalg.norm(slow) > 0
+
+
+@pytest.mark.parametrize("batch", [1, 256, 257])
+def test_every_clipped_gradient_stays_within_the_norm(batch) -> None:
+    """A neighbouring batch (one record more) moves the sum by less than C, however large the
+    record's gradient and however the float32 products round."""
+    torch.manual_seed(9)
+    model = models.Mlp(20, 3, hidden=(32,))
+    layout = ParamLayout(model)
+    flat = torch.tensor(layout.vector(), dtype=torch.float32)
+    x = torch.randn(batch, 20) * 50
+    y = torch.randint(0, 3, (batch,))
+    clip = 1.0
+    with_it = clipped_gradient_sum(layout, flat, x, y, clip)
+    without = (
+        clipped_gradient_sum(layout, flat, x[1:], y[1:], clip)
+        if batch > 1
+        else np.zeros(layout.size)
+    )
+    assert np.linalg.norm(with_it - without) < clip
+
+
+@pytest.mark.parametrize("q", [2.0**-8, 256 / 60_000, 0.3, 1 - 2.0**-53, 1.0])
+def test_poisson_sampling_on_the_integers_is_the_uniform_draw_below_q(q) -> None:
+    from veil.federated.protocol import uniform
+    from veil.federated.training import _poisson_sample
+    from veil.privacy.random import InsecureSeededRandom
+
+    fast = _poisson_sample(InsecureSeededRandom(4), 50_000, q)
+    reference = np.flatnonzero(uniform(InsecureSeededRandom(4), 50_000) < q)
+    np.testing.assert_array_equal(fast, reference)
