@@ -35,16 +35,20 @@ its steps, and the table shows the median and the best over the rounds:
   clipping, discrete Gaussian noise, update). The call's own set-up (the float32 copy of the
   parameters, the noise's grid) is inside the figure, spread over the steps;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
-  functions ``train_dpsgd`` calls, imported from veil: the Poisson sample
-  (``protocol.uniform`` with ``SecureRandom``) and the gather of the sampled records;
+  functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``training.
+  _poisson_sample``: n draws of 53 bits from ``SecureRandom`` compared with ceil(q 2^53) on the
+  integers) and the gather of the sampled records;
   ``clipped_gradient_sum`` (for the MLP, made of linear layers, per-sample norms from each
-  layer's inputs and output gradients and one backward pass of the weighted loss; for the CNN,
+  layer's inputs and output gradients, one backward pass to the layers' outputs, and the sum of
+  the clipped gradients as one matrix product per layer of the inputs and the scaled output
+  gradients; for the CNN,
   per-sample gradients with ``vmap(grad)`` per named parameter, clipped in float32 and summed in
   float64);
-  ``NoisySum.release`` for the model's dimension with ``SecureRandom``, divided by B; the update
-  of the flat parameter vector. ``train_dpsgd``
-  processes the sample in chunks of 512 records; with B = 256 a sample over 512 has probability
-  below 1e-40, so the pieces take it as one chunk. The sum of the pieces is shown beside the whole
+  ``NoisySum.release`` for the model's dimension with ``SecureRandom``; the update of the flat
+  parameter vector in place (the noisy sum scaled by the learning rate over B). ``train_dpsgd``
+  gives a model of linear layers its whole sample in one call and others chunks of 512 records;
+  with B = 256 a sample over 512 has probability below 1e-40, so the pieces take it as one
+  chunk. The sum of the pieces is shown beside the whole
   step measured above.
 
 Every process runs ``--threads`` torch threads, 1 by default: on this 2-core machine, shared with
@@ -225,10 +229,10 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
 
 
 PIECES = {
-    "sample": "Poisson sample (`protocol.uniform`, SecureRandom, n draws) + gather",
+    "sample": "Poisson sample (SecureRandom, n draws of 53 bits) + gather",
     "clip": "per-sample norms, clipping and the sum (`clipped_gradient_sum`)",
-    "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom) / B",
-    "update": "update of the flat parameters",
+    "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom)",
+    "update": "update of the flat parameters (in place, scaled by lr / B)",
 }
 
 
@@ -237,7 +241,7 @@ def veil_pieces_run(
 ) -> dict[str, float]:
     """The pieces of ``steps`` DP-SGD steps, each timed on its own; seconds per step each."""
     from veil.federated import NoisySum, ParamLayout, clipped_gradient_sum
-    from veil.federated.protocol import uniform
+    from veil.federated.training import _poisson_sample
     from veil.privacy.random import SecureRandom
 
     layout = ParamLayout(build_model(models, name))
@@ -254,17 +258,16 @@ def veil_pieces_run(
     clock = time.perf_counter
     for _ in range(steps):
         t0 = clock()
-        chosen = np.flatnonzero(uniform(rng, n) < q)
-        sel = torch.from_numpy(chosen)
-        xb, yb = client.x[sel], client.y[sel]
+        chosen = torch.from_numpy(_poisson_sample(rng, n, q))
+        xb, yb = client.x[chosen], client.y[chosen]
         t2 = clock()
         total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
         t3 = clock()
-        noisy = noise.release(total, rng) / dpsgd.batch_size
+        released = noise.release(total, rng)
         t4 = clock()
-        flat = flat - LR * torch.as_tensor(noisy, dtype=flat.dtype)
+        flat.sub_(torch.from_numpy(released).to(flat.dtype), alpha=LR / dpsgd.batch_size)
         t5 = clock()
-        taken += chosen.size
+        taken += int(chosen.shape[0])
         spent["sample"] += t2 - t0
         spent["clip"] += t3 - t2
         spent["noise"] += t4 - t3
