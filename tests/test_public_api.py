@@ -19,6 +19,7 @@ from veil import errors
         "veil.analytics",
         "veil.federated",
         "veil.secagg",
+        "veil.deploy",
         "veil.he",
         "veil.audit",
         "veil.audit.mia",
@@ -80,6 +81,7 @@ def test_every_exported_name_exists(package: str) -> None:
             ],
         ),
         ("veil.audit", ["veil.audit.dp", "veil.audit.stats", "veil.audit.tradeoff"]),
+        ("veil.deploy", ["veil.deploy.agent", "veil.deploy.config", "veil.deploy.store"]),
         (
             "veil.secagg",
             [
