@@ -36,8 +36,9 @@ its steps, and the table shows the median and the best over the rounds:
   parameters, the noise's grid) is inside the figure, spread over the steps;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
   functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``training.
-  _poisson_sample``: n draws of 53 bits from ``SecureRandom`` compared with ceil(q 2^53) on the
-  integers) and the gather of the sampled records;
+  _poisson_sample``: 16 secure random bits per record, 37 more only where those tie with
+  ceil(q 2^53), i.e. exactly a 53-bit uniform draw below q) and the gather of the sampled
+  records (``index_select``);
   ``clipped_gradient_sum`` (for the MLP, made of linear layers, per-sample norms from each
   layer's inputs and output gradients, one backward pass to the layers' outputs, and the sum of
   the clipped gradients as one matrix product per layer of the inputs and the scaled output
@@ -229,7 +230,7 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
 
 
 PIECES = {
-    "sample": "Poisson sample (SecureRandom, n draws of 53 bits) + gather",
+    "sample": "Poisson sample (SecureRandom, 16 bits per record) + gather",
     "clip": "per-sample norms, clipping and the sum (`clipped_gradient_sum`)",
     "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom)",
     "update": "update of the flat parameters (in place, scaled by lr / B)",
@@ -259,7 +260,7 @@ def veil_pieces_run(
     for _ in range(steps):
         t0 = clock()
         chosen = torch.from_numpy(_poisson_sample(rng, n, q))
-        xb, yb = client.x[chosen], client.y[chosen]
+        xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
         t2 = clock()
         total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
         t3 = clock()

@@ -135,12 +135,67 @@ def test_every_clipped_gradient_stays_within_the_norm(batch) -> None:
     assert np.linalg.norm(with_it - without) < clip
 
 
-@pytest.mark.parametrize("q", [2.0**-8, 256 / 60_000, 0.3, 1 - 2.0**-53, 1.0])
-def test_poisson_sampling_on_the_integers_is_the_uniform_draw_below_q(q) -> None:
-    from veil.federated.protocol import uniform
+class _Recording:
+    """A seeded source that keeps every batch of words it hands out."""
+
+    def __init__(self, seed: int, first: np.ndarray | None = None) -> None:
+        from veil.privacy.random import InsecureSeededRandom
+
+        self.inner = InsecureSeededRandom(seed)
+        self.first = first
+        self.drawn: list[np.ndarray] = []
+
+    @property
+    def is_secure(self) -> bool:
+        return False
+
+    def words(self, n: int) -> np.ndarray:
+        if self.first is not None and not self.drawn:
+            out = self.first[:n].copy()
+        else:
+            out = self.inner.words(n)
+        self.drawn.append(out)
+        return out
+
+
+@pytest.mark.parametrize("q", [2.0**-8, 256 / 60_000, 0.3, 1 - 2.0**-53, 1.0, 0.0])
+@pytest.mark.parametrize("n", [1, 7, 50_001])
+def test_poisson_sampling_is_the_53_bit_uniform_draw_below_q(q, n) -> None:
+    """Each record is sampled exactly when k < ceil(q 2**53), k its 53 bits: the top 16 drawn
+    for every record, the other 37 only where the top 16 tie with the threshold's."""
+    from veil.federated.training import _poisson_sample
+
+    threshold = int(np.ceil(q * 2.0**53))
+    high = threshold >> 37
+    first = None
+    if high < 2**16:  # make about a third of the records tie with the threshold's top bits
+        g = np.random.default_rng(n)
+        tops = g.integers(max(high - 1, 0), min(high + 2, 2**16), size=4 * n).astype(np.uint16)
+        first = tops.view(np.uint64)
+    rng = _Recording(3, first)
+    chosen = _poisson_sample(rng, n, q)
+    expected = np.zeros(n, dtype=bool)
+    if threshold >= 2**53:
+        expected[:] = True
+    else:
+        tops = rng.drawn[0].view(np.uint16)[:n].astype(np.int64)
+        expected = tops < high
+        ties = np.flatnonzero(tops == high)
+        if ties.size:
+            rest = (rng.drawn[1] >> np.uint64(27)).astype(np.int64)
+            k = (high << 37) + rest
+            expected[ties] = k < threshold
+            assert len(rng.drawn) == 2
+    np.testing.assert_array_equal(chosen, np.flatnonzero(expected))
+
+
+def test_poisson_sampling_has_rate_q() -> None:
+    """The mean sample size over many draws, within 5 standard errors (false alarm < 1e-6)."""
     from veil.federated.training import _poisson_sample
     from veil.privacy.random import InsecureSeededRandom
 
-    fast = _poisson_sample(InsecureSeededRandom(4), 50_000, q)
-    reference = np.flatnonzero(uniform(InsecureSeededRandom(4), 50_000) < q)
-    np.testing.assert_array_equal(fast, reference)
+    rng = InsecureSeededRandom(5)
+    n, q, draws = 20_000, 0.013, 200
+    sizes = [_poisson_sample(rng, n, q).size for _ in range(draws)]
+    sd = np.sqrt(n * q * (1 - q) / draws)
+    assert abs(np.mean(sizes) - n * q) < 5 * sd

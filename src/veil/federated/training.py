@@ -509,12 +509,9 @@ def _ghost_clipped_sum(
         scaled = (g * f).to(product_dtype)
         a = a.detach().to(product_dtype)
         weight = sums[owner + "weight"]
-        if pieces == 1:
-            weight.copy_(torch.mm(scaled.T, a))
-        else:
-            weight.zero_()
-            for lo in range(0, b, piece):
-                weight += torch.mm(scaled[lo : lo + piece].T, a[lo : lo + piece])
+        weight.copy_(torch.mm(scaled[:piece].T, a[:piece]))
+        for lo in range(piece, b, piece):  # further pieces, added in float64
+            weight += torch.mm(scaled[lo : lo + piece].T, a[lo : lo + piece])
         if has_bias:
             torch.sum(scaled, dim=0, dtype=torch.float64, out=sums[owner + "bias"])
     return out.numpy()
@@ -544,11 +541,24 @@ def _poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64
     """The indices of the records among ``n`` sampled each with probability ``q``.
 
     A record is sampled when its uniform draw ``k·2⁻⁵³`` (``k``: 53 random bits, as in
-    :func:`~veil.federated.protocol.uniform`) is below ``q``, that is when ``k < ⌈q·2⁵³⌉``
-    (``q·2⁵³`` is exact in float64): the same event, compared on the integers.
+    :func:`~veil.federated.protocol.uniform`) is below ``q``, that is when ``k < T = ⌈q·2⁵³⌉``
+    (``q·2⁵³`` is exact in float64). The bits are drawn as they are needed: ``k``'s top 16 bits
+    ``h`` for every record (a quarter of the random words), which decide unless ``h`` equals
+    ``T``'s top 16 bits; only for those records (a fraction ``2⁻¹⁶``) the other 37 bits ``l``
+    decide (``l < T mod 2³⁷``). ``h`` and ``l`` are independent and uniform, so the event and
+    its probability are exactly those of the 53-bit draw.
     """
-    threshold = np.uint64(math.ceil(q * 2.0**53))
-    return np.flatnonzero((rng.words(n) >> np.uint64(11)) < threshold)
+    threshold = math.ceil(q * 2.0**53)
+    if threshold >= 2**53:
+        return np.arange(n, dtype=np.int64)
+    high, low = threshold >> 37, threshold & (2**37 - 1)
+    tops = rng.words(-(-n // 4)).view(np.uint16)[:n]
+    below = tops < np.uint16(high)
+    ties = np.flatnonzero(tops == np.uint16(high))
+    if ties.size:
+        rest = rng.words(ties.size) >> np.uint64(27)  # 37 fresh bits per tied record
+        below[ties[rest < np.uint64(low)]] = True
+    return np.flatnonzero(below)
 
 
 def train_dpsgd(
@@ -596,9 +606,8 @@ def train_dpsgd(
         chosen = torch.from_numpy(_poisson_sample(rng, n, q))
         size = int(chosen.shape[0])
         if span is None or size <= span:
-            total = clipped_gradient_sum(
-                layout, flat, client.x[chosen], client.y[chosen], dpsgd.clip_norm
-            )
+            xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
+            total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
         else:
             total = np.zeros(layout.size)
             for lo in range(0, size, span):
