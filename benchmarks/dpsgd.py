@@ -231,7 +231,7 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
 
 PIECES = {
     "sample": "Poisson sample (SecureRandom, 16 bits per record) + gather",
-    "clip": "per-sample norms, clipping and the sum (`clipped_gradient_sum`)",
+    "clip": "per-sample norms, clipping and the sum (`clipped_gradient_sum`, into one buffer)",
     "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom)",
     "update": "update of the flat parameters (in place, scaled by lr / B)",
 }
@@ -255,6 +255,7 @@ def veil_pieces_run(
     )
     flat = torch.tensor(layout.vector(), dtype=client.x.dtype)
     spent = dict.fromkeys(PIECES, 0.0)
+    buffer = np.empty(layout.size)  # as in train_dpsgd: the clipped sum written in place
     taken = 0
     clock = time.perf_counter
     for _ in range(steps):
@@ -262,7 +263,7 @@ def veil_pieces_run(
         chosen = torch.from_numpy(_poisson_sample(rng, n, q))
         xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
         t2 = clock()
-        total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
+        total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)
         t3 = clock()
         released = noise.release(total, rng)
         t4 = clock()

@@ -199,3 +199,23 @@ def test_poisson_sampling_has_rate_q() -> None:
     sizes = [_poisson_sample(rng, n, q).size for _ in range(draws)]
     sd = np.sqrt(n * q * (1 - q) / draws)
     assert abs(np.mean(sizes) - n * q) < 5 * sd
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: models.Mlp(8, 3, hidden=(5,)), lambda: _Tied()], ids=["ghost", "vmap"]
+)
+def test_the_clipped_sum_can_be_written_into_a_given_array(make) -> None:
+    from veil.errors import ConfigurationError
+
+    torch.manual_seed(2)
+    model = make()
+    layout = ParamLayout(model)
+    flat = torch.tensor(layout.vector(), dtype=torch.float32)
+    features = 6 if isinstance(model, _Tied) else 8
+    x, y = torch.randn(20, features), torch.randint(0, 3, (20,))
+    out = np.full(layout.size, np.nan)
+    written = clipped_gradient_sum(layout, flat, x, y, 0.5, out=out)
+    assert written is out or np.shares_memory(written, out)
+    np.testing.assert_array_equal(out, clipped_gradient_sum(layout, flat, x, y, 0.5))
+    with pytest.raises(ConfigurationError, match="contiguous float64"):
+        clipped_gradient_sum(layout, flat, x, y, 0.5, out=np.zeros(layout.size, np.float32))

@@ -397,6 +397,8 @@ def clipped_gradient_sum(
     x: torch.Tensor,
     y: torch.Tensor,
     clip_norm: float,
+    *,
+    out: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """The sum over examples of each per-sample gradient clipped to L2 norm ``clip_norm``
     (float64, ``(size,)``).
@@ -405,10 +407,14 @@ def clipped_gradient_sum(
     gradients: their norms come from the layers' inputs and output gradients, and one more
     backward pass of the loss weighted by the clipping factors gives the sum
     (:func:`_ghost_clipped_sum`). Other models take per-sample gradients with ``vmap``.
+
+    ``out``, a contiguous float64 array of the parameters' size, receives the sum and is
+    returned (a caller that repeats the call saves a fresh array, and its page faults, each
+    time); without it the result is a new array.
     """
     if _all_linear(layout.module):
-        return _ghost_clipped_sum(layout, parameters, x, y, clip_norm)
-    return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+        return _ghost_clipped_sum(layout, parameters, x, y, clip_norm, out=out)
+    return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm, out=out)
 
 
 def _all_linear(module: nn.Module) -> bool:
@@ -423,6 +429,8 @@ def _ghost_clipped_sum(
     x: torch.Tensor,
     y: torch.Tensor,
     clip_norm: float,
+    *,
+    out: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Clipped gradient sum for models of linear layers, without per-sample gradients.
 
@@ -460,7 +468,7 @@ def _ghost_clipped_sum(
         if getattr(m, part) is not None
     ]
     if sorted(expected) != sorted(layout.names):  # a parameter shared by two layers
-        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm, out=out)
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
     owners: list[str] = []
@@ -480,9 +488,9 @@ def _ghost_clipped_sum(
     if set(owners) != set(linears.values()) or len(owners) != len(linears):
         # a layer used twice (its per-sample gradient is a sum of outer products, whose norm
         # has no such shortcut) or never
-        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm, out=out)
     if any(a.dim() != 2 for a in inputs):  # a layer applied along a sequence: the same
-        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm)
+        return clipped_gradient_sum_vmap(layout, parameters, x, y, clip_norm, out=out)
     losses = _per_example_loss(logits, y)
     grads_out = torch.autograd.grad(losses.sum(), outputs)
     b = x.shape[0]
@@ -503,8 +511,8 @@ def _ghost_clipped_sum(
     else:
         product_dtype, pieces = torch.float32, -(-b // longest)
     piece = -(-b // pieces) if b else 1  # even pieces, at most ``longest`` each
-    out = torch.empty(layout.size, dtype=torch.float64)
-    sums = layout.unflatten(out)  # float64 views of ``out``, one per parameter
+    result = _output(layout, out)
+    sums = layout.unflatten(result)  # float64 views of the result, one per parameter
     for a, g, owner, has_bias in zip(inputs, grads_out, owners, biased, strict=True):
         scaled = (g * f).to(product_dtype)
         a = a.detach().to(product_dtype)
@@ -514,7 +522,7 @@ def _ghost_clipped_sum(
             weight += torch.mm(scaled[lo : lo + piece].T, a[lo : lo + piece])
         if has_bias:
             torch.sum(scaled, dim=0, dtype=torch.float64, out=sums[owner + "bias"])
-    return out.numpy()
+    return result.numpy()
 
 
 def clipped_gradient_sum_vmap(
@@ -523,6 +531,8 @@ def clipped_gradient_sum_vmap(
     x: torch.Tensor,
     y: torch.Tensor,
     clip_norm: float,
+    *,
+    out: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """:func:`clipped_gradient_sum` through per-sample gradients, for any model."""
     grads = _per_sample_grads(layout, parameters, x, y)
@@ -534,7 +544,21 @@ def clipped_gradient_sum_vmap(
     factors = (clip_norm * _CLIP_MARGIN / squares.sqrt().clamp(min=1e-300)).clamp(max=1.0)
     f = factors.to(flat[0].dtype)[:, None]
     parts = [(g * f).sum(dim=0, dtype=torch.float64) for g in flat]
-    return torch.cat(parts).numpy()
+    if out is None:
+        return torch.cat(parts).numpy()
+    return torch.cat(parts, out=_output(layout, out)).numpy()
+
+
+def _output(layout: ParamLayout, out: npt.NDArray[np.float64] | None) -> torch.Tensor:
+    """A float64 tensor of the parameters' size: ``out`` itself (shared memory), or new."""
+    if out is None:
+        return torch.empty(layout.size, dtype=torch.float64)
+    if out.dtype != np.float64 or out.shape != (layout.size,) or not out.flags.c_contiguous:
+        raise ConfigurationError(
+            f"out must be a contiguous float64 array of shape ({layout.size},), "
+            f"got {out.dtype} {out.shape}"
+        )
+    return torch.from_numpy(out)
 
 
 def _poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64]:
@@ -601,13 +625,14 @@ def train_dpsgd(
     # Ghost clipping takes the whole sample in one call (its rounding bound is per call, and
     # its memory is that of a forward pass); per-sample gradients go in chunks.
     span = None if _all_linear(layout.module) else chunk
+    buffer = np.empty(layout.size)  # the clipped sum of every step, in place
     taken = 0
     for t in range(steps):
         chosen = torch.from_numpy(_poisson_sample(rng, n, q))
         size = int(chosen.shape[0])
         if span is None or size <= span:
             xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
-            total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm)
+            total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)
         else:
             total = np.zeros(layout.size)
             for lo in range(0, size, span):
