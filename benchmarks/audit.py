@@ -440,11 +440,7 @@ def reconstruction(engine_seeds: int) -> None:
     import duckdb
 
     from veil.analytics import Dataset, Releaser, TableSpec
-    from veil.audit.reconstruction import (
-        epsilon_per_question,
-        reconstruction_attack,
-        subset_sum_sql,
-    )
+    from veil.audit.reconstruction import attack_release_engine, reconstruction_attack
     from veil.ledger import Ledger
 
     print("\n## Dinur-Nissim reconstruction: 100 secret bits, 400 random subset sums\n")
@@ -485,21 +481,18 @@ def reconstruction(engine_seeds: int) -> None:
             with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/l.sqlite") as ledger:
                 ledger.set_budget("people/row", epsilon=budget, delta=1e-5)
                 releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
-                any_sum = subset_sum_sql("people", "secret", "id", [0])
-                each = epsilon_per_question(
-                    lambda e, r=releaser, d=data, q=any_sum: r.explain(d, q, epsilon=e).event,
-                    questions=queries,
+                found, each = attack_release_engine(
+                    releaser,
+                    data,
+                    table="people",
+                    column="secret",
+                    id_column="id",
+                    people=people,
+                    queries=queries,
                     epsilon=budget,
                     delta=1e-5,
+                    seed=seed,
                 )
-
-                def ask(
-                    ids: Any, releaser: Releaser = releaser, data: Dataset = data, e: float = each
-                ) -> float:
-                    sql = subset_sum_sql("people", "secret", "id", ids)
-                    return float(releaser.release(data, sql, epsilon=e).records[0]["value"])
-
-                found = reconstruction_attack(ask, people=people, queries=queries, seed=seed)
                 accuracies.append(found.accuracy(bits))
                 spent = ledger.status("people/row").spent_epsilon
             con.close()

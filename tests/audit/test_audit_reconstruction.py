@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from veil.audit.reconstruction import (
+    attack_release_engine,
     averaging_attack,
     differencing_attack,
-    epsilon_per_question,
     lp_decode,
     random_subsets,
     reconstruction_attack,
@@ -74,21 +74,19 @@ def attack_through_the_engine(seed: int, tmp_path: Path) -> tuple[float, float]:
     with Ledger(str(tmp_path / f"ledger-{seed}.sqlite")) as ledger:
         ledger.set_budget("people/row", epsilon=4.0, delta=1e-5)
         releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))  # reproducible noise
-        any_sum = subset_sum_sql("people", "secret", "id", [0])
-        per_question = epsilon_per_question(
-            lambda e: releaser.explain(people, any_sum, epsilon=e).event,
-            questions=QUERIES,
+        result, per_question = attack_release_engine(
+            releaser,
+            people,
+            table="people",
+            column="secret",
+            id_column="id",
+            people=PEOPLE,
+            queries=QUERIES,
             epsilon=4.0,
             delta=1e-5,
+            seed=seed,
         )
         assert 0.04 < per_question < 0.05  # not 4 / 400: the ledger composes tighter
-
-        def ask(ids: Sequence[int]) -> float:
-            sql = subset_sum_sql("people", "secret", "id", ids)
-            result = releaser.release(people, sql, epsilon=per_question)
-            return float(result.records[0]["value"])
-
-        result = reconstruction_attack(ask, people=PEOPLE, queries=QUERIES, seed=seed)
         spent = ledger.status("people/row").spent_epsilon
         # and refuses, before anything is drawn, a question that would overspend
         with pytest.raises(BudgetExceededError):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +36,12 @@ from veil.errors import ConfigurationError, DataError
 from veil.privacy.accountants import TightestAccountant
 from veil.privacy.events import Event
 
+if TYPE_CHECKING:
+    from veil.analytics import Dataset, Releaser
+
 __all__ = [
     "Reconstruction",
+    "attack_release_engine",
     "epsilon_per_question",
     "lp_decode",
     "random_subsets",
@@ -132,6 +137,39 @@ def epsilon_per_question(
     if lo == 0.0:
         raise ConfigurationError(f"no epsilon per question fits {questions} into {epsilon}")
     return lo
+
+
+def attack_release_engine(
+    releaser: Releaser,
+    data: Dataset,
+    *,
+    table: str,
+    column: str,
+    id_column: str,
+    people: int,
+    queries: int,
+    epsilon: float,
+    delta: float,
+    seed: int = 0,
+) -> tuple[Reconstruction, float]:
+    """Dinur-Nissim through veil's release engine, as a careful analyst would run it: each of
+    ``queries`` subset sums of ``column`` over the ids ``0 .. people-1`` of ``table`` is asked at
+    the epsilon per question that spends a budget of ``epsilon`` at ``delta`` whole
+    (:func:`epsilon_per_question`), and released by ``releaser``, whose ledger composes and
+    charges every answer. Returns the reconstruction and the epsilon per question."""
+    any_sum = subset_sum_sql(table, column, id_column, [0])
+    per_question = epsilon_per_question(
+        lambda e: releaser.explain(data, any_sum, epsilon=e).event,
+        questions=queries,
+        epsilon=epsilon,
+        delta=delta,
+    )
+
+    def ask(ids: Sequence[int]) -> float:
+        sql = subset_sum_sql(table, column, id_column, ids)
+        return float(releaser.release(data, sql, epsilon=per_question).records[0]["value"])
+
+    return reconstruction_attack(ask, people=people, queries=queries, seed=seed), per_question
 
 
 def subset_sum_sql(table: str, column: str, id_column: str, ids: Sequence[int]) -> str:

@@ -554,11 +554,7 @@ def reconstruction(
     linear program, against exact answers or through veil's release engine with a budget."""
     import tempfile
 
-    from veil.audit.reconstruction import (
-        epsilon_per_question,
-        reconstruction_attack,
-        subset_sum_sql,
-    )
+    from veil.audit.reconstruction import attack_release_engine, reconstruction_attack
 
     mode: Answers = parse_enum(Answers, answers, "--answers")
     if people < 2 or queries < 1:
@@ -584,19 +580,18 @@ def reconstruction(
         with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/ledger.sqlite") as ledger:
             ledger.set_budget("people/row", epsilon=epsilon, delta=1e-5)
             releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
-            any_sum = subset_sum_sql("people", "secret", "id", [0])
-            per_question = epsilon_per_question(
-                lambda e: releaser.explain(data, any_sum, epsilon=e).event,
-                questions=queries,
+            result, _ = attack_release_engine(
+                releaser,
+                data,
+                table="people",
+                column="secret",
+                id_column="id",
+                people=people,
+                queries=queries,
                 epsilon=epsilon,
                 delta=1e-5,
+                seed=seed,
             )
-
-            def ask(ids: Any) -> float:
-                sql = subset_sum_sql("people", "secret", "id", ids)
-                return float(releaser.release(data, sql, epsilon=per_question).records[0]["value"])
-
-            result = reconstruction_attack(ask, people=people, queries=queries, seed=seed)
             spent = ledger.status("people/row").spent_epsilon
     accuracy = result.accuracy(secret)
     if as_json:
