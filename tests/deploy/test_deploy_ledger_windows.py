@@ -11,6 +11,7 @@ import pytest
 from deploy_support import Events, make_config, poll, submit_update
 
 from veil.deploy import Coordinator, StateStore
+from veil.errors import ConfigurationError
 from veil.ledger import Ledger
 
 SCOPE = "hospitals/client"
@@ -238,3 +239,23 @@ def test_a_round_cut_short_is_abandoned_whatever_the_settings_now(tmp_path: Path
     store.close()
     fresh(tmp_path, noise_multiplier=2.0)
     assert entries(tmp_path)[old].status == "abandoned"
+
+
+def test_a_second_coordinator_of_a_running_one_is_refused_and_settles_nothing(
+    tmp_path: Path,
+) -> None:
+    """The same command started twice (or a restart while the old process still runs): the
+    second must not take the running round's reservation for one a crash left and abandon it
+    while the first releases that round. It is refused before settling anything; once the
+    first stops (or dies: the kernel drops its lock), a restart proceeds."""
+    running = Coordinator(make_config(tmp_path), insecure=True, port=0)
+    try:
+        live = reserve(tmp_path, running, 1)  # round 1 in progress, not yet exposed
+        running.store.reserved(1, live)
+        with pytest.raises(ConfigurationError, match="another coordinator is running"):
+            Coordinator(make_config(tmp_path), insecure=True, port=0)
+        assert entries(tmp_path)[live].status == "pending"
+    finally:
+        running.stop(grace=0)
+    fresh(tmp_path)  # a restart after the first has gone settles it as a cut-short round
+    assert entries(tmp_path)[live].status == "abandoned"

@@ -25,13 +25,16 @@ Checkpoints and budget: see :mod:`veil.deploy.store`.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,63 +214,72 @@ class Coordinator:
             secure_aggregation=secure,
             enrolled=enrolled,
         )
-        self.store = StateStore(config.state)
-        self.ledger: Ledger | None = None
-        if config.private:
-            assert config.ledger is not None
-            self.ledger = Ledger(str(config.ledger), actor=f"veil fl serve {config.name}")
-            try:
-                self.ledger.status(config.scope)
-            except ScopeNotFoundError:
-                if config.epsilon is None:
-                    raise ConfigurationError(
-                        f"scope {config.scope} has no budget in {config.ledger}: set dp.epsilon "
-                        "or `veil ledger set-budget`"
-                    ) from None
-                self.ledger.set_budget(config.scope, epsilon=config.epsilon, delta=config.delta)
-        self.resumed_from = self._resume()
-        self._cv = threading.Condition()
-        self._round: _Round | None = None
-        self._seen: dict[str, float] = {}
-        self._paid_by: str | None = None
-        """The ledger entry paying for the running round."""
-        self._polls: dict[str, int] = {}
-        """Clients asking for a task now: the token of each one's (single) long poll."""
-        self._poll_seq = 0
-        self._calls: dict[str, int] = {}
-        """Calls in progress per client (at most ``MAX_CALLS_PER_CLIENT``)."""
-        self._told: set[str] = set()
-        self._history: list[dict[str, Any]] = self.store.history()
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._stopped = threading.Event()
-        self.finished = threading.Event()
-        self.error: str | None = None
-        self.stopped: str | None = None
-        self._grpc = grpc.server(
-            # every enrolled client can have all its calls in progress at once, with room
-            # for refusing strangers: long polls cannot starve the other calls
-            futures.ThreadPoolExecutor(max_workers=MAX_CALLS_PER_CLIENT * len(config.clients) + 8),
-            handlers=[self._handler()],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        host, _, default_port = config.listen.rpartition(":")
-        address = f"{host}:{default_port if port is None else port}"
-        if tls is not None:
-            creds = grpc.ssl_server_credentials(
-                [(tls.private_key, tls.certificate)],
-                root_certificates=tls.ca,
-                require_client_auth=True,
+        # Before anything is settled: a second coordinator of this state would take the
+        # running one's pending reservation for a crash's and abandon it while it releases.
+        self._state_lock: int | None = _lock_state(config.state)
+        try:
+            self.store = StateStore(config.state)
+            self.ledger: Ledger | None = None
+            if config.private:
+                assert config.ledger is not None
+                self.ledger = Ledger(str(config.ledger), actor=f"veil fl serve {config.name}")
+                try:
+                    self.ledger.status(config.scope)
+                except ScopeNotFoundError:
+                    if config.epsilon is None:
+                        raise ConfigurationError(
+                            f"scope {config.scope} has no budget in {config.ledger}: set "
+                            "dp.epsilon or `veil ledger set-budget`"
+                        ) from None
+                    self.ledger.set_budget(config.scope, epsilon=config.epsilon, delta=config.delta)
+            self.resumed_from = self._resume()
+            self._cv = threading.Condition()
+            self._round: _Round | None = None
+            self._seen: dict[str, float] = {}
+            self._paid_by: str | None = None
+            """The ledger entry paying for the running round."""
+            self._polls: dict[str, int] = {}
+            """Clients asking for a task now: the token of each one's (single) long poll."""
+            self._poll_seq = 0
+            self._calls: dict[str, int] = {}
+            """Calls in progress per client (at most ``MAX_CALLS_PER_CLIENT``)."""
+            self._told: set[str] = set()
+            self._history: list[dict[str, Any]] = self.store.history()
+            self._bytes_in = 0
+            self._bytes_out = 0
+            self._stopped = threading.Event()
+            self.finished = threading.Event()
+            self.error: str | None = None
+            self.stopped: str | None = None
+            self._grpc = grpc.server(
+                # every enrolled client can have all its calls in progress at once, with room
+                # for refusing strangers: long polls cannot starve the other calls
+                futures.ThreadPoolExecutor(
+                    max_workers=MAX_CALLS_PER_CLIENT * len(config.clients) + 8
+                ),
+                handlers=[self._handler()],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
             )
-            self.port = self._grpc.add_secure_port(address, creds)
-        else:
-            self.port = self._grpc.add_insecure_port(address)
-        if self.port == 0:
-            raise ConfigurationError(f"could not listen on {address}")
-        self._driver = threading.Thread(target=self._drive, name="veil-driver", daemon=True)
+            host, _, default_port = config.listen.rpartition(":")
+            address = f"{host}:{default_port if port is None else port}"
+            if tls is not None:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.certificate)],
+                    root_certificates=tls.ca,
+                    require_client_auth=True,
+                )
+                self.port = self._grpc.add_secure_port(address, creds)
+            else:
+                self.port = self._grpc.add_insecure_port(address)
+            if self.port == 0:
+                raise ConfigurationError(f"could not listen on {address}")
+            self._driver = threading.Thread(target=self._drive, name="veil-driver", daemon=True)
+        except BaseException:
+            self._unlock_state()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -302,6 +314,12 @@ class Coordinator:
         self.store.close()
         if self.ledger is not None:
             self.ledger.close()
+        self._unlock_state()
+
+    def _unlock_state(self) -> None:
+        if self._state_lock is not None:
+            os.close(self._state_lock)  # closing the descriptor releases the lock
+            self._state_lock = None
 
     # -- resuming ----------------------------------------------------------------------------
 
@@ -1061,6 +1079,28 @@ _SEALED_SHARE_BYTES = crypto.NONCE_BYTES + 2 * 33 + 16
 """A sealed pair of Shamir shares: nonce, two 33-byte field elements, the GCM tag."""
 _SIGNATURE_BYTES = 64
 _COMMITMENT_BYTES = 32
+
+
+def _lock_state(state: Path) -> int:
+    """Hold ``<state>.lock`` exclusively, or refuse to start: one coordinator per state file.
+
+    A restart settles the reservations its crashed predecessor left pending, and abandons the
+    one of the round that was cut short. Were that predecessor still running (a restart while
+    the old process hangs, the same command started twice), the round it is releasing would be
+    abandoned under it and its privacy loss never counted. The kernel drops the lock when the
+    process dies, even by SIGKILL, so a real restart is never refused."""
+    path = Path(f"{state}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigurationError(
+            f"another coordinator is running with the state {state} (it holds {path}): stop "
+            "it before starting this one; two coordinators of one federation would settle "
+            "each other's privacy-budget reservations"
+        ) from None
+    return fd
 
 
 def _drop(round: int, stage: str, client: str, reason: str) -> None:
