@@ -478,3 +478,27 @@ def test_verify_detects_a_spend_turned_into_an_abandonment(ledger: Ledger) -> No
     assert not report.ok
     assert any("was altered" in p for p in report.problems), report.problems
     assert any("cached spend differs" in p for p in report.problems), report.problems
+
+
+def test_an_abandonment_that_names_no_reservation_uncounts_nothing(ledger: Ledger) -> None:
+    """A row of kind 'abandon' without a reservation id (only tampering makes one) must not
+    empty the set of counted events: SQL's ``NOT IN`` over a list holding NULL is never true,
+    which made every event of the scope drop out of the PLD composition and of status."""
+    ledger.set_budget(SCOPE, epsilon=3.0, delta=1e-6)
+    for _ in range(2):
+        with ledger.reserve(SCOPE, ev.LaplaceEvent(1.0)):
+            pass
+    with ledger._engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO veil_ledger_entries (seq, kind, scope, entry_id, ref_id, payload, "
+                "actor, purpose, created_at, prev_hash, hash) VALUES (99, 'abandon', :scope, "
+                "'forged', NULL, '{}', 'x', '', '2026-01-01', :h, :h)"
+            ),
+            {"scope": SCOPE, "h": "0" * 64},
+        )
+    assert ledger.status(SCOPE).events == 2
+    assert ledger.status(SCOPE).spent_epsilon == pytest.approx(2.0, rel=1e-3)
+    with pytest.raises(BudgetExceededError):  # over every cheap bound: PLD of all three
+        ledger.reserve(SCOPE, ev.LaplaceEvent(0.5))
+    assert not ledger.verify().ok

@@ -845,9 +845,13 @@ class Ledger:
 
     @staticmethod
     def _abandoned(scope: Scope) -> sa.Select[tuple[str | None]]:
-        """The ids of the reservations of ``scope`` that were abandoned."""
+        """The ids of the reservations of ``scope`` that were abandoned. Never NULL: ``NOT IN``
+        a list that holds NULL is true of nothing, and a forged row without an id would make
+        every event of the scope stop counting."""
         return sa.select(store.entries.c.ref_id).where(
-            store.entries.c.scope == str(scope), store.entries.c.kind == "abandon"
+            store.entries.c.scope == str(scope),
+            store.entries.c.kind == "abandon",
+            store.entries.c.ref_id.is_not(None),
         )
 
     @classmethod
