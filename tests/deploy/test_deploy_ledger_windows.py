@@ -259,3 +259,10 @@ def test_a_second_coordinator_of_a_running_one_is_refused_and_settles_nothing(
         running.stop(grace=0)
     fresh(tmp_path)  # a restart after the first has gone settles it as a cut-short round
     assert entries(tmp_path)[live].status == "abandoned"
+
+
+def test_a_first_start_creates_the_folder_of_its_state_and_lock(tmp_path: Path) -> None:
+    state = tmp_path / "not" / "yet" / "coordinator.sqlite"
+    fresh(tmp_path, state=state)
+    assert state.exists()
+    assert Path(f"{state}.lock").exists()

@@ -1090,6 +1090,7 @@ def _lock_state(state: Path) -> int:
     abandoned under it and its privacy loss never counted. The kernel drops the lock when the
     process dies, even by SIGKILL, so a real restart is never refused."""
     path = Path(f"{state}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)  # as the state store does, a first start
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
