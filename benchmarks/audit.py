@@ -435,13 +435,7 @@ def inversion(images: int) -> None:
 
 
 def reconstruction(engine_seeds: int) -> None:
-    import tempfile
-
-    import duckdb
-
-    from veil.analytics import Dataset, Releaser, TableSpec
-    from veil.audit.reconstruction import attack_release_engine, reconstruction_attack
-    from veil.ledger import Ledger
+    from veil.audit.reconstruction import attack_secret_bits, reconstruction_attack
 
     print("\n## Dinur-Nissim reconstruction: 100 secret bits, 400 random subset sums\n")
     people, queries = 100, 400
@@ -472,30 +466,10 @@ def reconstruction(engine_seeds: int) -> None:
         clock = Clock()
         for seed in range(engine_seeds):
             bits = np.random.default_rng(seed).integers(0, 2, people)
-            con = duckdb.connect()
-            con.execute("CREATE TABLE people (id INTEGER, secret INTEGER)")
-            con.executemany(
-                "INSERT INTO people VALUES (?, ?)", [(i, int(b)) for i, b in enumerate(bits)]
+            found, each, spent = attack_secret_bits(
+                bits, queries=queries, epsilon=budget, delta=1e-5, seed=seed
             )
-            data = Dataset((con, "people"), TableSpec("people", bounds={"secret": (0, 1)}))
-            with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/l.sqlite") as ledger:
-                ledger.set_budget("people/row", epsilon=budget, delta=1e-5)
-                releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
-                found, each = attack_release_engine(
-                    releaser,
-                    data,
-                    table="people",
-                    column="secret",
-                    id_column="id",
-                    people=people,
-                    queries=queries,
-                    epsilon=budget,
-                    delta=1e-5,
-                    seed=seed,
-                )
-                accuracies.append(found.accuracy(bits))
-                spent = ledger.status("people/row").spent_epsilon
-            con.close()
+            accuracies.append(found.accuracy(bits))
         wall, cpu = clock.read()
         print(
             f"| veil's release engine, budget ε = {budget:g} spent whole (ε = {each:.4g} each; "

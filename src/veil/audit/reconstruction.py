@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Reconstruction",
     "attack_release_engine",
+    "attack_secret_bits",
     "epsilon_per_question",
     "lp_decode",
     "random_subsets",
@@ -170,6 +171,50 @@ def attack_release_engine(
         return float(releaser.release(data, sql, epsilon=per_question).records[0]["value"])
 
     return reconstruction_attack(ask, people=people, queries=queries, seed=seed), per_question
+
+
+def attack_secret_bits(
+    bits: npt.ArrayLike, *, queries: int, epsilon: float, delta: float = 1e-5, seed: int = 0
+) -> tuple[Reconstruction, float, float]:
+    """:func:`attack_release_engine` against a table of ``bits`` (one person each, in an
+    in-memory DuckDB table ``people(id, secret)``) released by a fresh :class:`Releaser` whose
+    own ledger holds a budget of ``epsilon`` at ``delta``, with the engine's noise seeded by
+    ``seed`` (reproducible, so not for a real release). Returns the reconstruction, the epsilon
+    per question and the epsilon the ledger recorded."""
+    import tempfile
+
+    import duckdb
+
+    from veil.analytics import Dataset, Releaser, TableSpec
+    from veil.ledger import Ledger
+    from veil.privacy.random import InsecureSeededRandom
+
+    secret = np.asarray(bits).reshape(-1)
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE people (id INTEGER, secret INTEGER)")
+        con.executemany(
+            "INSERT INTO people VALUES (?, ?)", [(i, int(b)) for i, b in enumerate(secret)]
+        )
+        data = Dataset((con, "people"), TableSpec("people", bounds={"secret": (0, 1)}))
+        with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/ledger.sqlite") as ledger:
+            ledger.set_budget("people/row", epsilon=epsilon, delta=delta)
+            result, per_question = attack_release_engine(
+                Releaser(ledger, rng=InsecureSeededRandom(seed)),
+                data,
+                table="people",
+                column="secret",
+                id_column="id",
+                people=secret.size,
+                queries=queries,
+                epsilon=epsilon,
+                delta=delta,
+                seed=seed,
+            )
+            spent = ledger.status("people/row").spent_epsilon
+    finally:
+        con.close()
+    return result, per_question, spent
 
 
 def subset_sum_sql(table: str, column: str, id_column: str, ids: Sequence[int]) -> str:

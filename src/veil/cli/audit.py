@@ -552,9 +552,8 @@ def reconstruction(
 ) -> None:
     """Dinur-Nissim reconstruction: ask random subset sums of secret bits and decode them with a
     linear program, against exact answers or through veil's release engine with a budget."""
-    import tempfile
 
-    from veil.audit.reconstruction import attack_release_engine, reconstruction_attack
+    from veil.audit.reconstruction import attack_secret_bits, reconstruction_attack
 
     mode: Answers = parse_enum(Answers, answers, "--answers")
     if people < 2 or queries < 1:
@@ -566,33 +565,9 @@ def reconstruction(
             lambda ids: float(secret[list(ids)].sum()), people=people, queries=queries, seed=seed
         )
     else:
-        import duckdb
-
-        from veil.analytics import Dataset, Releaser, TableSpec
-        from veil.ledger import Ledger
-
-        con = duckdb.connect()
-        con.execute("CREATE TABLE people (id INTEGER, secret INTEGER)")
-        con.executemany(
-            "INSERT INTO people VALUES (?, ?)", [(i, int(b)) for i, b in enumerate(secret)]
+        result, _, spent = attack_secret_bits(
+            secret, queries=queries, epsilon=epsilon, delta=1e-5, seed=seed
         )
-        data = Dataset((con, "people"), TableSpec("people", bounds={"secret": (0, 1)}))
-        with tempfile.TemporaryDirectory() as tmp, Ledger(f"{tmp}/ledger.sqlite") as ledger:
-            ledger.set_budget("people/row", epsilon=epsilon, delta=1e-5)
-            releaser = Releaser(ledger, rng=InsecureSeededRandom(seed))
-            result, _ = attack_release_engine(
-                releaser,
-                data,
-                table="people",
-                column="secret",
-                id_column="id",
-                people=people,
-                queries=queries,
-                epsilon=epsilon,
-                delta=1e-5,
-                seed=seed,
-            )
-            spent = ledger.status("people/row").spent_epsilon
     accuracy = result.accuracy(secret)
     if as_json:
         print_json(
