@@ -53,7 +53,7 @@ from veil.errors import (
 from veil.federated.dp import DpAggregator
 from veil.federated.messages import TrainConfig, TrainInstruction, TrainResult
 from veil.federated.protocol import FederatedServer, RoundOutcome, Stage
-from veil.federated.secure import SecureAggregation, SecureServerRound, decode
+from veil.federated.secure import SecureAggregation, SecureServerRound
 from veil.federated.strategies import (
     Strategy,
     SummedUpdates,
@@ -1185,7 +1185,7 @@ def _finish(round: int, sround: SecureServerRound, answers: list[UnmaskShares]) 
     names = dict(enumerate(sround.spec.clients, start=1))
     for culprit in answers:
         try:
-            total = sround.server.finish_without(culprit.client)
+            summed = sround.finish_without(culprit.client)
         except RemoteProtocolError:
             continue
         _drop(
@@ -1194,6 +1194,5 @@ def _finish(round: int, sround: SecureServerRound, answers: list[UnmaskShares]) 
             names.get(culprit.client, str(culprit.client)),
             f"inconsistent unmasking shares ({failure}); the sum was rebuilt without them",
         )
-        contributors = tuple(names[u] for u in sorted(sround.server.request.survivors))
-        return decode(sround.spec, total, contributors)
+        return summed
     raise failure

@@ -592,7 +592,15 @@ class SecureServerRound:
 
     def finish(self, messages: list[UnmaskShares]) -> SummedUpdates:
         self.bytes_received += sum(41 * (len(m.seed_shares) + len(m.key_shares)) for m in messages)
-        total = self.server.finish(messages)
+        return self._decode(self.server.finish(messages))
+
+    def finish_without(self, client: int) -> SummedUpdates:
+        """:meth:`finish` again, after it failed on inconsistent shares, without the answer of
+        ``client`` (its number; see :meth:`~veil.secagg.protocol.SecAggServer.finish_without`:
+        the same survivors and masked inputs, one client's shares left out)."""
+        return self._decode(self.server.finish_without(client))
+
+    def _decode(self, total: npt.NDArray[np.uint32]) -> SummedUpdates:
         contributors = tuple(
             self.spec.clients[u - 1] for u in sorted(self.server.request.survivors)
         )
