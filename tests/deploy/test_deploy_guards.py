@@ -230,15 +230,25 @@ def test_parallel_long_polls_cannot_starve_other_calls(tmp_path: Path) -> None:
                 metadata=(("veil-client", "hospital-b"),),
             )
         assert json.loads(pb.StatusReply.FromString(raw).json)["round"] == 0
-        ended = []
-        for _, stream in calls[:-1]:
+        # The polls reach the coordinator in any order: read every stream at once and wait
+        # until all but one have ended (the one that came last stays open for its 60 s),
+        # without assuming which.
+        ended: list[Any] = []
+
+        def first_answer(stream: Any) -> None:
             try:
-                first = pb.Chunk.FromString(next(iter(stream)))
-                ended.append(first.task.kind)
+                ended.append(pb.Chunk.FromString(next(iter(stream))).task.kind)
             except grpc.RpcError as exc:
                 ended.append(exc.code())
-        assert set(ended) <= {pb.TASK_WAIT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+        for _, stream in calls:
+            threading.Thread(target=first_answer, args=(stream,), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while len(ended) < len(calls) - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ended) == len(calls) - 1
         assert set(co._polls) == {"hospital-a"}
+        assert set(ended) <= {pb.TASK_WAIT, grpc.StatusCode.RESOURCE_EXHAUSTED}
     finally:
         for ch, stream in calls:
             stream.cancel()
