@@ -11,11 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.demo-installed: pyproject.toml constraints.txt hatch_build.py src/veil/privacy/_staircase.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[analytics,federated,he,reports]'
 	@touch $@
 
-$(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.test-installed: pyproject.toml constraints.txt hatch_build.py src/veil/privacy/_staircase.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	@touch $@ $(VENV)/.demo-installed
 
@@ -26,8 +26,8 @@ demo: $(VENV)/.demo-installed
 # scripts/ensure-system-deps.sh installs Debian's server (and Java, for Spark) if missing.
 test: $(VENV)/.test-installed
 	scripts/ensure-system-deps.sh
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks hatch_build.py
+	$(BIN)/ruff format --check src tests benchmarks hatch_build.py
 	$(BIN)/mypy
 	VEIL_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 

@@ -9,6 +9,7 @@ sides: the same test must reject a sampler whose scale is 5% too large or too sm
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from veil.errors import ConfigurationError
-from veil.privacy import samplers
+from veil.privacy import _kernel, samplers
 from veil.privacy.random import InsecureSeededRandom, SecureRandom
 from veil.privacy.samplers import (
     bernoulli_exp,
@@ -61,6 +62,25 @@ class ScriptedRandom:
         if self.remaining < 0:
             raise AssertionError("the sampler drew more words than the script holds")
         return np.array([next(self._words) for _ in range(n)], dtype=np.uint64)
+
+
+def compiled_or_skip() -> None:
+    if not _kernel.available():
+        message = f"the compiled sampler pass is not built ({_kernel.LIBRARY})"
+        if os.environ.get("VEIL_REQUIRE_ALL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def sampler_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a staircase test through the compiled candidate pass and through numpy's."""
+    if request.param == "numpy":
+        with _kernel.disabled():
+            yield "numpy"
+        return
+    compiled_or_skip()
+    yield "compiled"
 
 
 def half_word(low: int, high: int = 0) -> int:
@@ -645,6 +665,7 @@ def staircase_script(v: int, r_sign: int, first: int, residual: int) -> list[int
     return [v | (r_sign << 32), first | (residual << 32)]
 
 
+@pytest.mark.usefixtures("sampler_path")
 def test_staircase_settles_a_tie_of_v_exactly() -> None:
     """A V draw equal to the threshold of v = 3 is settled by more bits (σ = 16: K = 1)."""
     n, d = rational_upper_bound(Fraction(16) ** 2)
@@ -658,6 +679,7 @@ def test_staircase_settles_a_tie_of_v_exactly() -> None:
     ]
 
 
+@pytest.mark.usefixtures("sampler_path")
 def test_staircase_settles_a_tie_of_the_first_factor_exactly() -> None:
     """A draw equal to T[j] is settled by more bits: below exp(-j/64) keeps, above drops."""
     n, d = rational_upper_bound(Fraction(16) ** 2)
@@ -675,6 +697,7 @@ def test_staircase_settles_a_tie_of_the_first_factor_exactly() -> None:
     )
 
 
+@pytest.mark.usefixtures("sampler_path")
 def test_staircase_rejects_negative_zero_and_signs_the_rest() -> None:
     n, d = rational_upper_bound(Fraction(16) ** 2)
     plan = samplers._StaircasePlan(n, d)
@@ -709,6 +732,7 @@ def test_word_pool_hands_out_each_word_once_in_order() -> None:
     assert samplers._WordPool(SecureRandom()).is_secure is True
 
 
+@pytest.mark.usefixtures("sampler_path")
 @pytest.mark.parametrize(
     ("residual_offset", "extra", "expected"),
     [
@@ -776,6 +800,7 @@ STAIRCASE_REFERENCE_SIGMAS: list[float | Fraction] = [
 ]
 
 
+@pytest.mark.usefixtures("sampler_path")
 @pytest.mark.parametrize("sigma", STAIRCASE_REFERENCE_SIGMAS, ids=str)
 def test_staircase_verdicts_match_the_exact_acceptance(sigma: float | Fraction) -> None:
     """For candidates across the whole range with γ < 1420/64: V and R come out as scripted,
@@ -824,6 +849,7 @@ def test_staircase_verdicts_match_the_exact_acceptance(sigma: float | Fraction) 
     assert checked > 100
 
 
+@pytest.mark.usefixtures("sampler_path")
 def test_staircase_decodes_v_exactly_at_every_threshold() -> None:
     """σ = 16 (K = 1, R = 0): a V draw one below T[4v], one above T[4v + 4], or equal to T[4v]
     (settled by the next word) gives exactly the V of the lazily read uniform, for every v
@@ -913,6 +939,7 @@ def test_staircase_outputs_are_uncorrelated() -> None:
             assert abs(corr) < bound
 
 
+@pytest.mark.usefixtures("sampler_path")
 def test_staircase_far_candidates_are_tested_against_their_own_gamma() -> None:
     """σ = 16, |Y| = 130: γ = 114²/512 ≈ 25.4 is past the table (j = J), so a first draw of 0
     is settled against exp(-γ) itself, not exp(-J/64): a next word of 2**63 puts U' at 2**-33,
@@ -930,6 +957,7 @@ def test_staircase_far_candidates_are_tested_against_their_own_gamma() -> None:
     assert samplers._staircase_candidates(ScriptedRandom(nonzero), 1, plan).size == 0
 
 
+@pytest.mark.usefixtures("sampler_path")
 def test_staircase_v_beyond_the_table_is_read_from_more_bits() -> None:
     """A V draw of 0 (U < 2**-32) is past the last threshold: V is settled from the next words,
     here U = 0.95 2**-32, so exp(-356/16) < U < exp(-355/16) and V = 355; the candidate
@@ -942,3 +970,119 @@ def test_staircase_v_beyond_the_table_is_read_from_more_bits() -> None:
     assert rng.remaining == 0
     dropped = ScriptedRandom([*script, 0, 1])  # U' = 2**-160: above exp(-224)
     assert samplers._staircase_candidates(dropped, 1, plan).size == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled candidate pass (_staircase.c) against the numpy one
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sigma", [16.0, 23.9, 40.1, 1000.5, Fraction(100_001, 3), 524_739.142, 2.0**25.9], ids=str
+)
+def test_compiled_pass_gives_the_numpy_values_from_the_same_draws(sigma: float) -> None:
+    """Both paths read the same words in the same order and decide every candidate alike, so a
+    seeded stream gives the same array, value for value, over several batches."""
+    compiled_or_skip()
+    for seed in range(3):
+        size = 70_000 + 997 * seed
+        compiled = discrete_gaussian(InsecureSeededRandom(seed), size, sigma=sigma)
+        with _kernel.disabled():
+            numpy = discrete_gaussian(InsecureSeededRandom(seed), size, sigma=sigma)
+        assert np.array_equal(compiled, numpy)
+
+
+def exact_v(w: int, v_thresholds: npt.NDArray[np.uint32]) -> int:
+    """V of a 32-bit draw that ties no threshold: the number of v >= 1 with w < T[4v]."""
+    return int(np.count_nonzero(v_thresholds[1:].astype(np.int64) > w))
+
+
+def test_v_start_table_is_the_smallest_v_of_each_bucket() -> None:
+    """For every bucket of draws, the table holds V of the bucket's largest draw, and no draw of
+    the bucket has a smaller V (V decreases with the draw); buckets of one V or two."""
+    _, v_thresholds, v_start = samplers._staircase_tables()
+    steps = 0
+    for zeros in range(24):
+        for bits in range(256):
+            low = (256 + bits) << (23 - zeros)
+            high = ((257 + bits) << (23 - zeros)) - 1
+            start = int(v_start[zeros * 256 + bits])
+            assert start == exact_v(high, v_thresholds)
+            steps = max(steps, exact_v(low, v_thresholds) - start)
+    for w in range(1, 256):
+        zeros = 32 - w.bit_length()
+        assert int(v_start[zeros * 256 + (((w << zeros) >> 23) & 0xFF)]) == exact_v(w, v_thresholds)
+    assert steps == 1
+
+
+def scripted_batch(plan: samplers._StaircasePlan, draws: list[int]) -> _kernel.StaircasePass | None:
+    table32, v_thresholds, v_start = samplers._staircase_tables()
+    return _kernel.staircase_pass(
+        np.array(draws, dtype=np.uint32),
+        len(draws) // 4,
+        k=plan.k,
+        reject_below=plan.reject_below,
+        tau=plan.tau,
+        half_inverse_variance=plan.half_inverse_variance,
+        inverse_t=plan.inverse_t,
+        j_scale=64.0 * (1.0 - samplers._GAMMA_SLACK),
+        j_offset=64.0 * samplers._GAMMA_SLACK,
+        table=table32,
+        v_thresholds=v_thresholds,
+        v_start=v_start,
+    )
+
+
+def test_compiled_pass_leaves_every_exact_case_to_numpy() -> None:
+    """A batch of two candidates, the first ordinary, is passed back (None) when the second has
+    a V draw on a threshold, a first draw on T[j], a residual draw within the float margin, or
+    a V draw of 0 (past the table); otherwise the kernel decides it."""
+    compiled_or_skip()
+    plan = staircase_plan(16.0)
+    table = [int(x) for x in samplers._exp_thresholds()]
+    ordinary = (table[4 * 3] - 7, 0, 0, 2**32 - 1)  # V = 3, kept
+    gamma = plan.gamma(41, 0)
+    j = math.floor(64 * gamma)
+    v41 = table[4 * 41] - 5
+
+    def batch(second: tuple[int, int, int, int]) -> list[int]:
+        return [x for pair in zip(ordinary, second, strict=True) for x in pair]
+
+    decided = scripted_batch(plan, batch((v41, 0, 0, 2**32 - 1)))
+    assert decided is not None and decided.values.tolist() == [3, 41]
+    for second in [
+        (table[4 * 41], 0, 0, 2**32 - 1),  # V's draw ties T[4 * 41]
+        (v41, 0, table[j], 2**32 - 1),  # the first factor's draw ties T[j]
+        (v41, 0, 0, 2**23 + 1),  # δ 2**32 = 2**23 exactly: inside the margin
+        (0, 0, 0, 2**32 - 1),  # U < 2**-32: V past the table
+    ]:
+        assert scripted_batch(plan, batch(second)) is None
+
+
+def test_compiled_pass_hands_on_the_candidates_that_continue() -> None:
+    """σ = 16, |Y| = 41, δ = 1/512: a residual draw well below δ 2**32 passes round 1, so the
+    candidate is pending with its exact j, R and δ; a rejected candidate is not pending."""
+    compiled_or_skip()
+    plan = staircase_plan(16.0)
+    table = [int(x) for x in samplers._exp_thresholds()]
+    v41 = table[4 * 41] - 5
+    passed = scripted_batch(plan, [v41, v41, 0, 0, 0, 2**32 - 1, 2**22, 2**22])
+    assert passed is not None
+    assert passed.values.tolist() == [41]  # the second candidate's first factor failed
+    assert passed.index.tolist() == [0]
+    assert passed.j.tolist() == [78] and passed.r.tolist() == [0]
+    assert passed.delta.tolist() == [1 / 512]
+
+
+def test_a_broken_compiled_pass_fails_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fit that checks the sampler (two million draws at false-alarm rate 1e-4) rejects a
+    compiled pass given a τ 20% off, which keeps candidates by the wrong acceptance."""
+    compiled_or_skip()
+    real = _kernel.staircase_pass
+
+    def broken(*args: object, tau: float, **kwargs: object) -> _kernel.StaircasePass | None:
+        return real(*args, tau=tau * 1.2, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_kernel, "staircase_pass", broken)
+    drawn = discrete_gaussian(InsecureSeededRandom(5), HIGH_POWER_SAMPLES, sigma=100.5)
+    assert binned_fit_pvalue(drawn, 100.5) < ALPHA

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veil.errors import ConfigurationError
+from veil.privacy import _kernel
 from veil.privacy.random import RandomSource
 
 __all__ = [
@@ -914,6 +915,40 @@ def _bernoulli_ratio_exact_from(rng: RandomSource, w: int, bits: int, a: int, b:
     return _bernoulli_ratio_exact(rng, rest, b)
 
 
+@functools.cache
+def _staircase_tables() -> tuple[
+    npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.uint16]
+]:
+    """The thresholds ``T[j]`` as uint32 (the draws are compared as uint32), those of V
+    (``T[4v]``: ``P(V >= v) = exp(-v/16)``), and the compiled pass's table of where V starts."""
+    table32 = _exp_thresholds().astype(np.uint32)
+    v_thresholds = np.ascontiguousarray(table32[::4])
+    for array in (table32, v_thresholds):
+        array.setflags(write=False)
+    return table32, v_thresholds, _kernel.v_start_table(v_thresholds)
+
+
+def _finish_compiled(
+    rng: RandomSource, compiled: _kernel.StaircasePass, plan: _StaircasePlan
+) -> IntArray:
+    """The accepted values of a batch whose candidate pass ran compiled: its pending entries go
+    through the later rounds of exp(-δ) exactly as in :func:`_staircase_candidates`."""
+    values = compiled.values
+    if not compiled.index.size:
+        return values
+
+    def exact_later(i: int) -> tuple[int, int]:
+        residual = plan.gamma(abs(int(values[compiled.index[i]])), int(compiled.r[i])) - Fraction(
+            int(compiled.j[i]), 64
+        )
+        return residual.numerator, residual.denominator
+
+    survive = _residual_exp(rng, compiled.delta, exact_later, start=2)
+    if survive.all():
+        return values
+    return np.delete(values, compiled.index[~survive])
+
+
 def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> IntArray:
     """``m`` candidates of the staircase proposal, each kept with probability exp(-γ): the
     accepted values, in order. See :func:`discrete_gaussian` for the proof.
@@ -926,11 +961,26 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
     ``V`` goes unconfirmed about once in 2**20 candidates, and that path counts up from 0).
     """
     table = _exp_thresholds()
-    table32 = table.astype(np.uint32)  # the draws are compared as uint32
+    table32, v_thresholds, v_start = _staircase_tables()
     j_max = table.shape[0] - 1
-    v_thresholds = table32[::4]  # P(V >= v) = exp(-v/16): threshold T[4v]
     v_cap = v_thresholds.shape[0] - 2
     draws = rng.words(2 * m).view(np.uint32)
+    compiled = _kernel.staircase_pass(
+        draws,
+        m,
+        k=plan.k,
+        reject_below=plan.reject_below,
+        tau=plan.tau,
+        half_inverse_variance=plan.half_inverse_variance,
+        inverse_t=plan.inverse_t,
+        j_scale=64.0 * (1.0 - _GAMMA_SLACK),
+        j_offset=64.0 * _GAMMA_SLACK,
+        table=table32,
+        v_thresholds=v_thresholds,
+        v_start=v_start,
+    )
+    if compiled is not None:
+        return _finish_compiled(rng, compiled, plan)
     v_bits = draws[:m]
     r_bits = draws[m : 2 * m].astype(np.int64)
     first_bits = draws[2 * m : 3 * m]
@@ -1021,7 +1071,7 @@ def _staircase_candidates(rng: RandomSource, m: int, plan: _StaircasePlan) -> In
         for i in np.flatnonzero(gap <= _FLOAT_MARGIN).tolist():
             a_i, b_i = exact_delta(i)
             go_on[i] = _bernoulli_ratio_exact_from(rng, int(draws[3 * m + i]), 32, a_i, b_i)
-    later = np.flatnonzero(go_on)
+    later = np.flatnonzero(go_on & keep)  # a candidate already rejected needs no more rounds
     if later.size:
 
         def exact_later(i: int) -> tuple[int, int]:

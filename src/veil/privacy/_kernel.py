@@ -1,0 +1,199 @@
+"""The compiled candidate pass of the staircase discrete Gaussian (``_staircase.c``), if built.
+
+Installing veil compiles ``_staircase.c`` with the machine's C compiler into
+``_staircase_kernel.so`` beside this file (``hatch_build.py``). Where there was no compiler the
+library is absent and :func:`staircase_pass` returns None for every batch: the samplers then run
+their numpy code, which gives the same values from the same draws, about three times slower.
+
+Set ``VEIL_NO_KERNEL=1`` to ignore a built library (tests compare the two paths with
+:func:`disabled`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["LIBRARY", "StaircasePass", "available", "disabled", "staircase_pass", "v_start_table"]
+
+LIBRARY = Path(__file__).with_name("_staircase_kernel.so")
+# The interface version of _staircase.c (veil_staircase_abi); a stale build is not used.
+_ABI = 2
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_D = ctypes.c_double
+
+_state = threading.local()
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    if not LIBRARY.exists():
+        return None
+    try:
+        library = ctypes.CDLL(str(LIBRARY))
+    except OSError:
+        return None
+    if library.veil_staircase_abi() != _ABI:
+        return None
+    function = library.veil_staircase_pass
+    function.argtypes = [_P, _I, _I, _I, _D, _D, _D, _D, _D, _P, _I, _P, _I, _P, _P, _P, _P]
+    function.argtypes += [_P, _P, _P]
+    function.restype = _I
+    return library
+
+
+def available() -> bool:
+    """Whether the compiled pass is built, loadable and not switched off."""
+    if os.environ.get("VEIL_NO_KERNEL") == "1" or getattr(_state, "disabled", False):
+        return False
+    return _load() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block (in this thread), the samplers use their numpy code."""
+    previous = getattr(_state, "disabled", False)
+    _state.disabled = True
+    try:
+        yield
+    finally:
+        _state.disabled = previous
+
+
+def v_start_table(v_thresholds: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint16]:
+    """Per bucket of 32-bit draws (``_staircase.c``'s ``bucket``: 256 times the leading zeros,
+    plus the 8 bits after the leading one), a lower bound on V over the bucket: the number of
+    thresholds ``v_thresholds[1:]`` above the bucket's largest draw. (V decreases with the draw,
+    so no draw of the bucket has a smaller V; the kernel walks up from there.)"""
+    ascending = v_thresholds[1:].astype(np.int64)[::-1]
+
+    def count_above(w: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return ascending.size - np.searchsorted(ascending, w, side="right")
+
+    table = np.zeros(32 * 256, dtype=np.uint16)
+    bits = np.arange(256, dtype=np.int64)
+    for zeros in range(24):  # the bucket is the draws [256 + b, 257 + b) << (23 - zeros)
+        largest = ((257 + bits) << (23 - zeros)) - 1
+        table[zeros * 256 + bits] = count_above(largest)
+    for w in range(1, 1 << 8):  # 24 or more leading zeros: one draw per bucket
+        zeros = 32 - w.bit_length()
+        index = zeros * 256 + (((w << zeros) >> 23) & 0xFF)
+        table[index] = count_above(np.array([w], dtype=np.int64))[0]
+    table[31 * 256] = count_above(np.array([1], dtype=np.int64))[0]  # 0 shares 1's bucket
+    table.setflags(write=False)
+    return table
+
+
+class StaircasePass:
+    """What the compiled pass returns for a batch: the kept and pending values in order, and for
+    the pending ones (kept so far, going on to the later rounds of exp(-δ)) their positions, δ,
+    R and j."""
+
+    __slots__ = ("delta", "index", "j", "r", "values")
+
+    def __init__(
+        self,
+        values: npt.NDArray[np.int64],
+        index: npt.NDArray[np.int64],
+        delta: npt.NDArray[np.float64],
+        r: npt.NDArray[np.int64],
+        j: npt.NDArray[np.int64],
+    ) -> None:
+        self.values = values
+        self.index = index
+        self.delta = delta
+        self.r = r
+        self.j = j
+
+
+class _Buffers:
+    """Per-thread output buffers, reused: fresh arrays would cost their page faults each batch."""
+
+    __slots__ = ("delta", "index", "j", "n_pending", "r", "values")
+
+    def __init__(self, size: int) -> None:
+        self.values = np.empty(size, dtype=np.int64)
+        self.index = np.empty(size, dtype=np.int64)
+        self.delta = np.empty(size, dtype=np.float64)
+        self.r = np.empty(size, dtype=np.int64)
+        self.j = np.empty(size, dtype=np.int64)
+        self.n_pending = np.zeros(1, dtype=np.int64)
+
+
+def _scratch(m: int) -> _Buffers:
+    buffers: _Buffers | None = getattr(_state, "buffers", None)
+    if buffers is None or buffers.values.shape[0] < m:
+        buffers = _Buffers(max(m, 1 << 15))
+        _state.buffers = buffers
+    return buffers
+
+
+def staircase_pass(
+    draws: npt.NDArray[np.uint32],
+    m: int,
+    *,
+    k: int,
+    reject_below: int,
+    tau: float,
+    half_inverse_variance: float,
+    inverse_t: float,
+    j_scale: float,
+    j_offset: float,
+    table: npt.NDArray[np.uint32],
+    v_thresholds: npt.NDArray[np.uint32],
+    v_start: npt.NDArray[np.uint16],
+) -> StaircasePass | None:
+    """The compiled pass over ``m`` candidates' ``4 m`` draws, or None: when the library is not
+    available, or when the batch has an entry the numpy code settles exactly (then run that)."""
+    if not available() or m == 0:
+        return None
+    v_cap = v_thresholds.shape[0] - 2
+    if (v_cap + 1) * k >= 1 << 31:
+        return None  # the kernel's magnitudes are int32
+    library = _load()
+    assert library is not None
+    draws = np.ascontiguousarray(draws, dtype=np.uint32)
+    if draws.shape[0] != 4 * m:
+        raise ValueError(f"expected {4 * m} draws, got {draws.shape[0]}")
+    out = _scratch(m)
+    count = library.veil_staircase_pass(
+        draws.ctypes.data,
+        m,
+        k,
+        reject_below,
+        tau,
+        half_inverse_variance,
+        inverse_t,
+        j_scale,
+        j_offset,
+        table.ctypes.data,
+        table.shape[0] - 1,
+        v_thresholds.ctypes.data,
+        v_cap,
+        v_start.ctypes.data,
+        out.values.ctypes.data,
+        out.index.ctypes.data,
+        out.delta.ctypes.data,
+        out.r.ctypes.data,
+        out.j.ctypes.data,
+        out.n_pending.ctypes.data,
+    )
+    if count < 0:
+        return None
+    pending = int(out.n_pending[0])
+    return StaircasePass(
+        out.values[:count].copy(),
+        out.index[:pending].copy(),
+        out.delta[:pending].copy(),
+        out.r[:pending].copy(),
+        out.j[:pending].copy(),
+    )
