@@ -445,3 +445,43 @@ def test_ghost_clipping_keeps_every_contribution_within_c_for_large_batches() ->
     many = clipped_gradient_sum(layout, flat, x, y, 1.0) / 5000
     assert 0.98 < np.linalg.norm(many) < 1.0
     assert float(np.dot(many, one)) > 0.98 * float(np.dot(one, one))  # same direction
+
+
+def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> None:
+    """train_dpsgd draws each step's noise on a second thread while the gradients are computed;
+    with an audit hook that adds nothing it draws it afterwards, in its own thread. The random
+    source is read in the same order either way, so a seeded run trains the same model; and
+    the noise the thread drew is really in the update (a second seed gives another model)."""
+    from veil.federated import ParamLayout, train_dpsgd
+
+    data = synthetic([300])
+    torch.manual_seed(3)
+    layout = ParamLayout(models.Mlp(5, 2, hidden=(16,)).double())
+    dpsgd = DpSgd(noise_multiplier=1.0, batch_size=30)
+
+    def run(seed: int, *, hook: bool) -> np.ndarray:
+        nothing = np.zeros(layout.size)
+        return train_dpsgd(
+            layout,
+            layout.vector(),
+            data.client(0),
+            TrainConfig(local_epochs=2),
+            dpsgd,
+            rng=InsecureSeededRandom(seed),
+            add_before_noise=(lambda t, q: nothing) if hook else None,
+        ).update
+
+    ahead = run(4, hook=False)
+    assert np.array_equal(ahead, run(4, hook=True))
+    assert not np.allclose(ahead, run(5, hook=False))
+
+
+def test_noisy_sum_takes_only_noise_of_its_own_shape() -> None:
+    noise = NoisySum(clip_norm=1.0, noise_multiplier=1.0, dimension=4)
+    drawn = noise.draw(InsecureSeededRandom(0))
+    assert drawn.dtype == np.int64 and drawn.shape == (4,) and np.any(drawn != 0)
+    released = noise.release(np.zeros(4), InsecureSeededRandom(1), noise=drawn)
+    assert np.array_equal(released, drawn * noise.granularity)
+    for bad in (drawn[:3], drawn.astype(np.float64)):
+        with pytest.raises(ConfigurationError, match="int64 grid steps"):
+            noise.release(np.zeros(4), InsecureSeededRandom(1), noise=bad)

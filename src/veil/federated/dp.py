@@ -117,18 +117,39 @@ class NoisySum:
         """The noise's standard deviation parameter in data units."""
         return self.grid_sigma * self.granularity
 
-    def release(self, total: Vector, rng: RandomSource) -> Vector:
-        """``total`` (a sum of clipped vectors) with the noise added."""
+    def draw(self, rng: RandomSource) -> npt.NDArray[np.int64]:
+        """The noise of one release in grid steps: ``dimension`` discrete Gaussian integers
+        (zeros when ``noise_multiplier = 0``).
+
+        The noise does not depend on the sum, so it may be drawn before the sum is known and
+        handed to :meth:`release` as ``noise``: :func:`~veil.federated.train_dpsgd` draws it on
+        a second thread while the step's gradients are computed.
+        """
+        if self.grid_sigma > 0:
+            return discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma)
+        return np.zeros(self.dimension, dtype=np.int64)
+
+    def release(
+        self, total: Vector, rng: RandomSource, *, noise: npt.NDArray[np.int64] | None = None
+    ) -> Vector:
+        """``total`` (a sum of clipped vectors) with the noise added: ``noise`` if given (a
+        result of :meth:`draw` on this object, used once), else a fresh draw from ``rng``."""
         flat = np.asarray(total, dtype=np.float64).reshape(-1)
         if flat.size != self.dimension:
             raise ConfigurationError(f"expected {self.dimension} coordinates, got {flat.size}")
+        if noise is None:
+            noise = self.draw(rng)
+        elif noise.shape != (self.dimension,) or noise.dtype != np.int64:
+            raise ConfigurationError(
+                f"noise must be {self.dimension} int64 grid steps from draw(), "
+                f"got {noise.dtype} of shape {noise.shape}"
+            )
         # g is a power of two: multiplying by 1/g is exactly dividing by g. In place where
         # possible: each fresh array of a large model costs page faults as well as a pass.
         scaled = flat * (1.0 / self.granularity)
         np.rint(scaled, out=scaled)
         index = scaled.astype(np.int64)
-        if self.grid_sigma > 0:
-            index += discrete_gaussian(rng, flat.size, sigma=self.grid_sigma)
+        index += noise
         out = index.astype(np.float64)
         out *= self.granularity
         return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -627,38 +628,47 @@ def train_dpsgd(
     span = None if _all_linear(layout.module) else chunk
     buffer = np.empty(layout.size)  # the clipped sum of every step, in place
     taken = 0
-    for t in range(steps):
-        chosen = torch.from_numpy(_poisson_sample(rng, n, q))
-        size = int(chosen.shape[0])
-        if span is None or size <= span:
-            xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
-            total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)
-        else:
-            total = np.zeros(layout.size)
-            for lo in range(0, size, span):
-                sel = chosen[lo : lo + span]
-                total += clipped_gradient_sum(
-                    layout, flat, client.x[sel], client.y[sel], dpsgd.clip_norm
-                )
-        taken += size
-        if add_before_noise is not None:
-            extra = np.asarray(add_before_noise(t, q), dtype=np.float64)
-            if extra.shape != total.shape:
-                raise ConfigurationError(
-                    f"add_before_noise must return {total.shape[0]} values, got {extra.shape}"
-                )
-            total += extra
-        released = noise.release(total, rng)
-        if observe_noisy_sum is not None:
-            seen = released.view()
-            seen.flags.writeable = False
-            observe_noisy_sum(t, seen)
-        # θ ← θ - η (s / B + μ (θ - θ₀)), in place
-        prox = flat - start if mu else None
-        noisy = torch.from_numpy(released).to(dtype)
-        flat.sub_(noisy, alpha=config.learning_rate / dpsgd.batch_size)
-        if prox is not None:
-            flat.sub_(prox, alpha=config.learning_rate * mu)
+    # The noise does not depend on the data: each step's is drawn on a second thread while its
+    # gradients are computed (the sampler's compiled pass and numpy release the GIL). The random
+    # source is used by one thread at a time, in the order sample, noise, so a seeded run draws
+    # what it would draw in one thread. An audit hook may draw from the source too: then the
+    # noise is drawn after it, in this thread.
+    ahead = add_before_noise is None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise") as noise_thread:
+        for t in range(steps):
+            chosen = torch.from_numpy(_poisson_sample(rng, n, q))
+            drawing = noise_thread.submit(noise.draw, rng) if ahead else None
+            size = int(chosen.shape[0])
+            if span is None or size <= span:
+                xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
+                total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)
+            else:
+                total = np.zeros(layout.size)
+                for lo in range(0, size, span):
+                    sel = chosen[lo : lo + span]
+                    total += clipped_gradient_sum(
+                        layout, flat, client.x[sel], client.y[sel], dpsgd.clip_norm
+                    )
+            taken += size
+            if add_before_noise is not None:
+                extra = np.asarray(add_before_noise(t, q), dtype=np.float64)
+                if extra.shape != total.shape:
+                    raise ConfigurationError(
+                        f"add_before_noise must return {total.shape[0]} values, got {extra.shape}"
+                    )
+                total += extra
+            drawn = None if drawing is None else drawing.result()
+            released = noise.release(total, rng, noise=drawn)
+            if observe_noisy_sum is not None:
+                seen = released.view()
+                seen.flags.writeable = False
+                observe_noisy_sum(t, seen)
+            # θ ← θ - η (s / B + μ (θ - θ₀)), in place
+            prox = flat - start if mu else None
+            noisy = torch.from_numpy(released).to(dtype)
+            flat.sub_(noisy, alpha=config.learning_rate / dpsgd.batch_size)
+            if prox is not None:
+                flat.sub_(prox, alpha=config.learning_rate * mu)
     update = (flat.double() - start.double()).numpy()
     metrics = {"dp_steps": float(steps), "mean_batch": taken / steps}
     if config.clip_norm is not None:
