@@ -34,6 +34,9 @@ its steps, and the table shows the median and the best over the rounds:
   in the full epoch (q = B/n over all n records, secure Poisson sampling, per-sample gradients,
   clipping, discrete Gaussian noise, update). The call's own set-up (the float32 copy of the
   parameters, the noise's grid) is inside the figure, spread over the steps;
+* veil with ``draw_noise_ahead=False``: the same call, each step's noise drawn after its
+  gradients in the same thread instead of on a second thread while they are computed (the
+  default, above). The default uses one more thread than ``--threads``; this one does not;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
   functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``training.
   _poisson_sample``: 16 secure random bits per record, 37 more only where those tie with
@@ -45,8 +48,10 @@ its steps, and the table shows the median and the best over the rounds:
   gradients; for the CNN,
   per-sample gradients with ``vmap(grad)`` per named parameter, clipped in float32 and summed in
   float64);
-  ``NoisySum.release`` for the model's dimension with ``SecureRandom``; the update of the flat
-  parameter vector in place (the noisy sum scaled by the learning rate over B). ``train_dpsgd``
+  ``NoisySum.draw`` for the model's dimension with ``SecureRandom`` (the exact discrete
+  Gaussian: its compiled candidate pass when built); ``NoisySum.release`` with that noise and
+  the update of the flat parameter vector in place (the noisy sum scaled by the learning rate
+  over B). ``train_dpsgd``
   gives a model of linear layers its whole sample in one call and others chunks of 512 records;
   with B = 256 a sample over 512 has probability below 1e-40, so the pieces take it as one
   chunk. The sum of the pieces is shown beside the whole
@@ -55,8 +60,8 @@ its steps, and the table shows the median and the best over the rounds:
 Every process runs ``--threads`` torch threads, 1 by default: on this 2-core machine, shared with
 other jobs, two threads per process oversubscribe the cores and a step's time swings by up to 10x
 from round to round (seen while writing this: the MLP's non-private step took 8 to 69 ms with two
-threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine. The noise is numpy,
-single-threaded at any count.
+threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine. The noise is drawn by
+one thread at any count (veil's default draws it on a thread of its own, beside torch's).
 
 Opacus runs in its own virtual environment, ``.bench-envs/opacus`` (``--setup`` creates it with
 ``pip install -c constraints.txt torch==2.13.0 opacus``: the latest Opacus that installs beside
@@ -209,8 +214,11 @@ def veil_dpsgd(batch: int, steps: int) -> Any:
     )
 
 
-def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dict[str, float]:
-    """One ``train_dpsgd`` call of ``steps`` steps; its wall time per step."""
+def veil_run(
+    models: Any, name: str, client: Any, batch: int, steps: int, *, ahead: bool = True
+) -> dict[str, float]:
+    """One ``train_dpsgd`` call of ``steps`` steps; its wall time per step. ``ahead``: each
+    step's noise drawn on a second thread during the gradients (the default), else in turn."""
     from veil.federated import ParamLayout, TrainConfig, train_dpsgd
     from veil.privacy.random import SecureRandom
 
@@ -219,7 +227,9 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
     dpsgd = veil_dpsgd(batch, steps)
     config = TrainConfig(local_epochs=1, learning_rate=LR)
     start = time.perf_counter()
-    outcome = train_dpsgd(layout, params, client, config, dpsgd, rng=SecureRandom())
+    outcome = train_dpsgd(
+        layout, params, client, config, dpsgd, rng=SecureRandom(), draw_noise_ahead=ahead
+    )
     elapsed = time.perf_counter() - start
     done = int(outcome.metrics["dp_steps"])
     if done != steps:
@@ -232,8 +242,8 @@ def veil_run(models: Any, name: str, client: Any, batch: int, steps: int) -> dic
 PIECES = {
     "sample": "Poisson sample (SecureRandom, 16 bits per record) + gather",
     "clip": "per-sample norms, clipping and the sum (`clipped_gradient_sum`, into one buffer)",
-    "noise": "`NoisySum.release` (discrete Gaussian, SecureRandom)",
-    "update": "update of the flat parameters (in place, scaled by lr / B)",
+    "noise": "`NoisySum.draw` (the exact discrete Gaussian, SecureRandom)",
+    "update": "`NoisySum.release` (the sum on the grid, plus the noise) and the update in place",
 }
 
 
@@ -265,8 +275,9 @@ def veil_pieces_run(
         t2 = clock()
         total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)
         t3 = clock()
-        released = noise.release(total, rng)
+        drawn = noise.draw(rng)
         t4 = clock()
+        released = noise.release(total, rng, noise=drawn)
         flat.sub_(torch.from_numpy(released).to(flat.dtype), alpha=LR / dpsgd.batch_size)
         t5 = clock()
         taken += int(chosen.shape[0])
@@ -468,7 +479,7 @@ class Measured:
         return statistics.median(values) if values else None
 
 
-LOCAL = ("nonprivate", "veil", "pieces")
+LOCAL = ("nonprivate", "veil", "veil-in-turn", "pieces")
 
 
 def time_model(
@@ -493,6 +504,8 @@ def time_model(
             return nonprivate_run(models, name, x, y, batch, count)
         if method == "veil":
             return veil_run(models, name, client, batch, count)
+        if method == "veil-in-turn":
+            return veil_run(models, name, client, batch, count, ahead=False)
         if method == "pieces":
             return veil_pieces_run(models, name, client, batch, count)
         return run_opacus_once(name, batch, count, timeout)
@@ -525,6 +538,7 @@ def time_model(
 LABELS = {
     "nonprivate": "non-private: torch autograd + `torch.optim.SGD`",
     "veil": "veil `train_dpsgd`",
+    "veil-in-turn": "veil `train_dpsgd(draw_noise_ahead=False)`",
     "pieces": "veil, sum of the pieces timed one by one",
     "opacus": "Opacus",
 }
@@ -565,8 +579,10 @@ def print_report(
         elif method == "veil":
             notes = (
                 "whole call / dp_steps; secure Poisson sample, float32 clipping with a "
-                "margin, float64 sums, exact noise"
+                "margin, float64 sums, exact noise drawn on a second thread during the gradients"
             )
+        elif method == "veil-in-turn":
+            notes = "the same, with the noise drawn after the gradients in the same thread"
         elif method == "pieces":
             notes = "separate run; see the breakdown below"
         elif method == "opacus":
@@ -616,6 +632,13 @@ def print_report(
         print(
             f"* veil DP-SGD step / non-private step = {ratio_text(whole, floor)} "
             f"(target <= {TARGET_NONPRIVATE:g}): {verdict(whole / floor <= TARGET_NONPRIVATE)}"
+        )
+    in_turn = results["veil-in-turn"].median
+    if in_turn is not None and floor is not None:
+        print(
+            f"* veil with the noise drawn in turn, one thread / non-private step = "
+            f"{ratio_text(in_turn, floor)} (the same target): "
+            f"{verdict(in_turn / floor <= TARGET_NONPRIVATE)}"
         )
     opacus = results.get("opacus")
     if opacus is None:

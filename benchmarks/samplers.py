@@ -8,7 +8,9 @@ For a typical and a large scale (and, for the Gaussian, the grid noise of one DP
 benchmarks/dpsgd.py's MLP, 524,739) it times, in the same process:
 
 * veil's ``discrete_laplace`` / ``discrete_gaussian`` driven by ``SecureRandom`` (exact
-  integer samplers, AES-CTR keystream under a fresh key per request);
+  integer samplers, AES-CTR keystream under a fresh key per request); for the Gaussian from
+  σ = 16 on, also with its compiled candidate pass switched off (the numpy code that runs where
+  veil was installed without a C compiler; the same values from the same draws);
 * numpy's ``Generator.laplace`` / ``Generator.normal`` (PCG64, floating point): the speed
   floor of "insecure float noise", which is neither exact nor cryptographically seeded;
 * OpenDP's ``make_laplace`` / ``make_gaussian`` measurements on a vector of ``n`` integers
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from _harness import machine
+from veil.privacy import _kernel
 from veil.privacy.random import SecureRandom
 from veil.privacy.samplers import discrete_gaussian, discrete_laplace
 
@@ -78,6 +81,17 @@ def veil_sampler(distribution: str, scale: float, n: int) -> Callable[[], object
     if distribution == "laplace":
         return lambda: discrete_laplace(rng, n, scale=scale)
     return lambda: discrete_gaussian(rng, n, sigma=scale)
+
+
+def veil_numpy_pass(scale: float, n: int) -> Callable[[], object]:
+    """veil's discrete Gaussian with its compiled candidate pass switched off (σ >= 16)."""
+    rng = SecureRandom()
+
+    def run() -> object:
+        with _kernel.disabled():
+            return discrete_gaussian(rng, n, sigma=scale)
+
+    return run
 
 
 def numpy_sampler(distribution: str, scale: float, n: int) -> Callable[[], object]:
@@ -150,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                 median_seconds(veil_sampler(distribution, scale, n), args.repeats, warm_up=True),
             )
         )
+        if distribution == "gaussian" and scale >= 16 and _kernel.available():
+            rows.append(
+                Row(
+                    distribution,
+                    scale,
+                    "veil discrete_gaussian, numpy pass (kernel off)",
+                    "yes",
+                    "yes (AES-CTR)",
+                    median_seconds(veil_numpy_pass(scale, n), args.repeats, warm_up=True),
+                )
+            )
         numpy_name = "laplace" if distribution == "laplace" else "normal"
         rows.append(
             Row(
@@ -202,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for distribution, scale in CASES:
         mine = [r for r in rows if r.distribution == distribution and r.scale == scale]
-        veil, numpy_row = mine[0], mine[1]
-        versus_opendp = f"{veil.rate(n) / mine[2].rate(n):.1f}" if len(mine) > 2 else "n/a"
+        veil = mine[0]
+        numpy_row = next(r for r in mine if r.sampler.startswith("numpy"))
+        opendp_rows = [r for r in mine if r.sampler.startswith("OpenDP")]
+        versus_opendp = f"{veil.rate(n) / opendp_rows[0].rate(n):.1f}" if opendp_rows else "n/a"
         print(
             f"| {distribution} | {scale:g} | {veil.rate(n) / numpy_row.rate(n):.2f} "
             f"| {versus_opendp} |"

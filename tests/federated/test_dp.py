@@ -449,9 +449,10 @@ def test_ghost_clipping_keeps_every_contribution_within_c_for_large_batches() ->
 
 def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> None:
     """train_dpsgd draws each step's noise on a second thread while the gradients are computed;
-    with an audit hook that adds nothing it draws it afterwards, in its own thread. The random
-    source is read in the same order either way, so a seeded run trains the same model; and
-    the noise the thread drew is really in the update (a second seed gives another model)."""
+    with draw_noise_ahead=False, or an audit hook that adds nothing, it draws it afterwards in
+    its own thread. The random source is read in the same order either way, so a seeded run
+    trains the same model; and the noise the thread drew is really in the update (a second seed
+    gives another model)."""
     from veil.federated import ParamLayout, train_dpsgd
 
     data = synthetic([300])
@@ -459,7 +460,7 @@ def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> N
     layout = ParamLayout(models.Mlp(5, 2, hidden=(16,)).double())
     dpsgd = DpSgd(noise_multiplier=1.0, batch_size=30)
 
-    def run(seed: int, *, hook: bool) -> np.ndarray:
+    def run(seed: int, *, hook: bool, ahead: bool = True) -> np.ndarray:
         nothing = np.zeros(layout.size)
         return train_dpsgd(
             layout,
@@ -469,10 +470,12 @@ def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> N
             dpsgd,
             rng=InsecureSeededRandom(seed),
             add_before_noise=(lambda t, q: nothing) if hook else None,
+            draw_noise_ahead=ahead,
         ).update
 
     ahead = run(4, hook=False)
     assert np.array_equal(ahead, run(4, hook=True))
+    assert np.array_equal(ahead, run(4, hook=False, ahead=False))
     assert not np.allclose(ahead, run(5, hook=False))
 
 

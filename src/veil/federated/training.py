@@ -597,6 +597,7 @@ def train_dpsgd(
     chunk: int = 512,
     add_before_noise: Callable[[int, float], Vector] | None = None,
     observe_noisy_sum: Callable[[int, Vector], None] | None = None,
+    draw_noise_ahead: bool = True,
 ) -> LocalOutcome:
     """DP-SGD on one client's records (Abadi et al. 2016), as in :mod:`veil.federated.dp`.
 
@@ -610,6 +611,12 @@ def train_dpsgd(
     samples at the step's sampling probability ``q`` and keeps within ``C`` each), and
     ``observe_noisy_sum(t, s)`` receives the released noisy sum ``s`` (read-only, before the
     division by ``B``). Neither changes the noise, the sampling or the clipping of the records.
+
+    ``draw_noise_ahead`` (the default) draws each step's noise on a second thread while the
+    step's gradients are computed; False draws it afterwards in this thread, for one core. The
+    random source is read in the same order either way (sample, then noise), so a seeded run
+    gives the same model. With ``add_before_noise``, which may read the source, the noise is
+    always drawn afterwards.
     """
     n = len(client)
     if n == 0:
@@ -628,12 +635,10 @@ def train_dpsgd(
     span = None if _all_linear(layout.module) else chunk
     buffer = np.empty(layout.size)  # the clipped sum of every step, in place
     taken = 0
-    # The noise does not depend on the data: each step's is drawn on a second thread while its
-    # gradients are computed (the sampler's compiled pass and numpy release the GIL). The random
-    # source is used by one thread at a time, in the order sample, noise, so a seeded run draws
-    # what it would draw in one thread. An audit hook may draw from the source too: then the
-    # noise is drawn after it, in this thread.
-    ahead = add_before_noise is None
+    # The noise does not depend on the data, so it can be drawn while the gradients are computed
+    # (the sampler's compiled pass and numpy release the GIL). The random source is used by one
+    # thread at a time, always in the order sample, noise.
+    ahead = draw_noise_ahead and add_before_noise is None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise") as noise_thread:
         for t in range(steps):
             chosen = torch.from_numpy(_poisson_sample(rng, n, q))
