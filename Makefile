@@ -16,6 +16,7 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt hatch_build.py src/veil/
 	@touch $@
 
 $(VENV)/.test-installed: pyproject.toml constraints.txt hatch_build.py src/veil/privacy/_staircase.c | $(BIN)/python
+	scripts/ensure-system-deps.sh
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	@touch $@ $(VENV)/.demo-installed
 

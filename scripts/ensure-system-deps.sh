@@ -2,7 +2,8 @@
 # What the test suite needs from the system, installed from Debian's packages when missing:
 # PostgreSQL's server binaries (the ledger's contract tests start a throw-away server) and a
 # headless Java runtime (the Spark engine's tests run Spark in local mode); Fashion-MNIST (the
-# federated data loader's test reads the real files).
+# federated data loader's test reads the real files); a C compiler (installing veil compiles the
+# exact sampler's inner loop, and the tests require the compiled loop).
 set -euo pipefail
 missing=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
@@ -10,6 +11,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 if ! command -v java >/dev/null 2>&1; then
   missing+=(default-jre-headless)
+fi
+if ! command -v cc >/dev/null 2>&1; then
+  missing+=(gcc libc6-dev)
 fi
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   missing+=(dataset-fashion-mnist)
