@@ -35,8 +35,9 @@ its steps, and the table shows the median and the best over the rounds:
   clipping, discrete Gaussian noise, update). The call's own set-up (the float32 copy of the
   parameters, the noise's grid) is inside the figure, spread over the steps;
 * veil with ``draw_noise_ahead=False``: the same call, each step's noise drawn after its
-  gradients in the same thread instead of on a second thread while they are computed (the
-  default, above). The default uses one more thread than ``--threads``; this one does not;
+  gradients in the same thread, instead of on a second thread one step ahead while this one
+  samples and computes gradients (the default, above). The default uses one more thread than
+  ``--threads``; this one does not;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
   functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``training.
   _poisson_sample``: 16 secure random bits per record, 37 more only where those tie with
@@ -266,6 +267,7 @@ def veil_pieces_run(
     flat = torch.tensor(layout.vector(), dtype=client.x.dtype)
     spent = dict.fromkeys(PIECES, 0.0)
     buffer = np.empty(layout.size)  # as in train_dpsgd: the clipped sum written in place
+    noisy = torch.empty(layout.size, dtype=flat.dtype)  # and the noisy sum's float32 copy
     taken = 0
     clock = time.perf_counter
     for _ in range(steps):
@@ -277,8 +279,9 @@ def veil_pieces_run(
         t3 = clock()
         drawn = noise.draw(rng)
         t4 = clock()
-        released = noise.release(total, rng, noise=drawn)
-        flat.sub_(torch.from_numpy(released).to(flat.dtype), alpha=LR / dpsgd.batch_size)
+        released = noise.release(total, rng, noise=drawn, out=total)  # in place, as there
+        noisy.copy_(torch.from_numpy(released))
+        flat.sub_(noisy, alpha=LR / dpsgd.batch_size)
         t5 = clock()
         taken += int(chosen.shape[0])
         spent["sample"] += t2 - t0

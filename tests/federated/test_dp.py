@@ -447,12 +447,11 @@ def test_ghost_clipping_keeps_every_contribution_within_c_for_large_batches() ->
     assert float(np.dot(many, one)) > 0.98 * float(np.dot(one, one))  # same direction
 
 
-def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> None:
-    """train_dpsgd draws each step's noise on a second thread while the gradients are computed;
-    with draw_noise_ahead=False, or an audit hook that adds nothing, it draws it afterwards in
-    its own thread. The random source is read in the same order either way, so a seeded run
-    trains the same model; and the noise the thread drew is really in the update (a second seed
-    gives another model)."""
+def test_dpsgd_noise_drawn_ahead_is_seeded_and_the_hook_keeps_it_in_turn() -> None:
+    """train_dpsgd draws the noise one step ahead on a second thread, from a stream seeded from
+    the seeded source: the same seed trains the same model, another seed another one. In turn
+    (draw_noise_ahead=False), the source is read sample, noise, sample, ...: an audit hook that
+    adds nothing keeps the noise in turn, so it trains the in-turn model, not the ahead one."""
     from veil.federated import ParamLayout, train_dpsgd
 
     data = synthetic([300])
@@ -460,7 +459,7 @@ def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> N
     layout = ParamLayout(models.Mlp(5, 2, hidden=(16,)).double())
     dpsgd = DpSgd(noise_multiplier=1.0, batch_size=30)
 
-    def run(seed: int, *, hook: bool, ahead: bool = True) -> np.ndarray:
+    def run(seed: int, *, hook: bool = False, ahead: bool = True) -> np.ndarray:
         nothing = np.zeros(layout.size)
         return train_dpsgd(
             layout,
@@ -473,10 +472,12 @@ def test_dpsgd_noise_drawn_ahead_on_its_thread_is_the_noise_drawn_in_turn() -> N
             draw_noise_ahead=ahead,
         ).update
 
-    ahead = run(4, hook=False)
-    assert np.array_equal(ahead, run(4, hook=True))
-    assert np.array_equal(ahead, run(4, hook=False, ahead=False))
-    assert not np.allclose(ahead, run(5, hook=False))
+    ahead = run(4)
+    in_turn = run(4, ahead=False)
+    assert np.array_equal(ahead, run(4))
+    assert not np.allclose(ahead, run(5))
+    assert np.array_equal(in_turn, run(4, hook=True))
+    assert not np.allclose(ahead, in_turn)
 
 
 def test_noisy_sum_takes_only_noise_of_its_own_shape() -> None:

@@ -130,10 +130,19 @@ class NoisySum:
         return np.zeros(self.dimension, dtype=np.int64)
 
     def release(
-        self, total: Vector, rng: RandomSource, *, noise: npt.NDArray[np.int64] | None = None
+        self,
+        total: Vector,
+        rng: RandomSource,
+        *,
+        noise: npt.NDArray[np.int64] | None = None,
+        out: Vector | None = None,
     ) -> Vector:
         """``total`` (a sum of clipped vectors) with the noise added: ``noise`` if given (a
-        result of :meth:`draw` on this object, used once), else a fresh draw from ``rng``."""
+        result of :meth:`draw` on this object, used once), else a fresh draw from ``rng``.
+
+        ``out``, a float64 array of ``dimension`` values (``total`` itself is allowed),
+        receives the result and is returned; otherwise the result is a new array.
+        """
         flat = np.asarray(total, dtype=np.float64).reshape(-1)
         if flat.size != self.dimension:
             raise ConfigurationError(f"expected {self.dimension} coordinates, got {flat.size}")
@@ -144,15 +153,25 @@ class NoisySum:
                 f"noise must be {self.dimension} int64 grid steps from draw(), "
                 f"got {noise.dtype} of shape {noise.shape}"
             )
-        # g is a power of two: multiplying by 1/g is exactly dividing by g. In place where
-        # possible: each fresh array of a large model costs page faults as well as a pass.
-        scaled = flat * (1.0 / self.granularity)
+        # g is a power of two: multiplying by 1/g is exactly dividing by g, and by g exactly
+        # undoes it. The grid indices and the noise are integers; while they stay below 2**52
+        # (the noise is below 2**31, see discrete_gaussian) float64 adds them exactly, in place,
+        # so no array is allocated (each fresh array of a large model costs page faults).
+        scaled = np.multiply(flat, 1.0 / self.granularity, out=out)
         np.rint(scaled, out=scaled)
-        index = scaled.astype(np.int64)
-        index += noise
-        out = index.astype(np.float64)
-        out *= self.granularity
-        return out
+        if _within(scaled, 2.0**52) and _within(noise, 2**52):
+            np.add(scaled, noise, out=scaled)
+        else:  # beyond float64's integers: the same sum in int64
+            index = scaled.astype(np.int64)
+            index += noise
+            scaled[:] = index
+        scaled *= self.granularity
+        return scaled
+
+
+def _within(values: npt.NDArray[Any], bound: float) -> bool:
+    """Whether every value lies strictly between -bound and bound (two reductions, no copy)."""
+    return not values.size or (-bound < values.min() and values.max() < bound)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from veil.errors import ConfigurationError, DataError
 from veil.federated.dp import DpSgd, NoisySum, clip_rows
 from veil.federated.messages import TrainConfig
 from veil.federated.models import LogisticRegression
-from veil.privacy.random import RandomSource
+from veil.privacy.random import InsecureSeededRandom, RandomSource, SecureRandom
 
 __all__ = [
     "ClientData",
@@ -586,6 +586,21 @@ def _poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64
     return np.flatnonzero(below)
 
 
+def _noise_stream(rng: RandomSource) -> RandomSource | None:
+    """A source for the noise drawn on another thread while ``rng`` samples, or None.
+
+    ``SecureRandom`` keeps no state, so both threads may read it. A source that is not secure
+    seeds a stream of its own from two of its words (reproducible from its seed). Any other
+    secure source may not be safe to share between threads, so its noise stays in turn.
+    """
+    if isinstance(rng, SecureRandom):
+        return rng
+    if not rng.is_secure:
+        seed = rng.words(2)
+        return InsecureSeededRandom(int(seed[0]) << 64 | int(seed[1]))
+    return None
+
+
 def train_dpsgd(
     layout: ParamLayout,
     parameters: npt.ArrayLike,
@@ -612,11 +627,13 @@ def train_dpsgd(
     ``observe_noisy_sum(t, s)`` receives the released noisy sum ``s`` (read-only, before the
     division by ``B``). Neither changes the noise, the sampling or the clipping of the records.
 
-    ``draw_noise_ahead`` (the default) draws each step's noise on a second thread while the
-    step's gradients are computed; False draws it afterwards in this thread, for one core. The
-    random source is read in the same order either way (sample, then noise), so a seeded run
-    gives the same model. With ``add_before_noise``, which may read the source, the noise is
-    always drawn afterwards.
+    ``draw_noise_ahead`` (the default) draws the noise on a second thread, one step ahead,
+    while this thread samples and computes gradients; False draws each step's noise after its
+    gradients in this thread, for one core. Ahead, the noise comes from a stream of its own:
+    ``rng`` itself when it is a :class:`~veil.privacy.SecureRandom` (which keeps no state), a
+    seeded stream drawn from ``rng`` when it is not secure (so a seeded run is reproducible,
+    though it trains another model than the same seed in turn). Another secure source, or an
+    ``add_before_noise`` hook (which may read ``rng``), keeps the noise in turn.
     """
     n = len(client)
     if n == 0:
@@ -634,15 +651,16 @@ def train_dpsgd(
     # its memory is that of a forward pass); per-sample gradients go in chunks.
     span = None if _all_linear(layout.module) else chunk
     buffer = np.empty(layout.size)  # the clipped sum of every step, in place
+    noisy = torch.empty(layout.size, dtype=dtype)  # the noisy sum in the parameters' dtype
     taken = 0
-    # The noise does not depend on the data, so it can be drawn while the gradients are computed
-    # (the sampler's compiled pass and numpy release the GIL). The random source is used by one
-    # thread at a time, always in the order sample, noise.
-    ahead = draw_noise_ahead and add_before_noise is None
+    # The noise does not depend on the data, so the next step's can be drawn on a second thread
+    # while this one samples and computes gradients (the sampler's compiled pass, the cipher and
+    # numpy release the GIL), from a stream that no other thread reads.
+    noise_rng = _noise_stream(rng) if draw_noise_ahead and add_before_noise is None else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise") as noise_thread:
+        drawing = None if noise_rng is None else noise_thread.submit(noise.draw, noise_rng)
         for t in range(steps):
             chosen = torch.from_numpy(_poisson_sample(rng, n, q))
-            drawing = noise_thread.submit(noise.draw, rng) if ahead else None
             size = int(chosen.shape[0])
             if span is None or size <= span:
                 xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
@@ -662,15 +680,18 @@ def train_dpsgd(
                         f"add_before_noise must return {total.shape[0]} values, got {extra.shape}"
                     )
                 total += extra
-            drawn = None if drawing is None else drawing.result()
-            released = noise.release(total, rng, noise=drawn)
+            drawn = None
+            if drawing is not None and noise_rng is not None:
+                drawn = drawing.result()
+                drawing = noise_thread.submit(noise.draw, noise_rng) if t + 1 < steps else None
+            released = noise.release(total, rng, noise=drawn, out=total)  # in place
             if observe_noisy_sum is not None:
-                seen = released.view()
+                seen = released.copy()
                 seen.flags.writeable = False
                 observe_noisy_sum(t, seen)
             # θ ← θ - η (s / B + μ (θ - θ₀)), in place
             prox = flat - start if mu else None
-            noisy = torch.from_numpy(released).to(dtype)
+            noisy.copy_(torch.from_numpy(released))  # rounded to the parameters' dtype
             flat.sub_(noisy, alpha=config.learning_rate / dpsgd.batch_size)
             if prox is not None:
                 flat.sub_(prox, alpha=config.learning_rate * mu)
