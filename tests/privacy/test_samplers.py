@@ -1086,3 +1086,16 @@ def test_a_broken_compiled_pass_fails_the_fit(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(_kernel, "staircase_pass", broken)
     drawn = discrete_gaussian(InsecureSeededRandom(5), HIGH_POWER_SAMPLES, sigma=100.5)
     assert binned_fit_pvalue(drawn, 100.5) < ALPHA
+
+
+@pytest.mark.parametrize("sigma", [3.0, 524_739.142], ids=str)
+def test_discrete_gaussian_writes_into_out(sigma: float) -> None:
+    """``out`` receives the values a new array would hold, and a bad ``out`` is refused."""
+    out = np.full(5000, -1, dtype=np.int64)
+    returned = discrete_gaussian(InsecureSeededRandom(8), 5000, sigma=sigma, out=out)
+    assert returned is out
+    assert np.array_equal(out, discrete_gaussian(InsecureSeededRandom(8), 5000, sigma=sigma))
+    strided = np.zeros((5000, 2), dtype=np.int64)[:, 0]
+    for bad in (np.zeros(4999, dtype=np.int64), np.zeros(5000), strided):
+        with pytest.raises(ConfigurationError, match="out must be"):
+            discrete_gaussian(InsecureSeededRandom(8), 5000, sigma=sigma, out=bad)

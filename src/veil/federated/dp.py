@@ -117,17 +117,23 @@ class NoisySum:
         """The noise's standard deviation parameter in data units."""
         return self.grid_sigma * self.granularity
 
-    def draw(self, rng: RandomSource) -> npt.NDArray[np.int64]:
+    def draw(
+        self, rng: RandomSource, *, out: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.int64]:
         """The noise of one release in grid steps: ``dimension`` discrete Gaussian integers
         (zeros when ``noise_multiplier = 0``).
 
         The noise does not depend on the sum, so it may be drawn before the sum is known and
         handed to :meth:`release` as ``noise``: :func:`~veil.federated.train_dpsgd` draws it on
-        a second thread while the step's gradients are computed.
+        a second thread while the step's gradients are computed. ``out`` (``dimension`` int64
+        values) receives it, as in :func:`~veil.privacy.discrete_gaussian`.
         """
         if self.grid_sigma > 0:
-            return discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma)
-        return np.zeros(self.dimension, dtype=np.int64)
+            return discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma, out=out)
+        if out is None:
+            return np.zeros(self.dimension, dtype=np.int64)
+        out.fill(0)
+        return out
 
     def release(
         self,

@@ -657,8 +657,12 @@ def train_dpsgd(
     # while this one samples and computes gradients (the sampler's compiled pass, the cipher and
     # numpy release the GIL), from a stream that no other thread reads.
     noise_rng = _noise_stream(rng) if draw_noise_ahead and add_before_noise is None else None
+    # Two noise buffers, by turns: one is being released while the next step's is drawn.
+    drawn_into = [np.empty(layout.size, dtype=np.int64) for _ in range(2)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise") as noise_thread:
-        drawing = None if noise_rng is None else noise_thread.submit(noise.draw, noise_rng)
+        drawing = None
+        if noise_rng is not None:
+            drawing = noise_thread.submit(noise.draw, noise_rng, out=drawn_into[0])
         for t in range(steps):
             chosen = torch.from_numpy(_poisson_sample(rng, n, q))
             size = int(chosen.shape[0])
@@ -683,7 +687,12 @@ def train_dpsgd(
             drawn = None
             if drawing is not None and noise_rng is not None:
                 drawn = drawing.result()
-                drawing = noise_thread.submit(noise.draw, noise_rng) if t + 1 < steps else None
+                drawing = None
+                if t + 1 < steps:
+                    following = drawn_into[(t + 1) % 2]
+                    drawing = noise_thread.submit(noise.draw, noise_rng, out=following)
+            if drawn is None:
+                drawn = noise.draw(rng, out=drawn_into[0])
             released = noise.release(total, rng, noise=drawn, out=total)  # in place
             if observe_noisy_sum is not None:
                 seen = released.copy()

@@ -153,7 +153,10 @@ def staircase_pass(
     v_start: npt.NDArray[np.uint16],
 ) -> StaircasePass | None:
     """The compiled pass over ``m`` candidates' ``4 m`` draws, or None: when the library is not
-    available, or when the batch has an entry the numpy code settles exactly (then run that)."""
+    available, or when the batch has an entry the numpy code settles exactly (then run that).
+
+    The arrays returned are views of this thread's buffers, valid until its next call.
+    """
     if not available() or m == 0:
         return None
     v_cap = v_thresholds.shape[0] - 2
@@ -191,9 +194,9 @@ def staircase_pass(
         return None
     pending = int(out.n_pending[0])
     return StaircasePass(
-        out.values[:count].copy(),
-        out.index[:pending].copy(),
-        out.delta[:pending].copy(),
-        out.r[:pending].copy(),
-        out.j[:pending].copy(),
+        out.values[:count],
+        out.index[:pending],
+        out.delta[:pending],
+        out.r[:pending],
+        out.j[:pending],
     )
