@@ -268,6 +268,7 @@ def veil_pieces_run(
     spent = dict.fromkeys(PIECES, 0.0)
     buffer = np.empty(layout.size)  # as in train_dpsgd: the clipped sum written in place
     noisy = torch.empty(layout.size, dtype=flat.dtype)  # and the noisy sum's float32 copy
+    drawn_into = np.empty(layout.size, dtype=np.int64)  # and the noise
     taken = 0
     clock = time.perf_counter
     for _ in range(steps):
@@ -277,7 +278,7 @@ def veil_pieces_run(
         t2 = clock()
         total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)
         t3 = clock()
-        drawn = noise.draw(rng)
+        drawn = noise.draw(rng, out=drawn_into)
         t4 = clock()
         released = noise.release(total, rng, noise=drawn, out=total)  # in place, as there
         noisy.copy_(torch.from_numpy(released))
