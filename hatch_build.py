@@ -28,11 +28,12 @@ FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std
 
 
 def _compiler() -> list[str] | None:
+    """The compiler command with its wrapper and options kept (``CC="ccache gcc"``)."""
     for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
         if candidate:
             words = shlex.split(candidate)
-            if shutil.which(words[0]):
-                return words[:1]
+            if words and shutil.which(words[0]):
+                return words
     return None
 
 
@@ -44,6 +45,7 @@ class StaircaseKernelHook(BuildHookInterface):  # type: ignore[type-arg]
         source, target = root / SOURCE, root / TARGET
         compiler = _compiler()
         if compiler is None:
+            target.unlink(missing_ok=True)  # a stale build of an older source must not load
             self.app.display_warning("veil: no C compiler found; the samplers will use numpy")
             return
         built = target.with_name(f".{target.name}.{os.getpid()}")  # replaced whole, never half
@@ -52,6 +54,7 @@ class StaircaseKernelHook(BuildHookInterface):  # type: ignore[type-arg]
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             built.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)  # a stale build of an older source must not load
             self.app.display_warning(
                 "veil: compiling the sampler kernel failed; the samplers will use numpy\n"
                 + result.stderr

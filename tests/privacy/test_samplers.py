@@ -1099,3 +1099,29 @@ def test_discrete_gaussian_writes_into_out(sigma: float) -> None:
     for bad in (np.zeros(4999, dtype=np.int64), np.zeros(5000), strided):
         with pytest.raises(ConfigurationError, match="out must be"):
             discrete_gaussian(InsecureSeededRandom(8), 5000, sigma=sigma, out=bad)
+
+
+def test_a_compiled_pass_that_disagrees_with_numpy_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before its first use the compiled pass is run against numpy on a fixed seeded run; one
+    whose arithmetic differs (here: τ off by 0.1%) is refused with a warning, and
+    the samplers then give numpy's values."""
+    compiled_or_skip()
+    real = _kernel.staircase_pass
+
+    def off(*args: object, tau: float, **kwargs: object) -> _kernel.StaircasePass | None:
+        return real(*args, tau=tau * 1.001, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_kernel, "staircase_pass", off)
+    samplers._compiled_pass_agrees.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="disagrees with numpy"):
+            drawn = discrete_gaussian(InsecureSeededRandom(3), 20_000, sigma=524_739.142)
+        with _kernel.disabled():
+            reference = discrete_gaussian(InsecureSeededRandom(3), 20_000, sigma=524_739.142)
+        assert np.array_equal(drawn, reference)
+    finally:
+        samplers._compiled_pass_agrees.cache_clear()
+    monkeypatch.undo()
+    assert samplers._compiled_pass_agrees()  # the real pass agrees

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from veil.federated import data, models
 from veil.federated.data import FederatedData
-from veil.federated.dp import AdaptiveClipping, DpAggregator, DpSgd, NoisySum
+from veil.federated.dp import AdaptiveClipping, DpAggregator, DpSgd, NoisySum, PreparedNoise
 from veil.federated.messages import (
     CohortResult,
     TrainConfig,
@@ -88,6 +88,7 @@ __all__ = [
     "LocalOutcome",
     "NoisySum",
     "ParamLayout",
+    "PreparedNoise",
     "RoundContext",
     "RoundGuard",
     "RoundOutcome",

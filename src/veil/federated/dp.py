@@ -55,7 +55,7 @@ from veil.privacy.events import Event, GaussianEvent, PoissonSampledEvent, SelfC
 from veil.privacy.random import RandomSource
 from veil.privacy.samplers import discrete_gaussian
 
-__all__ = ["AdaptiveClipping", "DpAggregator", "DpSgd", "NoisySum"]
+__all__ = ["AdaptiveClipping", "DpAggregator", "DpSgd", "NoisySum", "PreparedNoise"]
 
 Vector = npt.NDArray[np.float64]
 
@@ -117,62 +117,90 @@ class NoisySum:
         """The noise's standard deviation parameter in data units."""
         return self.grid_sigma * self.granularity
 
-    def draw(
-        self, rng: RandomSource, *, out: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.int64]:
-        """The noise of one release in grid steps: ``dimension`` discrete Gaussian integers
-        (zeros when ``noise_multiplier = 0``).
+    def draw(self, rng: RandomSource, *, out: npt.NDArray[np.int64] | None = None) -> PreparedNoise:
+        """The noise of one release, drawn before the sum is known, for :meth:`release`.
 
-        The noise does not depend on the sum, so it may be drawn before the sum is known and
-        handed to :meth:`release` as ``noise``: :func:`~veil.federated.train_dpsgd` draws it on
-        a second thread while the step's gradients are computed. ``out`` (``dimension`` int64
-        values) receives it, as in :func:`~veil.privacy.discrete_gaussian`.
+        The noise does not depend on the sum, so :func:`~veil.federated.train_dpsgd` draws it
+        on a second thread while the step's gradients are computed. What comes back can be
+        used once, and only by this object's :meth:`release` (which refuses anything else).
+        ``out`` (``dimension`` int64 values) holds the grid steps, as in
+        :func:`~veil.privacy.discrete_gaussian`.
         """
         if self.grid_sigma > 0:
-            return discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma, out=out)
-        if out is None:
-            return np.zeros(self.dimension, dtype=np.int64)
-        out.fill(0)
-        return out
+            steps = discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma, out=out)
+        elif out is None:
+            steps = np.zeros(self.dimension, dtype=np.int64)
+        else:
+            steps = out
+            steps.fill(0)
+        return PreparedNoise(self, steps)
 
     def release(
         self,
         total: Vector,
         rng: RandomSource,
         *,
-        noise: npt.NDArray[np.int64] | None = None,
+        noise: PreparedNoise | None = None,
         out: Vector | None = None,
     ) -> Vector:
-        """``total`` (a sum of clipped vectors) with the noise added: ``noise`` if given (a
-        result of :meth:`draw` on this object, used once), else a fresh draw from ``rng``.
+        """``total`` (a sum of clipped vectors) with the noise added: ``noise`` if given (from
+        :meth:`draw` on this object, not used before), else a fresh draw from ``rng``.
 
-        ``out``, a float64 array of ``dimension`` values (``total`` itself is allowed),
-        receives the result and is returned; otherwise the result is a new array.
+        ``out``, a writeable contiguous float64 array of ``dimension`` values (``total`` itself
+        is allowed), receives the result and is returned; otherwise the result is a new array.
         """
         flat = np.asarray(total, dtype=np.float64).reshape(-1)
         if flat.size != self.dimension:
             raise ConfigurationError(f"expected {self.dimension} coordinates, got {flat.size}")
+        if out is not None and (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.float64
+            or out.shape != (self.dimension,)
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ConfigurationError(
+                f"out must be a writeable contiguous float64 array of shape ({self.dimension},)"
+            )
         if noise is None:
             noise = self.draw(rng)
-        elif noise.shape != (self.dimension,) or noise.dtype != np.int64:
-            raise ConfigurationError(
-                f"noise must be {self.dimension} int64 grid steps from draw(), "
-                f"got {noise.dtype} of shape {noise.shape}"
-            )
+        steps = noise.spend(self)
         # g is a power of two: multiplying by 1/g is exactly dividing by g, and by g exactly
         # undoes it. The grid indices and the noise are integers; while they stay below 2**52
         # (the noise is below 2**31, see discrete_gaussian) float64 adds them exactly, in place,
         # so no array is allocated (each fresh array of a large model costs page faults).
         scaled = np.multiply(flat, 1.0 / self.granularity, out=out)
         np.rint(scaled, out=scaled)
-        if _within(scaled, 2.0**52) and _within(noise, 2**52):
-            np.add(scaled, noise, out=scaled)
+        if _within(scaled, 2.0**52) and _within(steps, 2**52):
+            np.add(scaled, steps, out=scaled)
         else:  # beyond float64's integers: the same sum in int64
             index = scaled.astype(np.int64)
-            index += noise
+            index += steps
             scaled[:] = index
         scaled *= self.granularity
         return scaled
+
+
+class PreparedNoise:
+    """Noise for one :meth:`NoisySum.release`, from :meth:`NoisySum.draw`: used once, by the
+    :class:`NoisySum` that drew it. (Reusing noise on two sums would release their difference
+    exactly; noise of another ``NoisySum`` may be weaker.)"""
+
+    __slots__ = ("_owner", "_spent", "_steps")
+
+    def __init__(self, owner: NoisySum, steps: npt.NDArray[np.int64]) -> None:
+        self._owner = owner
+        self._steps = steps
+        self._spent = False
+
+    def spend(self, owner: NoisySum) -> npt.NDArray[np.int64]:
+        """The grid steps, once, for ``owner``: refused for another object or a second use."""
+        if owner is not self._owner:
+            raise ConfigurationError("this noise was drawn by another NoisySum")
+        if self._spent:
+            raise ConfigurationError("this noise was already used by a release")
+        self._spent = True
+        return self._steps
 
 
 def _within(values: npt.NDArray[Any], bound: float) -> bool:

@@ -593,7 +593,7 @@ def _noise_stream(rng: RandomSource) -> RandomSource | None:
     seeds a stream of its own from two of its words (reproducible from its seed). Any other
     secure source may not be safe to share between threads, so its noise stays in turn.
     """
-    if isinstance(rng, SecureRandom):
+    if type(rng) is SecureRandom:  # exactly: a subclass might keep state
         return rng
     if not rng.is_secure:
         seed = rng.words(2)
@@ -655,7 +655,7 @@ def train_dpsgd(
     taken = 0
     # The noise does not depend on the data, so the next step's can be drawn on a second thread
     # while this one samples and computes gradients (the sampler's compiled pass, the cipher and
-    # numpy release the GIL), from a stream that no other thread reads.
+    # numpy release the GIL), from a stream of its own (or SecureRandom, which keeps no state).
     noise_rng = _noise_stream(rng) if draw_noise_ahead and add_before_noise is None else None
     # Two noise buffers, by turns: one is being released while the next step's is drawn.
     drawn_into = [np.empty(layout.size, dtype=np.int64) for _ in range(2)]

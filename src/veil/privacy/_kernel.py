@@ -32,6 +32,8 @@ _I = ctypes.c_int64
 _D = ctypes.c_double
 
 _state = threading.local()
+# Set by disabled(), for every thread (train_dpsgd draws noise on a thread of its own).
+_disabled = 0
 
 
 @functools.cache
@@ -53,20 +55,21 @@ def _load() -> ctypes.CDLL | None:
 
 def available() -> bool:
     """Whether the compiled pass is built, loadable and not switched off."""
-    if os.environ.get("VEIL_NO_KERNEL") == "1" or getattr(_state, "disabled", False):
+    if os.environ.get("VEIL_NO_KERNEL") == "1" or _disabled:
         return False
     return _load() is not None
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Within the block (in this thread), the samplers use their numpy code."""
-    previous = getattr(_state, "disabled", False)
-    _state.disabled = True
+    """Within the block, the samplers use their numpy code, in every thread (for tests and
+    benchmarks; not meant to be entered from several threads at once)."""
+    global _disabled
+    _disabled += 1
     try:
         yield
     finally:
-        _state.disabled = previous
+        _disabled -= 1
 
 
 def v_start_table(v_thresholds: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint16]:
@@ -162,6 +165,17 @@ def staircase_pass(
     v_cap = v_thresholds.shape[0] - 2
     if (v_cap + 1) * k >= 1 << 31:
         return None  # the kernel's magnitudes are int32
+    # The C code reads these without bounds checks: their types and extents are checked here.
+    if not (
+        table.dtype == v_thresholds.dtype == np.uint32
+        and v_start.dtype == np.uint16
+        and v_start.shape == (32 * 256,)
+        and table.flags.c_contiguous
+        and v_thresholds.flags.c_contiguous
+        and v_start.flags.c_contiguous
+        and int(v_start.max()) <= v_cap
+    ):
+        raise ValueError("the staircase tables do not have the kernel's layout")
     library = _load()
     assert library is not None
     draws = np.ascontiguousarray(draws, dtype=np.uint32)

@@ -17,8 +17,15 @@
  *
  * Loaded with ctypes (veil.privacy._kernel); ctypes releases the GIL for the call.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
+
+/* Double arithmetic must round each operation to double, as numpy does (not x87's extended
+ * precision): otherwise do not build, and veil uses numpy. */
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "the staircase pass needs FLT_EVAL_METHOD == 0"
+#endif
 
 /* Must match veil.privacy.samplers: the float margin, and 2**32 as a double. */
 #define FLOAT_MARGIN 2.0
