@@ -3,7 +3,7 @@
 The result is a plain shared library, ``src/veil/privacy/_staircase_kernel.so``, loaded with
 ctypes (``veil.privacy._kernel``), so no Python headers are needed, only a C compiler: ``$CC``,
 else Python's configured compiler, else ``cc``. Without one the build goes on, with a warning,
-and veil draws the same noise with numpy, about three times slower.
+and veil draws the same noise with numpy, at about half the speed.
 
 The flags keep the arithmetic identical to numpy's: ``-ffp-contract=off`` forbids fused
 multiply-adds and no fast-math flag is given. No -march flag either: the library runs on any

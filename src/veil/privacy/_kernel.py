@@ -3,7 +3,7 @@
 Installing veil compiles ``_staircase.c`` with the machine's C compiler into
 ``_staircase_kernel.so`` beside this file (``hatch_build.py``). Where there was no compiler the
 library is absent and :func:`staircase_pass` returns None for every batch: the samplers then run
-their numpy code, which gives the same values from the same draws, about three times slower.
+their numpy code, which gives the same values from the same draws at about half the speed.
 
 Set ``VEIL_NO_KERNEL=1`` to ignore a built library (tests compare the two paths with
 :func:`disabled`).
