@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import os
 import threading
@@ -92,30 +93,24 @@ def v_start_table(v_thresholds: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint16
         index = zeros * 256 + (((w << zeros) >> 23) & 0xFF)
         table[index] = count_above(np.array([w], dtype=np.int64))[0]
     table[31 * 256] = count_above(np.array([1], dtype=np.int64))[0]  # 0 shares 1's bucket
+    # The kernel reads v_thresholds[v + 1] from here on without a bounds check.
+    if int(table.max()) > v_thresholds.shape[0] - 2:
+        raise ValueError("a bucket starts past the cap on V: the thresholds must end in 0")
     table.setflags(write=False)
     return table
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class StaircasePass:
     """What the compiled pass returns for a batch: the kept and pending values in order, and for
     the pending ones (kept so far, going on to the later rounds of exp(-δ)) their positions, δ,
     R and j."""
 
-    __slots__ = ("delta", "index", "j", "r", "values")
-
-    def __init__(
-        self,
-        values: npt.NDArray[np.int64],
-        index: npt.NDArray[np.int64],
-        delta: npt.NDArray[np.float64],
-        r: npt.NDArray[np.int64],
-        j: npt.NDArray[np.int64],
-    ) -> None:
-        self.values = values
-        self.index = index
-        self.delta = delta
-        self.r = r
-        self.j = j
+    values: npt.NDArray[np.int64]
+    index: npt.NDArray[np.int64]
+    delta: npt.NDArray[np.float64]
+    r: npt.NDArray[np.int64]
+    j: npt.NDArray[np.int64]
 
 
 class _Buffers:
@@ -165,7 +160,8 @@ def staircase_pass(
     v_cap = v_thresholds.shape[0] - 2
     if (v_cap + 1) * k >= 1 << 31:
         return None  # the kernel's magnitudes are int32
-    # The C code reads these without bounds checks: their types and extents are checked here.
+    # The C code reads these without bounds checks: their types and extents are checked here
+    # (that v_start stays within v_cap, once, where v_start_table builds it).
     if not (
         table.dtype == v_thresholds.dtype == np.uint32
         and v_start.dtype == np.uint16
@@ -173,7 +169,6 @@ def staircase_pass(
         and table.flags.c_contiguous
         and v_thresholds.flags.c_contiguous
         and v_start.flags.c_contiguous
-        and int(v_start.max()) <= v_cap
     ):
         raise ValueError("the staircase tables do not have the kernel's layout")
     library = _load()
