@@ -7,7 +7,7 @@
  * an entry with exact Python integers or read more random bits: a 32-bit draw of V equal to a
  * threshold, a first-factor draw equal to its threshold, or a residual draw within the float
  * margin. The caller then runs the numpy code on the same draws, so that both paths return the
- * same values from the same draws (tests/privacy/test_staircase_kernel.py).
+ * same values from the same draws (tests/privacy/test_samplers.py).
  *
  * Every float operation that shapes a decision is the one numpy does, in the same order and in
  * double precision: the build passes -ffp-contract=off (no fused multiply-adds) and no fast-math
