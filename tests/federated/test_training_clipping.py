@@ -219,3 +219,40 @@ def test_the_clipped_sum_can_be_written_into_a_given_array(make) -> None:
     np.testing.assert_array_equal(out, clipped_gradient_sum(layout, flat, x, y, 0.5))
     with pytest.raises(ConfigurationError, match="contiguous float64"):
         clipped_gradient_sum(layout, flat, x, y, 0.5, out=np.zeros(layout.size, np.float32))
+
+
+def test_ghost_norms_are_float32_only_for_float32_layers_of_bounded_width() -> None:
+    """The float32 sums of squares are proven within 2**-12 only up to 4,096 inputs plus
+    outputs per layer: wider layers, or float64 ones, keep float64 sums."""
+    from veil.federated.training import _FLOAT32_NORM_WIDTH, _norm_dtype
+
+    def layer(inputs: int, outputs: int, dtype: torch.dtype = torch.float32) -> tuple:
+        return torch.zeros(2, inputs, dtype=dtype), torch.zeros(2, outputs, dtype=dtype)
+
+    assert _FLOAT32_NORM_WIDTH * 2.0**-24 <= 2.0**-12
+    a, g = layer(784, 256)
+    assert _norm_dtype([a], [g]) == torch.float32
+    a, g = layer(_FLOAT32_NORM_WIDTH - 10, 10)
+    assert _norm_dtype([a], [g]) == torch.float32
+    wide = layer(_FLOAT32_NORM_WIDTH - 10, 11)
+    assert _norm_dtype([a, wide[0]], [g, wide[1]]) == torch.float64
+    doubled = layer(8, 3, torch.float64)
+    assert _norm_dtype([doubled[0]], [doubled[1]]) == torch.float64
+
+
+def test_float32_sums_of_squares_stay_within_their_proven_bound() -> None:
+    """At the widest float32 layer, with entries spread over twelve orders of magnitude, each
+    row's float32 sum of squares is within γ_n of the exact sum (n = 4,096)."""
+    from veil.federated.training import _FLOAT32_NORM_WIDTH
+
+    n = _FLOAT32_NORM_WIDTH
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(64, n, generator=generator) * 10.0 ** torch.randint(
+        -6, 6, (64, n), generator=generator
+    ).float()
+    computed = values.square().sum(dim=1).double()
+    exact = values.double().square().sum(dim=1)  # float32 values square exactly in float64
+    gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
+    relative = ((computed - exact) / exact).abs()
+    assert float(relative.max()) <= gamma
+    assert float(relative.max()) > 0  # float32 did round
