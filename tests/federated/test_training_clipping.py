@@ -247,9 +247,10 @@ def test_float32_sums_of_squares_stay_within_their_proven_bound() -> None:
 
     n = _FLOAT32_NORM_WIDTH
     generator = torch.Generator().manual_seed(4)
-    values = torch.randn(64, n, generator=generator) * 10.0 ** torch.randint(
-        -6, 6, (64, n), generator=generator
-    ).float()
+    values = (
+        torch.randn(64, n, generator=generator)
+        * 10.0 ** torch.randint(-6, 6, (64, n), generator=generator).float()
+    )
     computed = values.square().sum(dim=1).double()
     exact = values.double().square().sum(dim=1)  # float32 values square exactly in float64
     gamma = n * 2.0**-24 / (1 - n * 2.0**-24)

@@ -442,11 +442,11 @@ def _ghost_clipped_sum(
     example's weight gradient is ``g aᵀ``, whose squared norm is ``‖g‖² ‖a‖²``, and its bias
     gradient is ``g``; summing over layers gives each example's squared gradient norm (each
     layer's sums of squares in float32 for layers up to 4,096 inputs plus outputs, see
-    :func:`_norm_dtype`, and the rest in float64). One backward pass to the layers' outputs gives every
-    ``g``; with ``f_i = min(1, C'/‖∇ℓ_i‖)`` the sum of the clipped per-sample gradients is then,
-    per layer, ``Σ_i f_i g_i a_iᵀ = (F G)ᵀ A`` for the weights and ``Σ_i f_i g_i`` for the
-    bias: one matrix product of the stored inputs and the scaled output gradients, not a
-    second backward pass (Goodfellow 2015; Lee and Kifer 2021).
+    :func:`_norm_dtype`, and the rest in float64). One backward pass to the layers' outputs
+    gives every ``g``; with ``f_i = min(1, C'/‖∇ℓ_i‖)`` the sum of the clipped per-sample
+    gradients is then, per layer, ``Σ_i f_i g_i a_iᵀ = (F G)ᵀ A`` for the weights and
+    ``Σ_i f_i g_i`` for the bias: one matrix product of the stored inputs and the scaled
+    output gradients, not a second backward pass (Goodfellow 2015; Lee and Kifer 2021).
 
     The clipping norm is ``C' = C (1 - 2⁻¹⁰ - 2⁻⁷)`` for every batch, so adding one example
     changes no other example's factor. The product sums pieces of ``p`` examples in float32
