@@ -531,7 +531,7 @@ def _ghost_clipped_sum(
     return result.numpy()
 
 
-def _norm_dtype(inputs: list[torch.Tensor], grads_out: list[torch.Tensor]) -> torch.dtype:
+def _norm_dtype(inputs: Sequence[torch.Tensor], grads_out: Sequence[torch.Tensor]) -> torch.dtype:
     """The precision of ghost clipping's sums of squares: float32 for float32 layers whose
     inputs plus outputs number at most :data:`_FLOAT32_NORM_WIDTH`, else float64.
 
