@@ -6,8 +6,10 @@ else Python's configured compiler, else ``cc``. Without one the build goes on, w
 and veil draws the same noise with numpy, at about half the speed.
 
 The flags keep the arithmetic identical to numpy's: ``-ffp-contract=off`` forbids fused
-multiply-adds and no fast-math flag is given. No -march flag either: the library runs on any
-CPU of its architecture.
+multiply-adds and no fast-math flag is given. ``-fno-trapping-math`` lets the compiler vectorise
+selects between floats; it changes no result, only whether a discarded lane may raise a
+floating-point exception flag (veil never reads those flags). No -march flag either: the library
+runs on any CPU of its architecture.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 SOURCE = Path("src/veil/privacy/_staircase.c")
 TARGET = Path("src/veil/privacy/_staircase_kernel.so")
-FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
+FLAGS = [
+    "-O3",
+    "-fPIC",
+    "-shared",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fno-trapping-math",
+    "-std=c99",
+]
 
 
 def _compiler() -> list[str] | None:

@@ -1015,7 +1015,9 @@ def test_v_start_table_is_the_smallest_v_of_each_bucket() -> None:
     assert steps == 1
 
 
-def scripted_batch(plan: samplers._StaircasePlan, draws: list[int]) -> _kernel.StaircasePass | None:
+def scripted_batch(
+    plan: samplers._StaircasePlan, draws: list[int], later: list[int] | None = None
+) -> _kernel.StaircasePass | None:
     table32, v_thresholds, v_start = samplers._staircase_tables()
     return _kernel.staircase_pass(
         np.array(draws, dtype=np.uint32),
@@ -1030,6 +1032,7 @@ def scripted_batch(plan: samplers._StaircasePlan, draws: list[int]) -> _kernel.S
         table=table32,
         v_thresholds=v_thresholds,
         v_start=v_start,
+        later=None if later is None else np.array(later, dtype=np.uint64),
     )
 
 
@@ -1072,6 +1075,59 @@ def test_compiled_pass_hands_on_the_candidates_that_continue() -> None:
     assert passed.index.tolist() == [0]
     assert passed.j.tolist() == [78] and passed.r.tolist() == [0]
     assert passed.delta.tolist() == [1 / 512]
+
+
+def test_compiled_pass_runs_the_later_rounds_from_the_words_after_the_batch() -> None:
+    """The candidate of the test above (δ = 1/512) goes on to round K = 2, where it goes on when
+    its draw is below δ 2**32 / 2 = 2**22, then to K = 3 (below 2**23 / 3), and is kept when
+    K ends odd: one word a round (one candidate), read from ``later``. A draw within the float
+    margin, words that run out, or no ``later`` leave the rounds to the caller (-1), with the
+    candidate pending as before."""
+    compiled_or_skip()
+    plan = staircase_plan(16.0)
+    table = [int(x) for x in samplers._exp_thresholds()]
+    v41 = table[4 * 41] - 5
+    draws = [v41, v41, 0, 0, 0, 2**32 - 1, 2**22, 2**22]
+
+    def run(later: list[int] | None) -> tuple[list[int], int]:
+        passed = scripted_batch(plan, draws, later)
+        assert passed is not None
+        return passed.values.tolist(), passed.later_used
+
+    never = half_word(2**32 - 1)
+    assert run([never, 0]) == ([], 1)  # stops at K = 2: rejected
+    assert run([half_word(2**22 - 3), never, 0]) == ([41], 2)  # stops at K = 3: kept
+    assert run([0, half_word(2**23 // 3 - 3), never]) == ([], 3)  # stops at K = 4
+    assert run([half_word(2**22 + 2)]) == ([41], -1)  # within the margin of 2**22
+    assert run([0]) == ([41], -1)  # K = 3 finds no word left
+    assert run(None) == ([41], -1)
+    # Round by round as samplers._residual_exp draws them from the same words.
+    for later in ([never], [half_word(2**22 - 3), never], [0, half_word(2**23 // 3 - 3), never]):
+        kept = samplers._residual_exp(
+            ScriptedRandom(later), np.array([1 / 512]), lambda i: (1, 512), start=2
+        )
+        assert bool(kept[0]) == (run(later)[0] == [41])
+
+
+def test_discrete_gaussian_settles_the_later_rounds_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Drawn through the word pool, the later rounds of exp(-δ) run in the compiled pass (no
+    batch goes back to Python for them here) and give numpy's values."""
+    compiled_or_skip()
+    finished = []
+    real = samplers._finish_compiled
+
+    def counting(*args: object) -> npt.NDArray[np.int64]:
+        finished.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(samplers, "_finish_compiled", counting)
+    drawn = discrete_gaussian(InsecureSeededRandom(11), 200_000, sigma=524_739.142)
+    assert not finished
+    with _kernel.disabled():
+        reference = discrete_gaussian(InsecureSeededRandom(11), 200_000, sigma=524_739.142)
+    assert np.array_equal(drawn, reference)
 
 
 def test_a_broken_compiled_pass_fails_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1125,3 +1181,26 @@ def test_a_compiled_pass_that_disagrees_with_numpy_is_not_used(
         samplers._compiled_pass_agrees.cache_clear()
     monkeypatch.undo()
     assert samplers._compiled_pass_agrees()  # the real pass agrees
+
+
+def test_a_compiled_pass_with_wrong_later_rounds_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check before first use covers the later rounds of exp(-δ) too: a pass whose later
+    rounds read each draw inverted (so most candidates go on) is refused."""
+    compiled_or_skip()
+    real = _kernel.staircase_pass
+
+    def inverted(
+        *args: object, later: npt.NDArray[np.uint64] | None = None, **kwargs: object
+    ) -> _kernel.StaircasePass | None:
+        flipped = None if later is None else np.ascontiguousarray(~later)
+        return real(*args, later=flipped, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_kernel, "staircase_pass", inverted)
+    samplers._compiled_pass_agrees.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="disagrees with numpy"):
+            assert not samplers._compiled_pass_agrees()
+    finally:
+        samplers._compiled_pass_agrees.cache_clear()

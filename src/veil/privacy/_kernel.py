@@ -27,7 +27,7 @@ __all__ = ["LIBRARY", "StaircasePass", "available", "disabled", "staircase_pass"
 
 LIBRARY = Path(__file__).with_name("_staircase_kernel.so")
 # The interface version of _staircase.c (veil_staircase_abi); a stale build is not used.
-_ABI = 2
+_ABI = 3
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _D = ctypes.c_double
@@ -48,8 +48,8 @@ def _load() -> ctypes.CDLL | None:
     if library.veil_staircase_abi() != _ABI:
         return None
     function = library.veil_staircase_pass
-    function.argtypes = [_P, _I, _I, _I, _D, _D, _D, _D, _D, _P, _I, _P, _I, _P, _P, _P, _P]
-    function.argtypes += [_P, _P, _P]
+    function.argtypes = [_P, _I, _I, _I, _D, _D, _D, _D, _D, _P, _I, _P, _I, _P, _P, _I]
+    function.argtypes += [_P, _P, _P, _P, _P, _P, _P, _P]
     function.restype = _I
     return library
 
@@ -102,21 +102,27 @@ def v_start_table(v_thresholds: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint16
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StaircasePass:
-    """What the compiled pass returns for a batch: the kept and pending values in order, and for
-    the pending ones (kept so far, going on to the later rounds of exp(-δ)) their positions, δ,
-    R and j."""
+    """What the compiled pass returns for a batch.
+
+    With ``later_used >= 0`` the batch is settled: ``values`` holds the accepted values in
+    order, and the later rounds of exp(-δ) used that many words of ``later``. With
+    ``later_used == -1`` those rounds are left to the caller: ``values`` holds the kept and
+    pending values in order, and ``index``, ``delta``, ``r`` and ``j`` describe the pending ones
+    (kept so far, going on to the later rounds): their positions in ``values``, δ, R and j.
+    """
 
     values: npt.NDArray[np.int64]
     index: npt.NDArray[np.int64]
     delta: npt.NDArray[np.float64]
     r: npt.NDArray[np.int64]
     j: npt.NDArray[np.int64]
+    later_used: int
 
 
 class _Buffers:
     """Per-thread output buffers, reused: fresh arrays would cost their page faults each batch."""
 
-    __slots__ = ("delta", "index", "j", "n_pending", "r", "values")
+    __slots__ = ("addresses", "counts", "delta", "index", "j", "r", "scratch", "values")
 
     def __init__(self, size: int) -> None:
         self.values = np.empty(size, dtype=np.int64)
@@ -124,7 +130,19 @@ class _Buffers:
         self.delta = np.empty(size, dtype=np.float64)
         self.r = np.empty(size, dtype=np.int64)
         self.j = np.empty(size, dtype=np.int64)
-        self.n_pending = np.zeros(1, dtype=np.int64)
+        self.counts = np.zeros(2, dtype=np.int64)  # n_pending, later_used
+        self.scratch = np.empty(2 * size, dtype=np.int64)
+        # The kernel's output arguments, in its order (looked up once: some µs each call).
+        self.addresses = (
+            self.values.ctypes.data,
+            self.index.ctypes.data,
+            self.delta.ctypes.data,
+            self.r.ctypes.data,
+            self.j.ctypes.data,
+            self.counts.ctypes.data,
+            self.scratch.ctypes.data,
+            self.counts.ctypes.data + 8,
+        )
 
 
 def _scratch(m: int) -> _Buffers:
@@ -149,11 +167,15 @@ def staircase_pass(
     table: npt.NDArray[np.uint32],
     v_thresholds: npt.NDArray[np.uint32],
     v_start: npt.NDArray[np.uint16],
+    later: npt.NDArray[np.uint64] | None = None,
 ) -> StaircasePass | None:
     """The compiled pass over ``m`` candidates' ``4 m`` draws, or None: when the library is not
     available, or when the batch has an entry the numpy code settles exactly (then run that).
 
-    The arrays returned are views of this thread's buffers, valid until its next call.
+    ``later``: the words that follow the draws, from which the later rounds of exp(-δ) take
+    theirs (as ``samplers._residual_exp`` would); without it those rounds are left to the
+    caller whenever a candidate reaches them. The arrays returned are views of this thread's
+    buffers, valid until its next call.
     """
     if not available() or m == 0:
         return None
@@ -176,6 +198,12 @@ def staircase_pass(
     draws = np.ascontiguousarray(draws, dtype=np.uint32)
     if draws.shape[0] != 4 * m:
         raise ValueError(f"expected {4 * m} draws, got {draws.shape[0]}")
+    if later is None:
+        later_address, later_words = None, 0
+    else:
+        if later.dtype != np.uint64 or not later.flags.c_contiguous:
+            raise ValueError("later must be a contiguous array of uint64 words")
+        later_address, later_words = later.ctypes.data, later.shape[0]
     out = _scratch(m)
     count = library.veil_staircase_pass(
         draws.ctypes.data,
@@ -192,20 +220,18 @@ def staircase_pass(
         v_thresholds.ctypes.data,
         v_cap,
         v_start.ctypes.data,
-        out.values.ctypes.data,
-        out.index.ctypes.data,
-        out.delta.ctypes.data,
-        out.r.ctypes.data,
-        out.j.ctypes.data,
-        out.n_pending.ctypes.data,
+        later_address,
+        later_words,
+        *out.addresses,
     )
     if count < 0:
         return None
-    pending = int(out.n_pending[0])
+    pending, later_used = (int(x) for x in out.counts)
     return StaircasePass(
         out.values[:count],
         out.index[:pending],
         out.delta[:pending],
         out.r[:pending],
         out.j[:pending],
+        later_used,
     )

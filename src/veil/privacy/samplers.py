@@ -795,6 +795,17 @@ class _WordPool:
     def is_secure(self) -> bool:
         return self._rng.is_secure
 
+    def remaining(self) -> npt.NDArray[np.uint64]:
+        """The words the next requests would be served from, without using them (the compiled
+        staircase pass reads its later rounds' words here, then :meth:`advance`)."""
+        return self._block[self._position :]
+
+    def advance(self, n: int) -> None:
+        """Marks the first ``n`` words of :meth:`remaining` as used."""
+        if not 0 <= n <= self._block.shape[0] - self._position:
+            raise ValueError(f"cannot advance the pool by {n} words")
+        self._position += n
+
     def words(self, n: int) -> npt.NDArray[np.uint64]:
         n = int(n)
         start = self._position
@@ -933,8 +944,9 @@ def _staircase_tables() -> tuple[
 def _finish_compiled(
     rng: RandomSource, compiled: _kernel.StaircasePass, plan: _StaircasePlan
 ) -> IntArray:
-    """The accepted values of a batch whose candidate pass ran compiled: its pending entries go
-    through the later rounds of exp(-δ) exactly as in :func:`_staircase_candidates`. (The
+    """The accepted values of a batch whose candidate pass ran compiled but left the later
+    rounds of exp(-δ) to Python (a draw within the float margin, or words that ran out): its
+    pending entries go through those rounds exactly as in :func:`_staircase_candidates`. (The
     values may be a view of the pass's buffers: the caller copies them before the next batch.)"""
     values = compiled.values
     if not compiled.index.size:
@@ -957,15 +969,16 @@ def _finish_compiled(
 @functools.cache
 def _compiled_pass_agrees() -> bool:
     """Whether the compiled pass gives numpy's values on a fixed seeded run of 8 batches (σ =
-    1000.5, then 524,739), checked once per process before it is used: a build that decides
-    any of those candidates differently from numpy (another compiler or CPU) is then not used.
-    (Differences of an ulp that flip no decision go unseen; the proven margins cover them.)
-    False without the pass."""
+    1000.5, then 524,739; some 190 candidates reach the later rounds of exp(-δ)), checked once
+    per process before it is used: a build that decides any of those candidates differently
+    from numpy (another compiler or CPU) is then not used. (Differences of an ulp that flip no
+    decision go unseen; the proven margins cover them.) False without the pass."""
     if not _kernel.available():
         return False
     for sigma, seed in ((1000.5, 2026), (524_739.142, 1124)):
         plan = _StaircasePlan(*rational_upper_bound(Fraction(sigma) ** 2))
-        compiled_rng, numpy_rng = InsecureSeededRandom(seed), InsecureSeededRandom(seed)
+        compiled_rng = _WordPool(InsecureSeededRandom(seed))
+        numpy_rng = _WordPool(InsecureSeededRandom(seed))
         for _ in range(4):
             compiled = _staircase_candidates(compiled_rng, 4096, plan, compiled=True)
             reference = _staircase_candidates(numpy_rng, 4096, plan, compiled=False)
@@ -1007,6 +1020,9 @@ def _staircase_candidates(
         compiled = _kernel.available() and _compiled_pass_agrees()
     passed = None
     if compiled:
+        # The later rounds of exp(-δ) take their words from the pool's block, where
+        # _residual_exp would take them; the pass uses them only if they suffice.
+        pool = rng if isinstance(rng, _WordPool) else None
         passed = _kernel.staircase_pass(
             draws,
             m,
@@ -1020,9 +1036,14 @@ def _staircase_candidates(
             table=table32,
             v_thresholds=v_thresholds,
             v_start=v_start,
+            later=None if pool is None else pool.remaining(),
         )
     if passed is not None:
-        return _finish_compiled(rng, passed, plan)
+        if passed.later_used < 0:
+            return _finish_compiled(rng, passed, plan)
+        if pool is not None:
+            pool.advance(passed.later_used)
+        return passed.values
     v_bits = draws[:m]
     r_bits = draws[m : 2 * m].astype(np.int64)
     first_bits = draws[2 * m : 3 * m]
