@@ -39,8 +39,8 @@ its steps, and the table shows the median and the best over the rounds:
   samples and computes gradients (the default, above). The default uses one more thread than
   ``--threads``; this one does not;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
-  functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``training.
-  _poisson_sample``: 16 secure random bits per record, 37 more only where those tie with
+  functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``veil.federated.
+  poisson_sample``: 16 secure random bits per record, 37 more only where those tie with
   ceil(q 2^53), i.e. exactly a 53-bit uniform draw below q) and the gather of the sampled
   records (``index_select``);
   ``clipped_gradient_sum`` (for the MLP, made of linear layers, per-sample norms from each
@@ -252,8 +252,7 @@ def veil_pieces_run(
     models: Any, name: str, client: Any, batch: int, steps: int
 ) -> dict[str, float]:
     """The pieces of ``steps`` DP-SGD steps, each timed on its own; seconds per step each."""
-    from veil.federated import NoisySum, ParamLayout, clipped_gradient_sum
-    from veil.federated.training import _poisson_sample
+    from veil.federated import NoisySum, ParamLayout, clipped_gradient_sum, poisson_sample
     from veil.privacy.random import SecureRandom
 
     layout = ParamLayout(build_model(models, name))
@@ -273,7 +272,7 @@ def veil_pieces_run(
     clock = time.perf_counter
     for _ in range(steps):
         t0 = clock()
-        chosen = torch.from_numpy(_poisson_sample(rng, n, q))
+        chosen = torch.from_numpy(poisson_sample(rng, n, q))
         xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
         t2 = clock()
         total = clipped_gradient_sum(layout, flat, xb, yb, dpsgd.clip_norm, out=buffer)

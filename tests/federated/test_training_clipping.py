@@ -163,7 +163,7 @@ class _Recording:
 def test_poisson_sampling_is_the_53_bit_uniform_draw_below_q(q, n) -> None:
     """Each record is sampled exactly when k < ceil(q 2**53), k its 53 bits: the top 16 drawn
     for every record, the other 37 only where the top 16 tie with the threshold's."""
-    from veil.federated.training import _poisson_sample
+    from veil.federated import poisson_sample
 
     threshold = int(np.ceil(q * 2.0**53))
     high = threshold >> 37
@@ -173,7 +173,7 @@ def test_poisson_sampling_is_the_53_bit_uniform_draw_below_q(q, n) -> None:
         tops = g.integers(max(high - 1, 0), min(high + 2, 2**16), size=4 * n).astype(np.uint16)
         first = tops.view(np.uint64)
     rng = _Recording(3, first)
-    chosen = _poisson_sample(rng, n, q)
+    chosen = poisson_sample(rng, n, q)
     expected = np.zeros(n, dtype=bool)
     if threshold >= 2**53:
         expected[:] = True
@@ -191,14 +191,26 @@ def test_poisson_sampling_is_the_53_bit_uniform_draw_below_q(q, n) -> None:
 
 def test_poisson_sampling_has_rate_q() -> None:
     """The mean sample size over many draws, within 5 standard errors (false alarm < 1e-6)."""
-    from veil.federated.training import _poisson_sample
+    from veil.federated import poisson_sample
     from veil.privacy.random import InsecureSeededRandom
 
     rng = InsecureSeededRandom(5)
     n, q, draws = 20_000, 0.013, 200
-    sizes = [_poisson_sample(rng, n, q).size for _ in range(draws)]
+    sizes = [poisson_sample(rng, n, q).size for _ in range(draws)]
     sd = np.sqrt(n * q * (1 - q) / draws)
     assert abs(np.mean(sizes) - n * q) < 5 * sd
+
+
+@pytest.mark.parametrize(
+    ("n", "q"), [(-1, 0.5), (2.5, 0.5), (10, -0.1), (10, 1.5), (10, float("nan")), (10, "0.5")]
+)
+def test_poisson_sampling_refuses_bad_arguments(n, q) -> None:
+    from veil.errors import ConfigurationError
+    from veil.federated import poisson_sample
+    from veil.privacy.random import InsecureSeededRandom
+
+    with pytest.raises(ConfigurationError, match="must be"):
+        poisson_sample(InsecureSeededRandom(1), n, q)
 
 
 @pytest.mark.parametrize(

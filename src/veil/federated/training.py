@@ -44,6 +44,7 @@ __all__ = [
     "clipped_gradient_sum_vmap",
     "evaluate",
     "per_sample_gradients",
+    "poisson_sample",
     "train_central",
     "train_clients",
     "train_dpsgd",
@@ -586,7 +587,7 @@ def _output(layout: ParamLayout, out: npt.NDArray[np.float64] | None) -> torch.T
     return torch.from_numpy(out)
 
 
-def _poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64]:
+def poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64]:
     """The indices of the records among ``n`` sampled each with probability ``q``.
 
     A record is sampled when its uniform draw ``k·2⁻⁵³`` (``k``: 53 random bits, as in
@@ -595,8 +596,16 @@ def _poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64
     ``h`` for every record (a quarter of the random words), which decide unless ``h`` equals
     ``T``'s top 16 bits; only for those records (a fraction ``2⁻¹⁶``) the other 37 bits ``l``
     decide (``l < T mod 2³⁷``). ``h`` and ``l`` are independent and uniform, so the event and
-    its probability are exactly those of the 53-bit draw.
+    its probability are exactly those of the 53-bit draw. ``rng`` is the caller's source:
+    :class:`~veil.privacy.SecureRandom` for a real release, so that the sample stays secret.
+
+    Raises:
+        ConfigurationError: for ``n`` not a non-negative integer or ``q`` outside [0, 1].
     """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise ConfigurationError(f"n must be an integer >= 0, got {n!r}")
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 <= q <= 1.0:
+        raise ConfigurationError(f"q must be a probability in [0, 1], got {q!r}")
     threshold = math.ceil(q * 2.0**53)
     if threshold >= 2**53:
         return np.arange(n, dtype=np.int64)
@@ -688,7 +697,7 @@ def train_dpsgd(
         if noise_rng is not None:
             drawing = noise_thread.submit(noise.draw, noise_rng, out=drawn_into[0])
         for t in range(steps):
-            chosen = torch.from_numpy(_poisson_sample(rng, n, q))
+            chosen = torch.from_numpy(poisson_sample(rng, n, q))
             size = int(chosen.shape[0])
             if span is None or size <= span:
                 xb, yb = client.x.index_select(0, chosen), client.y.index_select(0, chosen)
