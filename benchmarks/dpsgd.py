@@ -50,7 +50,8 @@ its steps, and the table shows the median and the best over the rounds:
   per-sample gradients with ``vmap(grad)`` per named parameter, clipped in float32 and summed in
   float64);
   ``NoisySum.draw`` for the model's dimension with ``SecureRandom`` (the exact discrete
-  Gaussian: its compiled candidate pass when built); ``NoisySum.release`` with that noise and
+  Gaussian: its compiled candidate pass when built; the grid steps converted to float64 into a
+  kept buffer, as ``train_dpsgd`` has them); ``NoisySum.release`` with that noise and
   the update of the flat parameter vector in place (the noisy sum scaled by the learning rate
   over B). ``train_dpsgd``
   gives a model of linear layers its whole sample in one call and others chunks of 512 records;
@@ -267,7 +268,7 @@ def veil_pieces_run(
     spent = dict.fromkeys(PIECES, 0.0)
     buffer = np.empty(layout.size)  # as in train_dpsgd: the clipped sum written in place
     noisy = torch.empty(layout.size, dtype=flat.dtype)  # and the noisy sum's float32 copy
-    drawn_into = np.empty(layout.size, dtype=np.int64)  # and the noise
+    drawn_into = np.empty(layout.size)  # and the noise, as grid steps in float64
     taken = 0
     clock = time.perf_counter
     for _ in range(steps):

@@ -499,3 +499,24 @@ def test_noisy_sum_takes_its_own_noise_once() -> None:
     for bad in (np.zeros(4, dtype=np.float32), np.zeros(5), np.zeros((4, 2))[:, 0]):
         with pytest.raises(ConfigurationError, match="out must be"):
             noise.release(np.ones(4), InsecureSeededRandom(1), out=bad)
+
+
+def test_noise_drawn_into_float64_is_the_same_noise() -> None:
+    """The grid steps drawn into a float64 buffer are those of an int64 draw from the same seed,
+    and release the same sum, within float64's integers and beyond them (the int64 path); a
+    buffer of another type or shape is refused."""
+    noise = NoisySum(clip_norm=1.0, noise_multiplier=1.0, dimension=1000)
+    as_int = np.empty(1000, dtype=np.int64)
+    as_float = np.empty(1000)
+    integers = noise.draw(InsecureSeededRandom(4), out=as_int)
+    floats = noise.draw(InsecureSeededRandom(4), out=as_float)
+    assert np.array_equal(as_float, as_int) and np.any(as_int != 0)
+    total = np.linspace(-3.0, 3.0, 1000)
+    total[0] = 2.0**60 * noise.granularity  # a grid index beyond 2**52
+    released_int = noise.release(total, InsecureSeededRandom(5), noise=integers)
+    released_float = noise.release(total, InsecureSeededRandom(5), noise=floats)
+    assert np.array_equal(released_int, released_float)
+    assert released_float[0] == (2**60 + int(as_int[0])) * noise.granularity
+    for bad in (np.empty(1000, dtype=np.float32), np.empty(999), np.empty((1000, 2))[:, 0]):
+        with pytest.raises(ConfigurationError, match="out must be"):
+            noise.draw(InsecureSeededRandom(4), out=bad)

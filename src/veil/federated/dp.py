@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +59,9 @@ from veil.privacy.samplers import discrete_gaussian
 __all__ = ["AdaptiveClipping", "DpAggregator", "DpSgd", "NoisySum", "PreparedNoise"]
 
 Vector = npt.NDArray[np.float64]
+
+# Per thread, the integers of a draw into a float64 buffer (NoisySum.draw).
+_scratch = threading.local()
 
 # The discrete Gaussian sampler takes sigma below 2**26 grid steps; stay inside.
 _MAX_GRID_SIGMA = 2.0**24
@@ -117,23 +121,51 @@ class NoisySum:
         """The noise's standard deviation parameter in data units."""
         return self.grid_sigma * self.granularity
 
-    def draw(self, rng: RandomSource, *, out: npt.NDArray[np.int64] | None = None) -> PreparedNoise:
+    def draw(
+        self, rng: RandomSource, *, out: npt.NDArray[np.int64 | np.float64] | None = None
+    ) -> PreparedNoise:
         """The noise of one release, drawn before the sum is known, for :meth:`release`.
 
         The noise does not depend on the sum, so :func:`~veil.federated.train_dpsgd` draws it
         on a second thread while the step's gradients are computed. What comes back can be
         used once, and only by this object's :meth:`release` (which refuses anything else).
-        ``out`` (``dimension`` int64 values) holds the grid steps, as in
-        :func:`~veil.privacy.discrete_gaussian`.
+        ``out``, a writeable contiguous array of ``dimension`` int64 or float64 values, receives
+        the grid steps (float64 holds them exactly: they are below 2**31). float64 saves the
+        release a conversion, and so :meth:`release` time on the thread that waits for it.
         """
-        if self.grid_sigma > 0:
-            steps = discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma, out=out)
-        elif out is None:
-            steps = np.zeros(self.dimension, dtype=np.int64)
+        steps: npt.NDArray[np.int64 | np.float64]
+        if out is None or out.dtype == np.int64:
+            steps = self._draw_steps(rng, cast("npt.NDArray[np.int64] | None", out))
         else:
+            if (
+                not isinstance(out, np.ndarray)
+                or out.dtype != np.float64
+                or out.shape != (self.dimension,)
+                or not out.flags.c_contiguous
+                or not out.flags.writeable
+            ):
+                raise ConfigurationError(
+                    f"out must be a writeable contiguous int64 or float64 array of shape "
+                    f"({self.dimension},)"
+                )
+            # drawn as integers into this thread's scratch, then converted
+            scratch: npt.NDArray[np.int64] | None = getattr(_scratch, "steps", None)
+            if scratch is None or scratch.shape != (self.dimension,):
+                scratch = np.empty(self.dimension, dtype=np.int64)
+                _scratch.steps = scratch
+            np.copyto(out, self._draw_steps(rng, scratch), casting="safe")
             steps = out
-            steps.fill(0)
         return PreparedNoise(self, steps)
+
+    def _draw_steps(
+        self, rng: RandomSource, out: npt.NDArray[np.int64] | None
+    ) -> npt.NDArray[np.int64]:
+        if self.grid_sigma > 0:
+            return discrete_gaussian(rng, self.dimension, sigma=self.grid_sigma, out=out)
+        if out is None:
+            return np.zeros(self.dimension, dtype=np.int64)
+        out.fill(0)
+        return out
 
     def release(
         self,
@@ -164,18 +196,18 @@ class NoisySum:
             )
         if noise is None:
             noise = self.draw(rng)
-        steps = noise.spend(self)
+        steps, bounded = noise.spend(self)
         # g is a power of two: multiplying by 1/g is exactly dividing by g, and by g exactly
         # undoes it. The grid indices and the noise are integers; while they stay below 2**52
         # (the noise is below 2**31, see discrete_gaussian) float64 adds them exactly, in place,
         # so no array is allocated (each fresh array of a large model costs page faults).
         scaled = np.multiply(flat, 1.0 / self.granularity, out=out)
         np.rint(scaled, out=scaled)
-        if _within(scaled, 2.0**52) and _within(steps, 2**52):
+        if bounded and _within(scaled, 2.0**52):
             np.add(scaled, steps, out=scaled)
         else:  # beyond float64's integers: the same sum in int64
             index = scaled.astype(np.int64)
-            index += steps
+            index += steps.astype(np.int64, copy=False)
             scaled[:] = index
         scaled *= self.granularity
         return scaled
@@ -186,21 +218,24 @@ class PreparedNoise:
     :class:`NoisySum` that drew it. (Reusing noise on two sums would release their difference
     exactly; noise of another ``NoisySum`` may be weaker.)"""
 
-    __slots__ = ("_owner", "_spent", "_steps")
+    __slots__ = ("_bounded", "_owner", "_spent", "_steps")
 
-    def __init__(self, owner: NoisySum, steps: npt.NDArray[np.int64]) -> None:
+    def __init__(self, owner: NoisySum, steps: npt.NDArray[np.int64 | np.float64]) -> None:
         self._owner = owner
         self._steps = steps
+        # checked here, on the thread that draws, rather than in the release that waits for it
+        self._bounded = _within(steps, 2.0**52)
         self._spent = False
 
-    def spend(self, owner: NoisySum) -> npt.NDArray[np.int64]:
-        """The grid steps, once, for ``owner``: refused for another object or a second use."""
+    def spend(self, owner: NoisySum) -> tuple[npt.NDArray[np.int64 | np.float64], bool]:
+        """The grid steps, once, for ``owner`` (refused for another object or a second use),
+        and whether they all lie strictly within ±2**52."""
         if owner is not self._owner:
             raise ConfigurationError("this noise was drawn by another NoisySum")
         if self._spent:
             raise ConfigurationError("this noise was already used by a release")
         self._spent = True
-        return self._steps
+        return self._steps, self._bounded
 
 
 def _within(values: npt.NDArray[Any], bound: float) -> bool:

@@ -690,8 +690,9 @@ def train_dpsgd(
     # while this one samples and computes gradients (the sampler's compiled pass, the cipher and
     # numpy release the GIL), from a stream of its own (or SecureRandom, which keeps no state).
     noise_rng = _noise_stream(rng) if draw_noise_ahead and add_before_noise is None else None
-    # Two noise buffers, by turns: one is being released while the next step's is drawn.
-    drawn_into = [np.empty(layout.size, dtype=np.int64) for _ in range(2)]
+    # Two noise buffers, by turns: one is being released while the next step's is drawn. In
+    # float64, so that the noise thread converts the grid steps, not the release.
+    drawn_into = [np.empty(layout.size) for _ in range(2)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise") as noise_thread:
         drawing = None
         if noise_rng is not None:
