@@ -37,7 +37,8 @@ its steps, and the table shows the median and the best over the rounds:
 * veil with ``draw_noise_ahead=False``: the same call, each step's noise drawn after its
   gradients in the same thread, instead of on a second thread one step ahead while this one
   samples and computes gradients (the default, above). The default uses one more thread than
-  ``--threads``; this one does not;
+  ``--threads`` (when ``--threads`` already takes every core, ``train_dpsgd`` runs torch on one
+  thread fewer for the call, so that the noise has a core); this one does not;
 * veil's step in pieces, a separate run of the same steps that times each piece with the
   functions ``train_dpsgd`` calls, imported from veil: the Poisson sample (``veil.federated.
   poisson_sample``: 16 secure random bits per record, 37 more only where those tie with
@@ -62,8 +63,9 @@ its steps, and the table shows the median and the best over the rounds:
 Every process runs ``--threads`` torch threads, 1 by default: on this 2-core machine, shared with
 other jobs, two threads per process oversubscribe the cores and a step's time swings by up to 10x
 from round to round (seen while writing this: the MLP's non-private step took 8 to 69 ms with two
-threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine. The noise is drawn by
-one thread at any count (veil's default draws it on a thread of its own, beside torch's).
+threads, 5 to 7 ms with one). Use ``--threads 2`` on an idle machine: the non-private step then
+has both cores, and so has veil, one for torch and one for the noise. The noise is drawn by one
+thread at any count.
 
 Opacus runs in its own virtual environment, ``.bench-envs/opacus`` (``--setup`` creates it with
 ``pip install -c constraints.txt torch==2.13.0 opacus``: the latest Opacus that installs beside

@@ -480,6 +480,59 @@ def test_dpsgd_noise_drawn_ahead_is_seeded_and_the_hook_keeps_it_in_turn() -> No
     assert not np.allclose(ahead, in_turn)
 
 
+def test_dpsgd_noise_ahead_gets_a_core_of_its_own(monkeypatch) -> None:
+    """Ahead, the noise thread runs only with a core to spare: torch's threads are capped at the
+    cores less one for the call and restored after; on one core the same stream is drawn in
+    turn, so the seeded model is the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from veil.federated import ParamLayout, train_dpsgd, training
+
+    data = synthetic([200])
+    torch.manual_seed(3)
+    layout = ParamLayout(models.Mlp(5, 2, hidden=(8,)).double())
+    seen: list[int] = []
+    threads: list[str] = []
+
+    def hook(t: int, s: np.ndarray) -> None:  # observes only: the noise stays ahead
+        seen.append(torch.get_num_threads())
+
+    class Counting(ThreadPoolExecutor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            threads.append("noise")
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "ThreadPoolExecutor", Counting)
+
+    def run(cores: int) -> np.ndarray:
+        monkeypatch.setattr(training, "_usable_cores", lambda: cores)
+        return train_dpsgd(
+            layout,
+            layout.vector(),
+            data.client(0),
+            TrainConfig(local_epochs=1),
+            DpSgd(noise_multiplier=1.0, batch_size=20),
+            rng=InsecureSeededRandom(6),
+            observe_noisy_sum=hook,
+        ).update
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = run(2)
+        assert set(seen) == {1} and threads == ["noise"]
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        one = run(1)
+        assert set(seen) == {2} and threads == ["noise"]  # no second thread
+        assert np.array_equal(one, two)
+        seen.clear()
+        run(4)  # cores to spare: torch's threads are left alone
+        assert set(seen) == {2} and threads == ["noise", "noise"]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_noisy_sum_takes_its_own_noise_once() -> None:
     """Noise drawn ahead is added once, by the NoisySum that drew it: reused noise would release
     the difference of two sums exactly, and another NoisySum's noise may be weaker."""

@@ -17,9 +17,11 @@ DP-SGD (:func:`train_dpsgd`) runs per client, with per-sample gradients from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -619,6 +621,34 @@ def poisson_sample(rng: RandomSource, n: int, q: float) -> npt.NDArray[np.int64]
     return np.flatnonzero(below)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _core_for_the_noise() -> Iterator[bool]:
+    """Whether a second thread can draw the noise on a core of its own (False on one core).
+    Within the block torch's intra-op threads are at most the usable cores less one; they are
+    restored after."""
+    cores = _usable_cores()
+    if cores < 2:
+        yield False
+        return
+    threads = torch.get_num_threads()
+    if threads < cores:
+        yield True
+        return
+    torch.set_num_threads(cores - 1)
+    try:
+        yield True
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _noise_stream(rng: RandomSource) -> RandomSource | None:
     """A source for the noise drawn on another thread while ``rng`` samples, or None.
 
@@ -662,11 +692,15 @@ def train_dpsgd(
 
     ``draw_noise_ahead`` (the default) draws the noise on a second thread, one step ahead,
     while this thread samples and computes gradients; False draws each step's noise after its
-    gradients in this thread, for one core. Ahead, the noise comes from a stream of its own:
-    ``rng`` itself when it is a :class:`~veil.privacy.SecureRandom` (which keeps no state), a
-    seeded stream drawn from ``rng`` when it is not secure (so a seeded run is reproducible,
-    though it trains another model than the same seed in turn). Another secure source, or an
-    ``add_before_noise`` hook (which may read ``rng``), keeps the noise in turn.
+    gradients in this thread. Ahead, the noise comes from a stream of its own: ``rng`` itself
+    when it is a :class:`~veil.privacy.SecureRandom` (which keeps no state), a seeded stream
+    drawn from ``rng`` when it is not secure (so a seeded run is reproducible, though it trains
+    another model than the same seed in turn). Another secure source, or an
+    ``add_before_noise`` hook (which may read ``rng``), keeps the noise in turn. The second
+    thread needs a core of its own: when torch's intra-op threads already take every core the
+    process may use, they are capped at one fewer for the call (and restored after), as two
+    pools fighting over the cores make the step slower than drawing in turn; with one core the
+    same noise stream is drawn in turn, so a seeded run gives the same model either way.
     """
     n = len(client)
     if n == 0:
@@ -693,10 +727,17 @@ def train_dpsgd(
     # Two noise buffers, by turns: one is being released while the next step's is drawn. In
     # float64, so that the noise thread converts the grid steps, not the release.
     drawn_into = [np.empty(layout.size) for _ in range(2)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise") as noise_thread:
+    # The noise in turn comes from the same stream as ahead, whichever thread draws it.
+    turn_rng = rng if noise_rng is None else noise_rng
+    with contextlib.ExitStack() as stack:
+        noise_thread = None
+        if noise_rng is not None and stack.enter_context(_core_for_the_noise()):
+            noise_thread = stack.enter_context(
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-dpsgd-noise")
+            )
         drawing = None
-        if noise_rng is not None:
-            drawing = noise_thread.submit(noise.draw, noise_rng, out=drawn_into[0])
+        if noise_thread is not None:
+            drawing = noise_thread.submit(noise.draw, turn_rng, out=drawn_into[0])
         for t in range(steps):
             chosen = torch.from_numpy(poisson_sample(rng, n, q))
             size = int(chosen.shape[0])
@@ -719,14 +760,14 @@ def train_dpsgd(
                     )
                 total += extra
             drawn = None
-            if drawing is not None and noise_rng is not None:
+            if drawing is not None and noise_thread is not None:
                 drawn = drawing.result()
                 drawing = None
                 if t + 1 < steps:
                     following = drawn_into[(t + 1) % 2]
-                    drawing = noise_thread.submit(noise.draw, noise_rng, out=following)
+                    drawing = noise_thread.submit(noise.draw, turn_rng, out=following)
             if drawn is None:
-                drawn = noise.draw(rng, out=drawn_into[0])
+                drawn = noise.draw(turn_rng, out=drawn_into[0])
             released = noise.release(total, rng, noise=drawn, out=total)  # in place
             if observe_noisy_sum is not None:
                 seen = released.copy()
