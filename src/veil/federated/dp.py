@@ -137,13 +137,7 @@ class NoisySum:
         if out is None or out.dtype == np.int64:
             steps = self._draw_steps(rng, cast("npt.NDArray[np.int64] | None", out))
         else:
-            if (
-                not isinstance(out, np.ndarray)
-                or out.dtype != np.float64
-                or out.shape != (self.dimension,)
-                or not out.flags.c_contiguous
-                or not out.flags.writeable
-            ):
+            if not _is_buffer(out, np.float64, self.dimension):
                 raise ConfigurationError(
                     f"out must be a writeable contiguous int64 or float64 array of shape "
                     f"({self.dimension},)"
@@ -184,13 +178,7 @@ class NoisySum:
         flat = np.asarray(total, dtype=np.float64).reshape(-1)
         if flat.size != self.dimension:
             raise ConfigurationError(f"expected {self.dimension} coordinates, got {flat.size}")
-        if out is not None and (
-            not isinstance(out, np.ndarray)
-            or out.dtype != np.float64
-            or out.shape != (self.dimension,)
-            or not out.flags.c_contiguous
-            or not out.flags.writeable
-        ):
+        if out is not None and not _is_buffer(out, np.float64, self.dimension):
             raise ConfigurationError(
                 f"out must be a writeable contiguous float64 array of shape ({self.dimension},)"
             )
@@ -236,6 +224,17 @@ class PreparedNoise:
             raise ConfigurationError("this noise was already used by a release")
         self._spent = True
         return self._steps, self._bounded
+
+
+def _is_buffer(out: object, dtype: type[np.generic], size: int) -> bool:
+    """Whether ``out`` is a writeable contiguous array of ``size`` values of ``dtype``."""
+    return (
+        isinstance(out, np.ndarray)
+        and out.dtype == dtype
+        and out.shape == (size,)
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
 
 
 def _within(values: npt.NDArray[Any], bound: float) -> bool:
