@@ -16,9 +16,9 @@
  * double precision: the build passes -ffp-contract=off (no fused multiply-adds) and no fast-math
  * flag, and the constants are the caller's doubles. (It passes -fno-trapping-math, which lets the
  * compiler vectorise the selects of the gamma loop; it changes no value, only whether a
- * floating-point exception may be raised by a lane whose result is discarded.) V needs no logarithm: a table indexed by the
- * draw's leading zeros and the next 8 bits gives the smallest V of that bucket of draws, and
- * exact comparisons with the thresholds walk up from there.
+ * floating-point exception may be raised by a lane whose result is discarded.) V needs no
+ * logarithm: a table indexed by the draw's leading zeros and the next 8 bits gives the smallest
+ * V of that bucket of draws, and exact comparisons with the thresholds walk up from there.
  *
  * Loaded with ctypes (veil.privacy._kernel); ctypes releases the GIL for the call.
  */
