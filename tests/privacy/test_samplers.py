@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from veil.errors import ConfigurationError
-from veil.privacy import _kernel, samplers
+from veil.privacy import _exact, _kernel, _staircase, samplers
 from veil.privacy.random import InsecureSeededRandom, SecureRandom
 from veil.privacy.samplers import (
     bernoulli_exp,
@@ -381,7 +381,7 @@ def test_bernoulli_constant_ties_continue_exactly(script: list[int], expected: b
     """A fixed ratio uses 8-bit draws (the low byte of each word here); a byte at
     floor(256/3) = 85 continues with Bernoulli((256 mod 3) / 3) = Bernoulli(1/3)."""
     rng = ScriptedRandom(script)
-    assert samplers._bernoulli_constant(rng, 1, 1, 3).tolist() == [expected]
+    assert _exact._bernoulli_constant(rng, 1, 1, 3).tolist() == [expected]
     assert rng.remaining == 0
 
 
@@ -423,7 +423,7 @@ def test_bernoulli_exp_of_a_huge_exponent_is_false() -> None:
 def test_exact_python_integer_path_frequency(a: int, b: int) -> None:
     """The per-entry Python path used for overflowing entries; binomial test at 1e-4."""
     rng = InsecureSeededRandom(seed_for("exact-path", a, b))
-    hits = sum(samplers._bernoulli_exp_exact(rng, a, b) for _ in range(20_000))
+    hits = sum(_exact._bernoulli_exp_exact(rng, a, b) for _ in range(20_000))
     assert stats.binomtest(hits, 20_000, math.exp(-a / b)).pvalue > ALPHA
 
 
@@ -626,7 +626,7 @@ def test_staircase_gaussian_with_a_large_sigma(factor: Fraction) -> None:
 
 
 def test_exp_thresholds_are_the_exact_floors() -> None:
-    table = samplers._exp_thresholds()
+    table = _exact._exp_thresholds()
     assert table[0] == 2**32 - 1
     assert table[-1] == 0
     assert len(table) % 4 == 1
@@ -642,7 +642,7 @@ def test_exp_thresholds_are_the_exact_floors() -> None:
 )
 @pytest.mark.parametrize("prec", [32, 64, 200])
 def test_exp_minus_bounds_bracket_the_value(x: Fraction, prec: int) -> None:
-    lo, hi = samplers._exp_minus_bounds(x, prec)
+    lo, hi = _exact._exp_minus_bounds(x, prec)
     with mpmath.workdps(prec // 3 + 40):
         value = mpmath.ldexp(mpmath.exp(-mpmath.mpf(x.numerator) / x.denominator), prec)
         assert lo <= value <= hi
@@ -651,13 +651,13 @@ def test_exp_minus_bounds_bracket_the_value(x: Fraction, prec: int) -> None:
 
 def test_lazy_uniform_draws_more_bits_only_when_needed() -> None:
     x = Fraction(3, 16)
-    threshold = samplers._exp_thresholds()[12]  # floor(2**32 exp(-3/16))
-    below = samplers._LazyUniform(ScriptedRandom([0]), threshold, 32)
+    threshold = _exact._exp_thresholds()[12]  # floor(2**32 exp(-3/16))
+    below = _exact._LazyUniform(ScriptedRandom([0]), threshold, 32)
     assert below.below_exp(x)  # U = T/2**32 + 0 < exp(-3/16)
-    above = samplers._LazyUniform(ScriptedRandom([2**64 - 1]), threshold, 32)
+    above = _exact._LazyUniform(ScriptedRandom([2**64 - 1]), threshold, 32)
     assert not above.below_exp(x)  # U just under (T + 1)/2**32 > exp(-3/16)
-    assert samplers._LazyUniform(ScriptedRandom([]), threshold - 1, 32).below_exp(x)
-    assert not samplers._LazyUniform(ScriptedRandom([]), threshold + 1, 32).below_exp(x)
+    assert _exact._LazyUniform(ScriptedRandom([]), threshold - 1, 32).below_exp(x)
+    assert not _exact._LazyUniform(ScriptedRandom([]), threshold + 1, 32).below_exp(x)
 
 
 def staircase_script(v: int, r_sign: int, first: int, residual: int) -> list[int]:
@@ -669,67 +669,65 @@ def staircase_script(v: int, r_sign: int, first: int, residual: int) -> list[int
 def test_staircase_settles_a_tie_of_v_exactly() -> None:
     """A V draw equal to the threshold of v = 3 is settled by more bits (σ = 16: K = 1)."""
     n, d = rational_upper_bound(Fraction(16) ** 2)
-    plan = samplers._StaircasePlan(n, d)
+    plan = _staircase._StaircasePlan(n, d)
     assert plan.k == 1
-    tie = int(samplers._exp_thresholds()[12])
+    tie = int(_exact._exp_thresholds()[12])
     kept = staircase_script(tie, 0, 0, 2**32 - 1)  # positive, first factor and residual pass
-    assert samplers._staircase_candidates(ScriptedRandom([*kept, 0]), 1, plan).tolist() == [3]
-    assert samplers._staircase_candidates(ScriptedRandom([*kept, 2**64 - 1]), 1, plan).tolist() == [
-        2
-    ]
+    draw = _staircase._staircase_candidates
+    assert draw(ScriptedRandom([*kept, 0]), 1, plan).tolist() == [3]
+    assert draw(ScriptedRandom([*kept, 2**64 - 1]), 1, plan).tolist() == [2]
 
 
 @pytest.mark.usefixtures("sampler_path")
 def test_staircase_settles_a_tie_of_the_first_factor_exactly() -> None:
     """A draw equal to T[j] is settled by more bits: below exp(-j/64) keeps, above drops."""
     n, d = rational_upper_bound(Fraction(16) ** 2)
-    plan = samplers._StaircasePlan(n, d)
-    table = samplers._exp_thresholds()
+    plan = _staircase._StaircasePlan(n, d)
+    table = _exact._exp_thresholds()
     v_draw = int(table[4 * 41]) - 5  # V = 41 (U just below exp(-41/16))
     gamma = plan.gamma(41, 0)
     j = math.floor(64 * gamma)
     assert 64 * gamma - j > 1e-6  # far from a boundary: the float j is exact
     first = int(table[j])
     script = staircase_script(v_draw, 0, first, 2**32 - 1)
-    assert samplers._staircase_candidates(ScriptedRandom([*script, 0]), 1, plan).tolist() == [41]
-    assert (
-        samplers._staircase_candidates(ScriptedRandom([*script, 2**64 - 1]), 1, plan).tolist() == []
-    )
+    draw = _staircase._staircase_candidates
+    assert draw(ScriptedRandom([*script, 0]), 1, plan).tolist() == [41]
+    assert draw(ScriptedRandom([*script, 2**64 - 1]), 1, plan).tolist() == []
 
 
 @pytest.mark.usefixtures("sampler_path")
 def test_staircase_rejects_negative_zero_and_signs_the_rest() -> None:
     n, d = rational_upper_bound(Fraction(16) ** 2)
-    plan = samplers._StaircasePlan(n, d)
+    plan = _staircase._StaircasePlan(n, d)
     v_zero = 2**32 - 2  # U close to 1: V = 0
     negative = 1 << 31
-    v_one = int(samplers._exp_thresholds()[4]) - 1  # V = 1
+    v_one = int(_exact._exp_thresholds()[4]) - 1  # V = 1
     assert (
-        samplers._staircase_candidates(
+        _staircase._staircase_candidates(
             ScriptedRandom(staircase_script(v_zero, negative, 0, 2**32 - 1)), 1, plan
         ).tolist()
         == []
     )
-    assert samplers._staircase_candidates(
+    assert _staircase._staircase_candidates(
         ScriptedRandom(staircase_script(v_one, negative, 0, 2**32 - 1)), 1, plan
     ).tolist() == [-1]
-    assert samplers._staircase_candidates(
+    assert _staircase._staircase_candidates(
         ScriptedRandom(staircase_script(v_zero, 0, 0, 2**32 - 1)), 1, plan
     ).tolist() == [0]
 
 
 def test_word_pool_hands_out_each_word_once_in_order() -> None:
-    reference = InsecureSeededRandom(21).words(2 * samplers._POOL_WORDS)
-    pool = samplers._WordPool(InsecureSeededRandom(21))
+    reference = InsecureSeededRandom(21).words(2 * _exact._POOL_WORDS)
+    pool = _exact._WordPool(InsecureSeededRandom(21))
     first = pool.words(3).copy()
     second = pool.words(5).copy()
     assert first.tolist() == reference[:3].tolist()
     assert second.tolist() == reference[3:8].tolist()
     # a request that does not fit in the rest of the block starts a fresh block
-    big = pool.words(samplers._POOL_WORDS - 4)
-    assert big.tolist() == reference[samplers._POOL_WORDS : 2 * samplers._POOL_WORDS - 4].tolist()
+    big = pool.words(_exact._POOL_WORDS - 4)
+    assert big.tolist() == reference[_exact._POOL_WORDS : 2 * _exact._POOL_WORDS - 4].tolist()
     assert pool.is_secure is False
-    assert samplers._WordPool(SecureRandom()).is_secure is True
+    assert _exact._WordPool(SecureRandom()).is_secure is True
 
 
 @pytest.mark.usefixtures("sampler_path")
@@ -747,12 +745,12 @@ def test_staircase_residual_inside_the_float_margin_is_settled_exactly(
     """σ = 16, |Y| = 41: γ = 625/512, j = 78, δ = 1/512, so δ 2**32 = 2**23 exactly; draws
     next to it fall inside the float margin and take the exact path (and later rounds)."""
     n, d = rational_upper_bound(Fraction(16) ** 2)
-    plan = samplers._StaircasePlan(n, d)
+    plan = _staircase._StaircasePlan(n, d)
     assert plan.gamma(41, 0) == Fraction(625, 512)
-    v_draw = int(samplers._exp_thresholds()[4 * 41]) - 5
+    v_draw = int(_exact._exp_thresholds()[4 * 41]) - 5
     script = staircase_script(v_draw, 0, 0, 2**23 + residual_offset)
     rng = ScriptedRandom([*script, *extra])
-    assert samplers._staircase_candidates(rng, 1, plan).tolist() == expected
+    assert _staircase._staircase_candidates(rng, 1, plan).tolist() == expected
     assert rng.remaining == 0
 
 
@@ -768,9 +766,9 @@ def test_staircase_residual_inside_the_float_margin_is_settled_exactly(
 # --------------------------------------------------------------------------------------------
 
 
-def staircase_plan(sigma: float | Fraction) -> samplers._StaircasePlan:
+def staircase_plan(sigma: float | Fraction) -> _staircase._StaircasePlan:
     n, d = rational_upper_bound(Fraction(sigma) ** 2)
-    return samplers._StaircasePlan(n, d)
+    return _staircase._StaircasePlan(n, d)
 
 
 def lemire_draw(r: int, k: int) -> int:
@@ -808,7 +806,7 @@ def test_staircase_verdicts_match_the_exact_acceptance(sigma: float | Fraction) 
     and a Bernoulli(δ) that succeeds followed by a failing Bernoulli(δ/2) drops, with
     ``j = ceil(64 γ) - 1`` and ``δ = γ - j/64`` exact."""
     plan = staircase_plan(sigma)
-    table = [int(x) for x in samplers._exp_thresholds()]
+    table = [int(x) for x in _exact._exp_thresholds()]
     j_max = len(table) - 1
     rng = np.random.default_rng(seed_for("staircase-reference", sigma))
     checked = 0
@@ -831,19 +829,19 @@ def test_staircase_verdicts_match_the_exact_acceptance(sigma: float | Fraction) 
             r_sign = lemire_draw(r, plan.k)
             residual_fail = math.floor(delta * 2**32) + 3
             kept = staircase_script(v_draw, r_sign, table[j] - 1, residual_fail)
-            assert samplers._staircase_candidates(ScriptedRandom(kept), 1, plan).tolist() == [y]
+            assert _staircase._staircase_candidates(ScriptedRandom(kept), 1, plan).tolist() == [y]
             negative = staircase_script(v_draw, r_sign | 1 << 31, table[j] - 1, residual_fail)
             expected = [] if y == 0 else [-y]
-            drawn = samplers._staircase_candidates(ScriptedRandom(negative), 1, plan).tolist()
+            drawn = _staircase._staircase_candidates(ScriptedRandom(negative), 1, plan).tolist()
             assert drawn == expected
             if table[j] + 1 < 2**32:
                 dropped = staircase_script(v_draw, r_sign, table[j] + 1, residual_fail)
-                assert samplers._staircase_candidates(ScriptedRandom(dropped), 1, plan).size == 0
+                assert _staircase._staircase_candidates(ScriptedRandom(dropped), 1, plan).size == 0
             if delta * 2**32 >= 3:
                 residual_pass = math.floor(delta * 2**32) - 3
                 script = [*staircase_script(v_draw, r_sign, 0, residual_pass), 2**64 - 1]
                 words = ScriptedRandom(script)
-                assert samplers._staircase_candidates(words, 1, plan).size == 0
+                assert _staircase._staircase_candidates(words, 1, plan).size == 0
                 assert words.remaining == 0
             checked += 1
     assert checked > 100
@@ -855,17 +853,17 @@ def test_staircase_decodes_v_exactly_at_every_threshold() -> None:
     (settled by the next word) gives exactly the V of the lazily read uniform, for every v
     whose candidate passes the first factor at a zero draw."""
     plan = staircase_plan(16.0)
-    table = [int(x) for x in samplers._exp_thresholds()]
+    table = [int(x) for x in _exact._exp_thresholds()]
     keep = (0, 2**32 - 1)  # first factor passes (T[j] >= 1), Bernoulli(δ) fails
     for v in range(122):
         assert exact_gamma(16.0, v, 0)[0] < Fraction(len(table) - 1, 64)
         for w in {table[4 * v] - 1, table[4 * v + 4] + 1}:
             script = staircase_script(w, 0, *keep)
-            assert samplers._staircase_candidates(ScriptedRandom(script), 1, plan).tolist() == [v]
+            assert _staircase._staircase_candidates(ScriptedRandom(script), 1, plan).tolist() == [v]
         if v:
             tie = staircase_script(table[4 * v], 0, *keep)
-            below = samplers._staircase_candidates(ScriptedRandom([*tie, 0]), 1, plan)
-            above = samplers._staircase_candidates(ScriptedRandom([*tie, 2**64 - 1]), 1, plan)
+            below = _staircase._staircase_candidates(ScriptedRandom([*tie, 0]), 1, plan)
+            above = _staircase._staircase_candidates(ScriptedRandom([*tie, 2**64 - 1]), 1, plan)
             assert below.tolist() == [v]
             assert above.tolist() == [v - 1]
 
@@ -945,16 +943,16 @@ def test_staircase_far_candidates_are_tested_against_their_own_gamma() -> None:
     is settled against exp(-γ) itself, not exp(-J/64): a next word of 2**63 puts U' at 2**-33,
     below exp(-J/64) ≈ 2**-32.02 but above exp(-γ) ≈ 2**-36.6, and must drop."""
     plan = staircase_plan(16.0)
-    table = [int(x) for x in samplers._exp_thresholds()]
+    table = [int(x) for x in _exact._exp_thresholds()]
     gamma = plan.gamma(130, 0)
     assert gamma > Fraction(len(table) - 1, 64)
     script = staircase_script(table[4 * 130] - 1, 0, 0, 2**32 - 1)
-    assert samplers._staircase_candidates(ScriptedRandom([*script, 0]), 1, plan).tolist() == [130]
+    assert _staircase._staircase_candidates(ScriptedRandom([*script, 0]), 1, plan).tolist() == [130]
     for word in (2**63, 2**64 - 1):
-        drawn = samplers._staircase_candidates(ScriptedRandom([*script, word]), 1, plan)
+        drawn = _staircase._staircase_candidates(ScriptedRandom([*script, word]), 1, plan)
         assert drawn.size == 0
     nonzero = staircase_script(table[4 * 130] - 1, 0, 1, 2**32 - 1)
-    assert samplers._staircase_candidates(ScriptedRandom(nonzero), 1, plan).size == 0
+    assert _staircase._staircase_candidates(ScriptedRandom(nonzero), 1, plan).size == 0
 
 
 @pytest.mark.usefixtures("sampler_path")
@@ -966,10 +964,10 @@ def test_staircase_v_beyond_the_table_is_read_from_more_bits() -> None:
     v_word = int(0.95 * 2**64)
     script = [*staircase_script(0, 0, 0, 2**32 - 1), v_word]
     rng = ScriptedRandom([*script, 0, 0, 0, 0, 0])  # U' = 0 to 352 bits: below exp(-224)
-    assert samplers._staircase_candidates(rng, 1, plan).tolist() == [355]
+    assert _staircase._staircase_candidates(rng, 1, plan).tolist() == [355]
     assert rng.remaining == 0
     dropped = ScriptedRandom([*script, 0, 1])  # U' = 2**-160: above exp(-224)
-    assert samplers._staircase_candidates(dropped, 1, plan).size == 0
+    assert _staircase._staircase_candidates(dropped, 1, plan).size == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -1000,7 +998,7 @@ def exact_v(w: int, v_thresholds: npt.NDArray[np.uint32]) -> int:
 def test_v_start_table_is_the_smallest_v_of_each_bucket() -> None:
     """For every bucket of draws, the table holds V of the bucket's largest draw, and no draw of
     the bucket has a smaller V (V decreases with the draw); buckets of one V or two."""
-    _, v_thresholds, v_start = samplers._staircase_tables()
+    _, v_thresholds, v_start = _staircase._staircase_tables()
     steps = 0
     for zeros in range(24):
         for bits in range(256):
@@ -1016,9 +1014,9 @@ def test_v_start_table_is_the_smallest_v_of_each_bucket() -> None:
 
 
 def scripted_batch(
-    plan: samplers._StaircasePlan, draws: list[int], later: list[int] | None = None
+    plan: _staircase._StaircasePlan, draws: list[int], later: list[int] | None = None
 ) -> _kernel.StaircasePass | None:
-    table32, v_thresholds, v_start = samplers._staircase_tables()
+    table32, v_thresholds, v_start = _staircase._staircase_tables()
     return _kernel.staircase_pass(
         np.array(draws, dtype=np.uint32),
         len(draws) // 4,
@@ -1027,8 +1025,8 @@ def scripted_batch(
         tau=plan.tau,
         half_inverse_variance=plan.half_inverse_variance,
         inverse_t=plan.inverse_t,
-        j_scale=64.0 * (1.0 - samplers._GAMMA_SLACK),
-        j_offset=64.0 * samplers._GAMMA_SLACK,
+        j_scale=64.0 * (1.0 - _staircase._GAMMA_SLACK),
+        j_offset=64.0 * _staircase._GAMMA_SLACK,
         table=table32,
         v_thresholds=v_thresholds,
         v_start=v_start,
@@ -1042,7 +1040,7 @@ def test_compiled_pass_leaves_every_exact_case_to_numpy() -> None:
     a V draw of 0 (past the table); otherwise the kernel decides it."""
     compiled_or_skip()
     plan = staircase_plan(16.0)
-    table = [int(x) for x in samplers._exp_thresholds()]
+    table = [int(x) for x in _exact._exp_thresholds()]
     ordinary = (table[4 * 3] - 7, 0, 0, 2**32 - 1)  # V = 3, kept
     gamma = plan.gamma(41, 0)
     j = math.floor(64 * gamma)
@@ -1067,7 +1065,7 @@ def test_compiled_pass_hands_on_the_candidates_that_continue() -> None:
     candidate is pending with its exact j, R and δ; a rejected candidate is not pending."""
     compiled_or_skip()
     plan = staircase_plan(16.0)
-    table = [int(x) for x in samplers._exp_thresholds()]
+    table = [int(x) for x in _exact._exp_thresholds()]
     v41 = table[4 * 41] - 5
     passed = scripted_batch(plan, [v41, v41, 0, 0, 0, 2**32 - 1, 2**22, 2**22])
     assert passed is not None
@@ -1085,7 +1083,7 @@ def test_compiled_pass_runs_the_later_rounds_from_the_words_after_the_batch() ->
     candidate pending as before."""
     compiled_or_skip()
     plan = staircase_plan(16.0)
-    table = [int(x) for x in samplers._exp_thresholds()]
+    table = [int(x) for x in _exact._exp_thresholds()]
     v41 = table[4 * 41] - 5
     draws = [v41, v41, 0, 0, 0, 2**32 - 1, 2**22, 2**22]
 
@@ -1101,9 +1099,9 @@ def test_compiled_pass_runs_the_later_rounds_from_the_words_after_the_batch() ->
     assert run([half_word(2**22 + 2)]) == ([41], -1)  # within the margin of 2**22
     assert run([0]) == ([41], -1)  # K = 3 finds no word left
     assert run(None) == ([41], -1)
-    # Round by round as samplers._residual_exp draws them from the same words.
+    # Round by round as _staircase._residual_exp draws them from the same words.
     for later in ([never], [half_word(2**22 - 3), never], [0, half_word(2**23 // 3 - 3), never]):
-        kept = samplers._residual_exp(
+        kept = _staircase._residual_exp(
             ScriptedRandom(later), np.array([1 / 512]), lambda i: (1, 512), start=2
         )
         assert bool(kept[0]) == (run(later)[0] == [41])
@@ -1116,13 +1114,13 @@ def test_discrete_gaussian_settles_the_later_rounds_compiled(
     batch goes back to Python for them here) and give numpy's values."""
     compiled_or_skip()
     finished = []
-    real = samplers._finish_compiled
+    real = _staircase._finish_compiled
 
     def counting(*args: object) -> npt.NDArray[np.int64]:
         finished.append(1)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(samplers, "_finish_compiled", counting)
+    monkeypatch.setattr(_staircase, "_finish_compiled", counting)
     drawn = discrete_gaussian(InsecureSeededRandom(11), 200_000, sigma=524_739.142)
     assert not finished
     with _kernel.disabled():
@@ -1170,7 +1168,7 @@ def test_a_compiled_pass_that_disagrees_with_numpy_is_not_used(
         return real(*args, tau=tau * 1.001, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_kernel, "staircase_pass", off)
-    samplers._compiled_pass_agrees.cache_clear()
+    _staircase._compiled_pass_agrees.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="disagrees with numpy"):
             drawn = discrete_gaussian(InsecureSeededRandom(3), 20_000, sigma=524_739.142)
@@ -1178,9 +1176,9 @@ def test_a_compiled_pass_that_disagrees_with_numpy_is_not_used(
             reference = discrete_gaussian(InsecureSeededRandom(3), 20_000, sigma=524_739.142)
         assert np.array_equal(drawn, reference)
     finally:
-        samplers._compiled_pass_agrees.cache_clear()
+        _staircase._compiled_pass_agrees.cache_clear()
     monkeypatch.undo()
-    assert samplers._compiled_pass_agrees()  # the real pass agrees
+    assert _staircase._compiled_pass_agrees()  # the real pass agrees
 
 
 def test_a_compiled_pass_with_wrong_later_rounds_is_not_used(
@@ -1198,9 +1196,9 @@ def test_a_compiled_pass_with_wrong_later_rounds_is_not_used(
         return real(*args, later=flipped, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_kernel, "staircase_pass", inverted)
-    samplers._compiled_pass_agrees.cache_clear()
+    _staircase._compiled_pass_agrees.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="disagrees with numpy"):
-            assert not samplers._compiled_pass_agrees()
+            assert not _staircase._compiled_pass_agrees()
     finally:
-        samplers._compiled_pass_agrees.cache_clear()
+        _staircase._compiled_pass_agrees.cache_clear()

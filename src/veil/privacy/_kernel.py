@@ -173,7 +173,7 @@ def staircase_pass(
     available, or when the batch has an entry the numpy code settles exactly (then run that).
 
     ``later``: the words that follow the draws, from which the later rounds of exp(-δ) take
-    theirs (as ``samplers._residual_exp`` would); without it those rounds are left to the
+    theirs (as ``_staircase._residual_exp`` would); without it those rounds are left to the
     caller whenever a candidate reaches them. The arrays returned are views of this thread's
     buffers, valid until its next call.
     """

@@ -1,9 +1,9 @@
 /*
  * The staircase discrete Gaussian's candidate pass, compiled.
  *
- * This is the arithmetic of veil.privacy.samplers._staircase_candidates (numpy), fused into
+ * This is the arithmetic of veil.privacy._staircase._staircase_candidates (numpy), fused into
  * four short loops per block of candidates, followed by the later rounds of the residual
- * exp(-delta) (samplers._residual_exp) for the few candidates that reach them. It reads only the
+ * exp(-delta) (_staircase._residual_exp) for the few candidates that reach them. It reads only the
  * words it is given (never a random source), and it gives up wherever the numpy code would settle
  * an entry with exact Python integers or read more random bits: a 32-bit draw of V equal to a
  * threshold, a first-factor draw equal to its threshold, or a residual draw within the float
@@ -49,7 +49,7 @@ static inline uint32_t bucket(uint32_t w) {
 
 /*
  * The later rounds of exp(-delta), CKS Algorithm 1 from K = 2, for the n candidates pending after
- * the pass, exactly as samplers._residual_exp draws them from the words after the batch's: in
+ * the pass, exactly as _staircase._residual_exp draws them from the words after the batch's: in
  * round K the still-active candidates, in order, each take the next 32-bit half of `later` (two
  * to a word, the low half first; a round of n candidates takes (n + 1) / 2 words) and go on when
  * w - delta * (2**32 / K) < 0. A candidate is kept when its K ends odd.
