@@ -31,10 +31,6 @@ from veil.privacy._exact import (
 )
 from veil.privacy.random import InsecureSeededRandom, RandomSource
 
-# --------------------------------------------------------------------------------------------
-# Discrete Gaussian for sigma >= 16: a staircase proposal and one exp(-γ) test per candidate
-# --------------------------------------------------------------------------------------------
-
 # The staircase sampler is used from this sigma on (K = round(σ/16) >= 1).
 _STAIRCASE_MIN_SIGMA = 16.0
 # Steps of the staircase per unit of exp: P(V >= v) = exp(-v/16), thresholds T[4v].
